@@ -35,6 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # folder laid out like shared/data; "" = $RESEARCH_DATA_DIR or download
     c.data.cache_dir = ""  # prepared TFDS files; "" = $RESEARCH_CACHE_DIR or ~/.cache/research
     c.data.val_size = 0.1  # validation carved from train: a fraction (<1) or a count (>=1)
+    c.data.split_seed = 0  # seed of the train/validation split (not `seed`: all runs share it)
     c.data.train_size = 0  # keep only this many training examples after the split (0: all)
     c.data.classes = ()  # keep only these labels, relabelled 0..k-1 in this order (): all
     c.data.augment = False  # random crop (pad 4) + horizontal flip, on device (CIFAR-style)
@@ -57,3 +58,52 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.step_factor = 0.1  # step schedule multiplier
     c.optim.clip_norm = 0.0  # global gradient-norm clipping threshold (0: off)
     return c
+
+
+def _fail(field: str, value, valid: str):
+    raise ValueError(f"config.{field}={value!r} is invalid: {valid}")
+
+
+def _check_int(config, field: str, minimum: int):
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(field, value, f"must be an integer >= {minimum}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every field that can be checked without loading data.
+
+    Raises:
+      ValueError: naming the field (`config.<path>`), the value and what is valid.
+    """
+    from research import data, models, optim
+
+    for field, minimum in (
+        ("seed", 0),
+        ("batch_size", 1),
+        ("num_epochs", 1),
+        ("eval_batch_size", 1),
+        ("log_every_steps", 0),
+        ("checkpoint_every_epochs", 0),
+        ("keep_checkpoints", 1),
+        ("data.split_seed", 0),
+        ("data.train_size", 0),
+    ):
+        _check_int(config, field, minimum)
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        _fail("compute_dtype", config.compute_dtype, "must be 'float32' or 'bfloat16'")
+    if config.model.name not in models.MODELS:
+        _fail("model.name", config.model.name, f"known models: {', '.join(models.names())}")
+    name = config.data.name
+    if not (name in data.DATASETS or (isinstance(name, str) and name.startswith("tfds:"))):
+        _fail("data.name", name, f"known datasets: {', '.join(data.names())}, or tfds:NAME")
+    if config.data.remainder not in ("drop", "keep"):
+        _fail("data.remainder", config.data.remainder, "must be 'drop' or 'keep'")
+    if not config.data.val_size >= 0:
+        _fail("data.val_size", config.data.val_size, "must be a fraction in [0, 1) or a count")
+    if config.optim.name not in optim.OPTIMIZERS:
+        _fail("optim.name", config.optim.name, f"known optimizers: {', '.join(optim.names())}")
+    if not config.optim.learning_rate > 0:
+        _fail("optim.learning_rate", config.optim.learning_rate, "must be > 0 (epsilon)")

@@ -303,6 +303,16 @@ def _pool_args(x, window, stride, padding, fn):
     win = _pair(window, "window", minimum=1, shape=shape)
     strides = win if stride is None else _pair(stride, "stride", minimum=1, shape=shape)
     pads = normalize_padding(padding, win, strides, shape[1:3], shape=shape)
+    # A pad as wide as the window lets a border window cover padding only: max_pool
+    # would return -inf there and avg_pool (count_include_pad=False) 0 / 0 = NaN.
+    # "SAME" never pads that much; explicit padding must stay below the window.
+    for axis, (lo, hi), f in zip(("height", "width"), pads, win, strict=True):
+        if max(lo, hi) >= f:
+            raise ValueError(
+                f"padding {padding!r} gives {lo}+{hi} along {axis}, which must be smaller than "
+                f"the pooling window {f} on each side (a window would cover only padding)"
+                f"{_on(shape)}"
+            )
     _check_fits(shape[1:3], pads, win, strides, what="pooling window", shape=shape)
     return x, squeeze, win, strides, pads
 
@@ -319,8 +329,10 @@ def max_pool(
       padding: as in `conv2d`; padded positions never win the max.
     """
     x, squeeze, win, strides, pads = _pool_args(x, window, stride, padding, "max_pool")
-    init = jnp.array(
-        -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min, x.dtype
+    # A concrete (NumPy) init value: JAX only recognises max/add monoids, and so
+    # differentiates reduce_window under jit, when the init is not a tracer.
+    init = np.array(
+        -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min, x.dtype
     )
     y = lax.reduce_window(x, init, lax.max, (1, *win, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
     return y[0] if squeeze else y
@@ -347,7 +359,7 @@ def avg_pool(
     """
     x, squeeze, win, strides, pads = _pool_args(x, window, stride, padding, "avg_pool")
     full_pads = ((0, 0), *pads, (0, 0))
-    zero = jnp.array(0, x.dtype)
+    zero = np.array(0, x.dtype)  # concrete, as in max_pool
     total = lax.reduce_window(x, zero, lax.add, (1, *win, 1), (1, *strides, 1), full_pads)
     if count_include_pad or all(p == (0, 0) for p in pads):
         y = total / jnp.array(math.prod(win), x.dtype)

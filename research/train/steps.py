@@ -1,0 +1,190 @@
+"""The training state and the pure, jit-compiled steps.
+
+`train_step(state, batch) -> (state, metrics)` is one optimizer step; the
+per-step randomness (dropout, augmentation) is `fold_in(state.key, state.step)`,
+so a step's result depends on nothing but its inputs. For speed the loop runs
+chunks of steps with `lax.scan` inside one compiled call (`train_chunk`), the
+dataset already on the device and each step gathering its batch by index.
+
+Data parallelism: every array lives on a `Mesh` with one axis, "data". The
+state and the dataset are replicated; each step's batch is constrained to be
+split along "data", so each device computes the forward and backward pass of
+its share and XLA inserts the all-reduce of the gradients (and of BatchNorm's
+batch statistics). The same code runs on one device, several, or several hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from research.data.pipeline import augment as augment_images
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training; a plain pytree (checkpointable, vmappable).
+
+    Attributes:
+      step: optimizer steps taken (int32 scalar).
+      params: the model's trainable parameters.
+      batch_stats: BatchNorm running statistics (`{}` for models without BatchNorm).
+      opt_state: the optimizer's state.
+      key: raw uint32 PRNG key of the training randomness; step `t` uses
+        `fold_in(key, t)`, so no key is ever reused.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The compiled functions of one run."""
+
+    init: Callable[[jax.Array, jax.Array], TrainState]
+    train_chunk: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    evaluate: Callable[..., dict[str, jax.Array]]
+    mesh: Mesh
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A one-axis ("data") mesh over `devices` (default: every device of every host)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices, dtype=object).reshape(-1), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def loss_and_metrics(logits_or_recon, images, labels, task: str):
+    """Mean loss and metrics of one batch. `mask` weights are applied by the caller."""
+    out = logits_or_recon.astype(jnp.float32)
+    if task == "reconstruct":
+        per_example = jnp.mean((out - images.astype(jnp.float32)) ** 2, axis=(1, 2, 3))
+        return per_example, {"loss": per_example}
+    per_example = optax.softmax_cross_entropy_with_integer_labels(out, labels)
+    correct = (jnp.argmax(out, axis=-1) == labels).astype(jnp.float32)
+    return per_example, {"loss": per_example, "accuracy": correct}
+
+
+def make_steps(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    input_shape: tuple[int, ...],
+    task: str = "classify",
+    augment: bool = False,
+    mesh: Mesh | None = None,
+) -> Steps:
+    """Builds the jitted init, training-chunk and evaluation functions of a run.
+
+    Args:
+      model: a zoo model (`apply(variables, x, train=...)`).
+      tx: the optimizer (any optax transformation, e.g. from `research.optim`).
+      input_shape: `(H, W, C)` of one example.
+      task: "classify" (cross-entropy + accuracy) or "reconstruct" (MSE).
+      augment: apply `research.data.pipeline.augment` to each training batch.
+      mesh: the device mesh (default: all devices on one "data" axis).
+    """
+    mesh = make_mesh() if mesh is None else mesh
+    rep, shard = replicated(mesh), batch_sharded(mesh)
+
+    def init(init_key, train_key) -> TrainState:
+        x = jnp.zeros((1, *input_shape), jnp.float32)
+        variables = model.init({"params": init_key, "dropout": init_key}, x, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            key=train_key,
+        )
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        key = jax.random.fold_in(state.key, state.step)
+        aug_key, dropout_key = jax.random.split(key)
+        images = batch["image"]
+        if augment:
+            images = augment_images(aug_key, images)
+        images = jax.lax.with_sharding_constraint(images, shard)
+
+        def loss_fn(params):
+            variables = {"params": params}
+            if state.batch_stats:
+                variables["batch_stats"] = state.batch_stats
+            out, new_vars = model.apply(
+                variables,
+                images,
+                train=True,
+                rngs={"dropout": dropout_key},
+                mutable=["batch_stats"],
+            )
+            per_example, metrics = loss_and_metrics(out, images, batch["label"], task)
+            return per_example.mean(), (metrics, new_vars.get("batch_stats", {}))
+
+        (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, {k: v.mean() for k, v in metrics.items()}
+
+    def train_chunk(state: TrainState, images, labels, idx):
+        """Runs `idx.shape[0]` steps; `idx[i]` holds the example indices of step i."""
+
+        def body(state, batch_idx):
+            batch = {"image": images[batch_idx], "label": labels[batch_idx]}
+            return train_step(state, batch)
+
+        return jax.lax.scan(body, state, idx)
+
+    def evaluate(params, batch_stats, images, labels, idx, mask):
+        """Sums of per-example loss/metrics over all batches `idx`, weighted by `mask`."""
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+
+        def body(totals, batch):
+            batch_idx, batch_mask = batch
+            x = jax.lax.with_sharding_constraint(images[batch_idx], shard)
+            out = model.apply(variables, x, train=False)
+            _, metrics = loss_and_metrics(out, x, labels[batch_idx], task)
+            sums = {k: jnp.sum(v * batch_mask) for k, v in metrics.items()}
+            return jax.tree_util.tree_map(jnp.add, totals, sums), None
+
+        zeros = {k: jnp.zeros((), jnp.float32) for k in _metric_names(task)}
+        totals, _ = jax.lax.scan(body, zeros, (idx, mask))
+        return {**totals, "count": jnp.sum(mask)}
+
+    return Steps(
+        init=jax.jit(init, out_shardings=rep),
+        train_chunk=jax.jit(train_chunk, donate_argnums=0, out_shardings=(rep, rep)),
+        evaluate=jax.jit(evaluate, out_shardings=rep),
+        mesh=mesh,
+    )
+
+
+def _metric_names(task: str) -> tuple[str, ...]:
+    return ("loss",) if task == "reconstruct" else ("loss", "accuracy")

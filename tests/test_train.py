@@ -1,0 +1,311 @@
+"""The training engine: end to end on `digits`, determinism, resume, devices, faults, bad input.
+
+Runs that need their own process (forced host devices, two processes, kill and
+resume, the command line) go through `scripts/train.py` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from research import train
+from research.config import get_base_config
+from research.train import outputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "train.py")
+DIGITS = os.path.join(ROOT, "experiments", "digits.py")
+
+# A small, fast run: 3 epochs of simple_cnn on digits (1,294 train examples, 20 steps/epoch).
+FAST = [
+    "--config.num_epochs=3",
+    "--config.batch_size=64",
+    "--config.log_every_steps=5",
+    "--config.progress=False",
+]
+
+
+def fast_config(**changes):
+    config = get_base_config()
+    config.model.name = "simple_cnn"
+    config.data.name = "digits"
+    config.batch_size = 64
+    config.num_epochs = 3
+    config.log_every_steps = 5
+    config.progress = False
+    config.optim.name = "adam"
+    config.optim.learning_rate = 1e-3
+    for key, value in changes.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+def run_script(workdir, *args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={workdir}", *FAST, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def results(workdir) -> dict:
+    with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
+
+
+def losses(workdir) -> list[float]:
+    records = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return [r["train_loss"] for r in records if "train_loss" in r]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted single-process CLI run that the other runs are compared against."""
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = run_script(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_end_to_end_outputs(reference_run):
+    res = results(reference_run)
+    for key in ("test_accuracy", "test_loss", "val_accuracy", "steps", "epochs", "wall_seconds"):
+        assert key in res
+    # digits: 1,797 images = 1,438 train + 359 test (stratified 20%); 10% of train is validation.
+    assert res["test_examples"] == 359
+    assert res["val_examples"] == 144 and res["train_examples"] == 1294
+    assert res["steps"] == 3 * (1294 // 64) == 60
+    assert res["epochs"] == 3
+    assert res["test_accuracy"] > 0.85  # 3 epochs; the full quick start reaches >= 0.95
+    assert res["examples_per_second"] > 0
+    assert len(res["params_sha256"]) == 64
+    assert res["git_commit"]
+    files = os.listdir(reference_run)
+    for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "checkpoints"):
+        assert name in files
+    assert any(
+        f.startswith("events.out.tfevents") for f in os.listdir(reference_run / "tensorboard")
+    )
+    # One line per logged chunk (5 steps; the epoch's tail chunk is shorter) plus one per epoch.
+    records = outputs.read_jsonl(reference_run / "metrics.jsonl")
+    assert sum("val_accuracy" in r for r in records) == 3
+    assert [r["step"] for r in records if "train_loss" in r][:6] == [5, 10, 15, 20, 25, 30]
+
+
+def test_same_config_and_seed_is_bit_identical(reference_run, tmp_path):
+    proc = run_script(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results(tmp_path)["params_sha256"] == results(reference_run)["params_sha256"]
+    assert losses(tmp_path) == losses(reference_run)
+
+
+def test_another_seed_differs(reference_run, tmp_path):
+    config = fast_config(seed=1)
+    res = train.train_and_evaluate(config, str(tmp_path))
+    assert res["params_sha256"] != results(reference_run)["params_sha256"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path):
+    args = [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={tmp_path}", *FAST]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt_dir = tmp_path / "checkpoints"
+    deadline = time.time() + 240
+    # Kill as soon as the first epoch's checkpoint exists: mid-run, before the end.
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results.json").exists()
+    resumed = run_script(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert results(tmp_path)["params_sha256"] == results(reference_run)["params_sha256"]
+    assert losses(tmp_path) == losses(reference_run)
+
+
+def test_sigterm_writes_checkpoint_then_resume_matches(reference_run, tmp_path):
+    args = [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={tmp_path}", *FAST]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert "checkpoint written" in err.decode()
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and steps[-1] < 60
+    resumed = run_script(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert results(tmp_path)["params_sha256"] == results(reference_run)["params_sha256"]
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_forced_host_devices_match_one_device(reference_run, tmp_path, devices):
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    proc = run_script(tmp_path, env={"XLA_FLAGS": flags})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = results(tmp_path)
+    assert res["devices"] == devices
+    np.testing.assert_allclose(losses(tmp_path), losses(reference_run), rtol=1e-5, atol=1e-5)
+    assert res["test_accuracy"] == pytest.approx(results(reference_run)["test_accuracy"], abs=1e-2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_one_model(reference_run, tmp_path):
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = {
+            **os.environ,
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(pid),
+        }
+        args = [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={tmp_path}", *FAST]
+        procs.append(
+            subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode()[-3000:]
+    res = results(tmp_path)
+    assert res["processes"] == 2 and res["devices"] == 2
+    np.testing.assert_allclose(losses(tmp_path), losses(reference_run), rtol=1e-5, atol=1e-5)
+    # Only process 0 printed the results line.
+    printed = [b"results:" in out for out, _ in outs]
+    assert printed == [True, False]
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    import dataclasses
+
+    from research import data
+    from research.data import pipeline
+
+    config = fast_config()
+    splits = pipeline.prepare(data.load("digits"), val_size=0.1)
+    # Poison one training image with a NaN. Choose one that epoch 1 drops (the 14 examples
+    # past 20 full batches) and epoch 2 uses, so epoch 1 ends with a good checkpoint.
+    data_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[1]
+    n = len(splits.train)
+    epoch1, epoch2 = (
+        pipeline.epoch_batches(jax.random.fold_in(data_key, e), n, 64)[0] for e in (0, 1)
+    )
+    poisoned = next(i for i in range(n) if i not in epoch1 and i in epoch2)
+    expected_step = 20 + 1 + next(s for s, batch in enumerate(epoch2) if poisoned in batch)
+    images = splits.train.images.copy()
+    images[poisoned, 0, 0, 0] = np.nan
+    splits = dataclasses.replace(splits, train=pipeline.Split(images, splits.train.labels))
+
+    with pytest.raises(train.TrainingDiverged) as err:
+        train.train_and_evaluate(config, str(tmp_path), splits=splits)
+    message = str(err.value)
+    assert f"loss became nan at step {expected_step} (epoch 2)" in message
+    assert "Last good checkpoint: step 20" in message
+    assert "optim.learning_rate" in message
+    assert not (tmp_path / "results.json").exists()
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [20]
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    config = fast_config(num_epochs=2, keep_checkpoints=3)
+    first = train.train_and_evaluate(config, str(tmp_path))
+    ckpts = tmp_path / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    assert steps == [20, 40]
+    # Damage every data file of the newest checkpoint.
+    damaged = 0
+    for root, _, files in os.walk(ckpts / "40"):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.getsize(path) > 64 and "state" in root:
+                with open(path, "r+b") as f:
+                    f.seek(16)
+                    f.write(b"\x00garbage\xff" * 4)
+                damaged += 1
+    assert damaged
+    os.remove(tmp_path / "results.json")
+    with pytest.warns(RuntimeWarning, match="checkpoint .*40.* damaged"):
+        again = train.train_and_evaluate(config, str(tmp_path))
+    # It restored step 20 and retrained the second epoch: the same parameters.
+    assert again["params_sha256"] == first["params_sha256"]
+
+
+BAD_INPUTS = [
+    (["--config.model.name=lenet"], "config.model.name='lenet'", "lenet5"),
+    (["--config.data.name=imagenet"], "config.data.name='imagenet'", "mnist"),
+    (["--config.optim.name=adamw"], "config.optim.name='adamw'", "rmsprop"),
+    (["--config.optim.learning_rate=-0.1"], "optim.learning_rate", "> 0"),
+    (["--config.batch_size=5000"], "config.batch_size=5000", "1294"),
+    (["--config.optim.learnig_rate=0.1"], "learnig_rate", ""),
+    (["--config.data.name=mnist", "--config.data.data_dir=/nonexistent/data"], "/nonexistent", ""),
+]
+
+
+@pytest.mark.parametrize("args,field,valid", BAD_INPUTS, ids=lambda v: str(v)[:40])
+def test_bad_input_is_one_clear_message_and_workdir_untouched(reference_run, args, field, valid):
+    before = {
+        p: os.path.getmtime(os.path.join(reference_run, p)) for p in os.listdir(reference_run)
+    }
+    res_before = (reference_run / "results.json").read_text()
+    proc = run_script(reference_run, *args, env={"RESEARCH_DATA_DIR": ""})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert field in proc.stderr
+    assert valid in proc.stderr
+    after = {p: os.path.getmtime(os.path.join(reference_run, p)) for p in os.listdir(reference_run)}
+    assert after == before
+    assert (reference_run / "results.json").read_text() == res_before
+
+
+def test_resume_with_different_config_is_refused(reference_run):
+    proc = run_script(reference_run, "--config.optim.learning_rate=0.5")
+    assert proc.returncode == 2
+    assert "different config" in proc.stderr and "optim.learning_rate" in proc.stderr
+
+
+def test_train_step_is_pure_and_donates(tmp_path):
+    """The step is a pure function of (state, batch): the same inputs give the same outputs."""
+    run = train.build_run(fast_config())
+    state = run.steps.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
+    images = jax.numpy.asarray(run.splits.train.images)
+    labels = jax.numpy.asarray(run.splits.train.labels)
+    idx = jax.numpy.arange(128, dtype=jax.numpy.int32).reshape(2, 64)
+    copy = jax.tree_util.tree_map(lambda a: a.copy(), state)
+    s1, m1 = run.steps.train_chunk(state, images, labels, idx)
+    s2, m2 = run.steps.train_chunk(copy, images, labels, idx)
+    assert train.tree_sha256(s1.params) == train.tree_sha256(s2.params)
+    np.testing.assert_array_equal(m1["loss"], m2["loss"])
+    assert m1["loss"].shape == (2,)
+    assert int(s1.step) == 2
