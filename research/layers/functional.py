@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from research.layers import conv_algorithms
+
 IntOrPair = int | Sequence[int]
 # "VALID" | "SAME" | p | (p_h, p_w) | ((top, bottom), (left, right))
 Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
@@ -230,6 +232,7 @@ def conv2d(
     padding: Padding = "VALID",
     dilation: IntOrPair = 1,
     groups: int = 1,
+    algorithm: str | None = None,
 ) -> jax.Array:
     """2-D cross-correlation, as in the lectures (and PyTorch's and Keras's Conv2D).
 
@@ -243,6 +246,12 @@ def conv2d(
       dilation: int or `(d_h, d_w)`: spacing between kernel taps (a trous).
       groups: split input and output channels into this many independent
         groups; `groups == C_in` with `C_out = k * C_in` is a depthwise conv.
+      algorithm: how to compute it, a name in `conv_algorithms.CONV_ALGORITHMS`
+        ("xla", "im2col", "taps"). None (default) takes the environment
+        variable `RESEARCH_CONV_ALGORITHM`, else the backend's default in
+        `conv_algorithms.DEFAULT_CONV_ALGORITHM` ("im2col" on CPU, "xla"
+        elsewhere). All give the same result (to float rounding) and gradient;
+        calls an algorithm does not support (`groups > 1`) use "xla".
 
     Returns:
       `(N, H_out, W_out, C_out)` (or 3-D for a 3-D input) in `x`'s dtype.
@@ -280,14 +289,8 @@ def conv2d(
         if bias.shape != (c_out,):
             raise ValueError(f"bias must have shape ({c_out},), got {bias.shape}{_on(shape)}")
 
-    y = lax.conv_general_dilated(
-        x,
-        kernel.astype(x.dtype),
-        window_strides=strides,
-        padding=pads,
-        rhs_dilation=dilations,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
+    y = conv_algorithms.conv(
+        x, kernel.astype(x.dtype), strides, pads, dilations, groups, algorithm=algorithm
     )
     if bias is not None:
         y = y + bias.astype(y.dtype)
@@ -318,7 +321,12 @@ def _pool_args(x, window, stride, padding, fn):
 
 
 def max_pool(
-    x: jax.Array, window: IntOrPair, *, stride: IntOrPair | None = None, padding: Padding = "VALID"
+    x: jax.Array,
+    window: IntOrPair,
+    *,
+    stride: IntOrPair | None = None,
+    padding: Padding = "VALID",
+    algorithm: str | None = None,
 ) -> jax.Array:
     """Max pooling over `window`-sized patches of each channel independently.
 
@@ -327,14 +335,15 @@ def max_pool(
       window: int or `(f_h, f_w)`.
       stride: int or pair; defaults to `window` (non-overlapping windows).
       padding: as in `conv2d`; padded positions never win the max.
+      algorithm: a name in `conv_algorithms.POOL_ALGORITHMS` ("reduce_window",
+        "reshape"); None takes `RESEARCH_POOL_ALGORITHM`, else the backend's
+        default ("reshape" on CPU, used for non-overlapping unpadded windows
+        only). Same values and gradient either way: where several positions of
+        a window tie for the max, the gradient goes to the first of them in
+        row-major window order.
     """
     x, squeeze, win, strides, pads = _pool_args(x, window, stride, padding, "max_pool")
-    # A concrete (NumPy) init value: JAX only recognises max/add monoids, and so
-    # differentiates reduce_window under jit, when the init is not a tracer.
-    init = np.array(
-        -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min, x.dtype
-    )
-    y = lax.reduce_window(x, init, lax.max, (1, *win, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
+    y = conv_algorithms.max_pool(x, win, strides, pads, algorithm=algorithm)
     return y[0] if squeeze else y
 
 

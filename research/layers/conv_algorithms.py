@@ -1,0 +1,250 @@
+"""Interchangeable algorithms behind `functional.conv2d` and `functional.max_pool`.
+
+Every algorithm computes the same function as XLA's own operation (to float32
+rounding), forward and gradient; they differ only in speed, which depends on
+the backend. `functional.conv2d(..., algorithm=None)` picks one this way, first
+match wins:
+
+  1. the `algorithm=` keyword of the call;
+  2. the environment variable `RESEARCH_CONV_ALGORITHM` (read at trace time);
+  3. `DEFAULT_CONV_ALGORITHM[jax.default_backend()]` (measured, see below);
+  4. "xla".
+
+An algorithm that does not support a call (today: `groups > 1` for every
+algorithm but "xla") computes that call with "xla" instead; it never fails.
+
+Conv algorithms (`CONV_ALGORITHMS`), each `f(x, kernel, strides, pads,
+dilations) -> y` on NHWC inputs, HWIO kernels and explicit pads:
+
+  * "xla": `lax.conv_general_dilated`; its gradient is XLA's transposed convs.
+  * "im2col": the `f_h * f_w` shifted (strided, dilated) slices of the padded
+    input are concatenated along channels into patches `(N, H', W', f_h f_w C)`
+    and contracted with the kernel reshaped to `(f_h f_w C, C_out)` in one
+    matmul. Autodiff gives the kernel gradient as one matmul too
+    (`patches^T @ dy`) and the input gradient as one matmul followed by the
+    sum of `f_h * f_w` shifted pads, which XLA fuses into one loop.
+  * "taps": `sum_{i,j} slice_ij(x) @ K[i, j]`: `f_h * f_w` matmuls of depth
+    `C`, no patch tensor. Cheaper in memory; slower for few input channels.
+
+Default per backend, from `scripts/bench.py` training-step measurements
+(LeNet-5 and the lecture CNN, batch 128, 2-core CPU): "im2col" on "cpu",
+where XLA's convolutions (and above all their gradients) run through a slow
+generic path; "xla" on "gpu"/"tpu", whose convolutions are cuDNN/native.
+
+Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
+`RESEARCH_POOL_ALGORITHM` and `DEFAULT_POOL_ALGORITHM`:
+
+  * "reduce_window": `lax.reduce_window(max)`; its gradient is XLA's
+    select_and_scatter.
+  * "reshape": for non-overlapping windows (`stride == window`) without
+    padding only, else it falls back to "reduce_window". The input is cropped
+    to whole windows and reshaped to `(N, H', f_h, W', f_w, C)`; the max is a
+    reduction over the two window axes (no data movement). Its gradient is a
+    custom VJP with the same tie rule as select_and_scatter (see below).
+
+Tie rule of max pooling's gradient (both algorithms): when several positions
+of a window hold the maximum, the whole gradient of that output goes to the
+FIRST of them in row-major window order (top row first, then left to right),
+as XLA's select_and_scatter with a `>=` selector does. (`jnp.max`'s own
+gradient would split it equally among the ties.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from research.registry import Registry
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+Pair = tuple[int, int]
+
+CONV_ENV_VAR = "RESEARCH_CONV_ALGORITHM"
+POOL_ENV_VAR = "RESEARCH_POOL_ALGORITHM"
+
+# --------------------------------------------------------------------------- convolution
+
+
+def conv_xla(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
+    """XLA's convolution: the reference every other algorithm is tested against."""
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding=pads,
+        rhs_dilation=dilations,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def _shifted_slices(x, kernel_hw: Pair, strides: Pair, pads: Pads, dilations: Pair):
+    """The `f_h * f_w` input slices seen by each kernel tap, in (i, j) row-major order.
+
+    Slice `(i, j)` is `x_padded[:, i*d_h :: s_h, j*d_w :: s_w, :]` cut to the
+    output size, so `out[:, y, x] = sum_ij slice_ij[:, y, x] @ K[i, j]`.
+    """
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, strides, dilations
+    if any(p != (0, 0) for p in pads):
+        x = lax.pad(x, np.array(0, x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    hp, wp = x.shape[1:3]
+    ho = (hp - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (wp - (dw * (kw - 1) + 1)) // sw + 1
+    slices = []
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * dh, j * dw, 0)
+            limit = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
+            slices.append(lax.slice(x, start, limit, (1, sh, sw, 1)))  # (N, H', W', C)
+    return slices
+
+
+def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair):
+    """Patches of all taps side by side along channels, then one matmul."""
+    kh, kw, c, o = kernel.shape
+    slices = _shifted_slices(x, (kh, kw), strides, pads, dilations)
+    patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+    # (N, H', W', kh * kw * C) @ (kh * kw * C, O): the (i, j, c) order of both
+    # matches HWIO's row-major layout, so the kernel reshape is free.
+    return lax.dot_general(
+        patches, kernel.reshape(kh * kw * c, o), (((3,), (0,)), ((), ()))
+    )  # (N, H', W', O)
+
+
+def conv_taps(x, kernel, strides: Pair, pads: Pads, dilations: Pair):
+    """One matmul of depth C per kernel tap, summed."""
+    kh, kw = kernel.shape[:2]
+    slices = _shifted_slices(x, (kh, kw), strides, pads, dilations)
+    y = None
+    for k, s in enumerate(slices):
+        term = lax.dot_general(s, kernel[k // kw, k % kw], (((3,), (0,)), ((), ())))
+        y = term if y is None else y + term
+    return y  # (N, H', W', O)
+
+
+CONV_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
+    "conv algorithm",
+    {
+        "xla": conv_xla,
+        "im2col": conv_im2col,
+        "taps": conv_taps,
+    },
+)
+
+# Backends not listed use "xla".
+DEFAULT_CONV_ALGORITHM: dict[str, str] = {"cpu": "im2col", "gpu": "xla", "tpu": "xla"}
+
+
+def resolve_conv_algorithm(algorithm: str | None = None) -> str:
+    """The conv algorithm a call uses: keyword, else env variable, else backend default."""
+    return _resolve(algorithm, CONV_ENV_VAR, DEFAULT_CONV_ALGORITHM, CONV_ALGORITHMS, "xla")
+
+
+def conv(x, kernel, strides, pads, dilations, groups: int, algorithm: str | None = None):
+    """Runs the resolved algorithm; `groups > 1` always goes to "xla"."""
+    name = resolve_conv_algorithm(algorithm)
+    if name == "xla" or groups != 1:
+        return conv_xla(x, kernel, strides, pads, dilations, groups)
+    return CONV_ALGORITHMS.get(name)(x, kernel, strides, pads, dilations)
+
+
+# --------------------------------------------------------------------------- max pooling
+
+
+def max_pool_reduce_window(x, window: Pair, strides: Pair, pads: Pads):
+    """`lax.reduce_window(max)`; gradient by select_and_scatter (first max wins)."""
+    # A concrete (NumPy) init value: JAX only recognises max/add monoids, and so
+    # differentiates reduce_window under jit, when the init is not a tracer.
+    init = np.array(
+        -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min, x.dtype
+    )
+    return lax.reduce_window(
+        x, init, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))
+    )
+
+
+def _first_max_mask(x6, y):
+    """Marks the first maximum of each window of `x6` `(N, H', f_h, W', f_w, C)`."""
+    fh, fw = x6.shape[2], x6.shape[4]
+    is_max = x6 == y[:, :, None, :, None, :]
+    order = (np.arange(fh)[:, None, None] * fw + np.arange(fw)).astype(np.int32)  # (f_h, 1, f_w)
+    order = order.reshape(1, 1, fh, 1, fw, 1)
+    rank = jnp.where(is_max, order, fh * fw)
+    first = jnp.min(rank, axis=(2, 4), keepdims=True)
+    return rank == first
+
+
+@jax.custom_vjp
+def _max_windows(x6):
+    return jnp.max(x6, axis=(2, 4))  # (N, H', W', C)
+
+
+def _max_windows_fwd(x6):
+    y = jnp.max(x6, axis=(2, 4))
+    return y, (x6, y)
+
+
+def _max_windows_bwd(res, g):
+    x6, y = res
+    mask = _first_max_mask(x6, y)
+    return (jnp.where(mask, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)),)
+
+
+_max_windows.defvjp(_max_windows_fwd, _max_windows_bwd)
+
+
+def max_pool_reshape(x, window: Pair, strides: Pair, pads: Pads):
+    """Non-overlapping, unpadded windows as two reshaped axes; else reduce_window."""
+    if tuple(strides) != tuple(window) or any(p != (0, 0) for p in pads):
+        return max_pool_reduce_window(x, window, strides, pads)
+    n, h, w, c = x.shape
+    (fh, fw) = window
+    ho, wo = h // fh, w // fw
+    if (ho * fh, wo * fw) != (h, w):
+        x = x[:, : ho * fh, : wo * fw, :]  # VALID drops the incomplete last windows
+    return _max_windows(x.reshape(n, ho, fh, wo, fw, c))  # (N, H', W', C)
+
+
+POOL_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
+    "pool algorithm",
+    {
+        "reduce_window": max_pool_reduce_window,
+        "reshape": max_pool_reshape,
+    },
+)
+
+DEFAULT_POOL_ALGORITHM: dict[str, str] = {"cpu": "reshape"}  # others: "reduce_window"
+
+
+def resolve_pool_algorithm(algorithm: str | None = None) -> str:
+    """The max-pool algorithm a call uses: keyword, else env variable, else backend default."""
+    return _resolve(
+        algorithm, POOL_ENV_VAR, DEFAULT_POOL_ALGORITHM, POOL_ALGORITHMS, "reduce_window"
+    )
+
+
+def max_pool(x, window, strides, pads, algorithm: str | None = None):
+    return POOL_ALGORITHMS.get(resolve_pool_algorithm(algorithm))(x, window, strides, pads)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _resolve(algorithm, env_var, defaults, registry, fallback) -> str:
+    if algorithm is None:
+        algorithm = os.environ.get(env_var) or defaults.get(jax.default_backend(), fallback)
+        source = f"environment variable {env_var}" if os.environ.get(env_var) else "default"
+    else:
+        source = "algorithm="
+    if algorithm not in registry:
+        raise ValueError(
+            f"{source} gives unknown {registry.kind} {algorithm!r}; "
+            f"known: {', '.join(registry.names())}"
+        )
+    return algorithm
