@@ -49,7 +49,9 @@ def setup_environment(config) -> None:
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    from research.cli import load_config
+
+    config, workdir = load_config(_CONFIG), _WORKDIR.value
     absl_logging.set_verbosity(absl_logging.WARNING)  # no INFO lines from jax/absl
     setup_environment(config)
     from research.train import Interrupted, TrainingDiverged, train_and_evaluate
@@ -79,4 +81,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from research.cli import parse_flags
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

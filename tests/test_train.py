@@ -268,7 +268,8 @@ BAD_INPUTS = [
     (["--config.optim.name=adamw"], "config.optim.name='adamw'", "rmsprop"),
     (["--config.optim.learning_rate=-0.1"], "optim.learning_rate", "> 0"),
     (["--config.batch_size=5000"], "config.batch_size=5000", "1294"),
-    (["--config.optim.learnig_rate=0.1"], "learnig_rate", ""),
+    (["--config.optim.learnig_rate=0.1"], "--config.optim.learnig_rate", "learning_rate"),
+    (["--config.batch_size=abc"], "--config.batch_size", "int"),
     (["--config.data.name=mnist", "--config.data.data_dir=/nonexistent/data"], "/nonexistent", ""),
 ]
 
@@ -287,6 +288,19 @@ def test_bad_input_is_one_clear_message_and_workdir_untouched(reference_run, arg
     after = {p: os.path.getmtime(os.path.join(reference_run, p)) for p in os.listdir(reference_run)}
     assert after == before
     assert (reference_run / "results.json").read_text() == res_before
+
+
+def test_missing_config_file_is_one_clear_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--config=experiments/nothere.py", f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "experiments/nothere.py" in proc.stderr and "No such file" in proc.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_resume_with_different_config_is_refused(reference_run):
