@@ -1,0 +1,203 @@
+"""Every conv / max-pool algorithm gives XLA's result, forward and gradient.
+
+Parametrized over the registries in `research.layers.conv_algorithms`: a new
+algorithm is tested here with no further edits.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.layers import conv_algorithms as CA
+from research.layers import functional as F
+
+CONV_NAMES = CA.CONV_ALGORITHMS.names()
+POOL_NAMES = CA.POOL_ALGORITHMS.names()
+
+# (input shape NHWC, kernel shape HWIO, stride, padding, dilation, groups)
+CONV_CASES = [
+    ((2, 7, 8, 3), (3, 3, 3, 4), 1, "VALID", 1, 1),
+    ((2, 7, 8, 3), (3, 3, 3, 4), 1, "SAME", 1, 1),
+    ((2, 9, 10, 3), (3, 2, 3, 5), 2, "SAME", 1, 1),  # odd SAME pad goes bottom/right
+    ((2, 9, 10, 2), (3, 3, 2, 4), (2, 3), ((1, 2), (0, 3)), (2, 1), 1),
+    ((1, 11, 9, 2), (2, 3, 2, 3), 3, 1, 2, 1),
+    ((3, 28, 28, 1), (5, 5, 1, 6), 1, 2, 1, 1),  # LeNet-5 C1 at 28x28
+    ((2, 6, 6, 4), (1, 1, 4, 3), 1, "VALID", 1, 1),  # pointwise: one tap
+    ((2, 6, 6, 4), (3, 3, 2, 6), 1, "SAME", 1, 2),  # groups: falls back to "xla"
+    ((2, 6, 6, 4), (3, 3, 1, 8), 2, 1, 1, 4),  # depthwise, multiplier 2
+]
+
+
+def _conv_inputs(x_shape, k_shape):
+    kx, kk, kb = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, x_shape, jnp.float32)
+    kernel = jax.random.normal(kk, k_shape, jnp.float32)
+    bias = jax.random.normal(kb, (k_shape[-1],), jnp.float32)
+    return x, kernel, bias
+
+
+@pytest.mark.parametrize("algorithm", CONV_NAMES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}")
+def test_conv_algorithm_matches_xla_forward_and_gradient(algorithm, case):
+    x_shape, k_shape, stride, padding, dilation, groups = case
+    x, kernel, bias = _conv_inputs(x_shape, k_shape)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+    def loss(x, kernel, bias, name):
+        y = F.conv2d(x, kernel, bias, algorithm=name, **kw)
+        # A non-uniform cotangent, so every output position's gradient matters.
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+
+    ref = F.conv2d(x, kernel, bias, algorithm="xla", **kw)
+    out = jax.jit(lambda x, k, b: F.conv2d(x, k, b, algorithm=algorithm, **kw))(x, kernel, bias)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    for got, want in zip(
+        grad(x, kernel, bias, algorithm), grad(x, kernel, bias, "xla"), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", CONV_NAMES)
+def test_conv_algorithm_worked_example_and_3d_input(algorithm):
+    # The lectures' 6x6 image with a vertical-edge filter: a 4x4 map of 0s and 30s.
+    image = jnp.array([[10.0] * 3 + [0.0] * 3] * 6)[:, :, None]  # (H, W, C)
+    vertical = jnp.array([[1.0, 0.0, -1.0]] * 3)[:, :, None, None]  # (3, 3, 1, 1)
+    out = F.conv2d(image, vertical, algorithm=algorithm)
+    assert out.shape == (4, 4, 1)
+    np.testing.assert_allclose(out[..., 0], [[0, 30, 30, 0]] * 4)
+
+
+def test_conv_algorithms_registry_and_defaults():
+    assert {"xla", "im2col", "taps"} <= set(CONV_NAMES)
+    assert {"reduce_window", "reshape"} <= set(POOL_NAMES)
+    for table, registry in (
+        (CA.DEFAULT_CONV_ALGORITHM, CA.CONV_ALGORITHMS),
+        (CA.DEFAULT_POOL_ALGORITHM, CA.POOL_ALGORITHMS),
+    ):
+        assert all(name in registry for name in table.values())
+    assert CA.DEFAULT_CONV_ALGORITHM["cpu"] == "im2col"
+    assert CA.DEFAULT_CONV_ALGORITHM["gpu"] == "xla"
+
+
+def test_algorithm_selection_keyword_over_env_over_default(monkeypatch):
+    monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
+    monkeypatch.delenv(CA.POOL_ENV_VAR, raising=False)
+    backend = jax.default_backend()
+    assert CA.resolve_conv_algorithm() == CA.DEFAULT_CONV_ALGORITHM.get(backend, "xla")
+    assert CA.resolve_pool_algorithm() == CA.DEFAULT_POOL_ALGORITHM.get(backend, "reduce_window")
+    monkeypatch.setenv(CA.CONV_ENV_VAR, "taps")
+    monkeypatch.setenv(CA.POOL_ENV_VAR, "reduce_window")
+    assert CA.resolve_conv_algorithm() == "taps"
+    assert CA.resolve_pool_algorithm() == "reduce_window"
+    assert CA.resolve_conv_algorithm("xla") == "xla"
+    assert CA.resolve_pool_algorithm("reshape") == "reshape"
+
+
+def test_unknown_algorithm_names_raise_value_error(monkeypatch):
+    x, kernel, _ = _conv_inputs((1, 5, 5, 1), (3, 3, 1, 1))
+    with pytest.raises(ValueError, match=r"algorithm=.*'winograd'.*known: im2col"):
+        F.conv2d(x, kernel, algorithm="winograd")
+    with pytest.raises(ValueError, match="reduce_window, reshape"):
+        F.max_pool(x, 2, algorithm="strided")
+    monkeypatch.setenv(CA.CONV_ENV_VAR, "fft")
+    with pytest.raises(ValueError, match=f"environment variable {CA.CONV_ENV_VAR}.*'fft'"):
+        F.conv2d(x, kernel)
+
+
+# --------------------------------------------------------------------------- max pooling
+
+# (input shape, window, stride, padding)
+POOL_CASES = [
+    ((2, 8, 8, 3), 2, None, "VALID"),  # the fast path
+    ((2, 9, 7, 3), 2, None, "VALID"),  # incomplete last windows dropped
+    ((2, 9, 9, 2), (3, 2), None, "VALID"),
+    ((2, 8, 8, 3), 2, 2, "SAME"),  # SAME without padding: still the fast path
+    ((2, 7, 7, 3), 2, None, "SAME"),  # padded: falls back to reduce_window
+    ((2, 7, 7, 3), 3, 2, "VALID"),  # overlapping: falls back
+    ((2, 6, 6, 1), 2, 1, 1),
+]
+
+
+def _tied_input(shape):
+    # Small integers: many windows hold their maximum more than once.
+    return jnp.round(2 * jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float32))
+
+
+@pytest.mark.parametrize("algorithm", POOL_NAMES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: f"{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}")
+def test_max_pool_algorithm_matches_reduce_window_exactly(algorithm, case):
+    shape, window, stride, padding = case
+    x = _tied_input(shape)
+
+    def loss(x, name):
+        y = F.max_pool(x, window, stride=stride, padding=padding, algorithm=name)
+        return jnp.sum(y * (1 + jnp.arange(y.size, dtype=y.dtype).reshape(y.shape)))
+
+    want = F.max_pool(x, window, stride=stride, padding=padding, algorithm="reduce_window")
+    got = jax.jit(
+        lambda x: F.max_pool(x, window, stride=stride, padding=padding, algorithm=algorithm)
+    )(x)
+    np.testing.assert_array_equal(got, want)
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    # Same tie rule, so the same positions get exactly the same numbers.
+    np.testing.assert_array_equal(grad(x, algorithm), grad(x, "reduce_window"))
+
+
+@pytest.mark.parametrize("algorithm", POOL_NAMES)
+def test_max_pool_gradient_tie_rule_first_in_row_major_order(algorithm):
+    # One 2x2 window per quadrant; ties on every second quadrant.
+    x = jnp.array(
+        [
+            [1.0, 1.0, 0.0, 5.0],
+            [1.0, 0.0, 5.0, 5.0],
+            [2.0, 3.0, -np.inf, -np.inf],
+            [3.0, 1.0, -np.inf, -np.inf],
+        ]
+    )[None, :, :, None]  # (1, 4, 4, 1)
+    g = jax.grad(
+        lambda x: jnp.sum(
+            F.max_pool(x, 2, algorithm=algorithm) * jnp.array([[[1.0], [2.0]], [[3.0], [4.0]]])
+        )
+    )(x)
+    np.testing.assert_array_equal(
+        g[0, :, :, 0],
+        [
+            [1, 0, 0, 2],  # top-left: three 1s tie, the first gets it; top-right: first 5
+            [0, 0, 0, 0],
+            [0, 3, 4, 0],  # bottom-left: 3 then 3, the top one wins; all -inf: the first
+            [0, 0, 0, 0],
+        ],
+    )
+
+
+def test_lenet_trains_identically_with_each_algorithm():
+    """One Adam step of LeNet-5 gives the same parameters with every conv/pool choice."""
+    from research import models, optim
+    from research.train.steps import make_steps
+
+    model = models.create("lenet5", num_classes=10, padding=2)
+    images = jax.random.uniform(jax.random.PRNGKey(2), (16, 28, 28, 1))
+    labels = jnp.arange(16, dtype=jnp.int32) % 10
+    idx = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+    results = {}
+    for conv, pool in (("xla", "reduce_window"), ("im2col", "reshape"), ("taps", "reshape")):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(CA.CONV_ENV_VAR, conv)
+            mp.setenv(CA.POOL_ENV_VAR, pool)
+            steps = make_steps(
+                model, optim.create("adam", learning_rate=1e-3), input_shape=(28, 28, 1)
+            )
+            state = steps.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
+            state, metrics = steps.train_chunk(state, images, labels, idx)
+            results[conv] = (jax.device_get(state.params), jax.device_get(metrics["loss"]))
+    ref_params, ref_loss = results.pop("xla")
+    for params, loss in results.values():
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params
+        )
