@@ -1,0 +1,259 @@
+"""From finished trials to tables and plots.
+
+`trials.csv` has one row per finished trial. `summary.csv`/`summary.md` have
+one row per *setting*: the swept fields other than the learning rate and the
+seed (typically the optimizer). For each setting the learning rate is chosen
+on VALIDATION accuracy, averaged over seeds (a diverged trial counts as
+accuracy 0, so a learning rate that diverges for some seed is not chosen over
+one that never does at the same mean); test accuracy and final training loss
+are then reported at that learning rate as mean ± sample standard deviation
+over seeds. The test split plays no part in the choice.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from research.sweep import space
+from research.train import outputs
+
+LR_FIELD = "optim.learning_rate"
+SEED_FIELD = "seed"
+METRICS = (
+    "status",
+    "val_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "final_train_loss",
+    "steps_to_target",
+    "wall_seconds",
+    "params_sha256",
+)
+
+
+def _get(config, field: str):
+    node = config
+    for part in field.split("."):
+        node = node[part]
+    return node
+
+
+def trial_row(workdir: str, trial: space.Trial, target_accuracy: float) -> dict[str, Any] | None:
+    """The trial's row, or None if it has not finished."""
+    folder = os.path.join(workdir, "trials", trial.id)
+    path = os.path.join(folder, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    records = outputs.read_jsonl(os.path.join(folder, "metrics.jsonl"))
+    train = [r for r in records if "train_loss" in r]
+    reached = [
+        r["step"]
+        for r in records
+        if isinstance(r.get("val_accuracy"), float) and r["val_accuracy"] >= target_accuracy
+    ]
+    row = {"trial_id": trial.id}
+    for field in (*trial.overrides, "optim.name", LR_FIELD, SEED_FIELD):
+        row[field] = _get(trial.config, field)
+    row.update(
+        status=results.get("status", "done"),
+        val_accuracy=results.get("val_accuracy"),
+        test_accuracy=results.get("test_accuracy"),
+        test_loss=results.get("test_loss"),
+        final_train_loss=train[-1]["train_loss"] if train else None,
+        steps_to_target=reached[0] if reached else None,
+        wall_seconds=results.get("wall_seconds"),
+        params_sha256=results.get("params_sha256"),
+    )
+    return row
+
+
+def curves(workdir: str, trial_id: str) -> tuple[list[int], list[float]]:
+    """Steps and training losses from a trial's metrics.jsonl."""
+    records = outputs.read_jsonl(os.path.join(workdir, "trials", trial_id, "metrics.jsonl"))
+    train = [r for r in records if "train_loss" in r]
+    return [r["step"] for r in train], [_num(r["train_loss"]) for r in train]
+
+
+def _num(value) -> float:
+    return float("nan") if value is None or isinstance(value, str) else float(value)
+
+
+def _mean_std(values: list) -> tuple[float, float]:
+    x = np.array([_num(v) for v in values], dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    return float(np.mean(x)), float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+
+
+def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> list[dict[str, Any]]:
+    """One row per setting, at its learning rate with the best mean validation accuracy.
+
+    Args:
+      rows: trial rows (`trial_row`), with the fields `optim.learning_rate`,
+        `seed`, `val_accuracy`, `test_accuracy`, `final_train_loss`,
+        `steps_to_target`, `status`; other keys not in `METRICS` are settings.
+      target_accuracy: reported in the table header only.
+
+    Returns:
+      Rows with the setting's fields, `best_learning_rate`, `seeds`,
+      `val_accuracy_mean`, `test_accuracy_mean/std`, `final_train_loss_mean/std`,
+      `steps_to_target_mean`, `reached_target` ("k/n") and `learning_rates_tried`.
+    """
+    setting_fields = (
+        [k for k in rows[0] if k not in (*METRICS, "trial_id", LR_FIELD, SEED_FIELD)]
+        if rows
+        else []
+    )
+    settings: dict[tuple, dict[float, list[dict]]] = {}
+    for row in rows:
+        key = tuple(row[f] for f in setting_fields)
+        settings.setdefault(key, {}).setdefault(row[LR_FIELD], []).append(row)
+    out = []
+    for key, by_lr in settings.items():
+
+        def val_score(lr, by_lr=by_lr):
+            accs = [_num(r["val_accuracy"]) if r["status"] == "done" else 0.0 for r in by_lr[lr]]
+            accs = [0.0 if math.isnan(a) else a for a in accs]
+            return float(np.mean(accs))
+
+        best = max(sorted(by_lr), key=val_score)  # ties: the smallest learning rate
+        chosen = by_lr[best]
+        test_mean, test_std = _mean_std([r["test_accuracy"] for r in chosen])
+        loss_mean, loss_std = _mean_std([r["final_train_loss"] for r in chosen])
+        reached = [r["steps_to_target"] for r in chosen if r["steps_to_target"] is not None]
+        out.append(
+            {
+                **dict(zip(setting_fields, key, strict=True)),
+                "best_learning_rate": best,
+                "seeds": len(chosen),
+                "val_accuracy_mean": val_score(best),
+                "test_accuracy_mean": test_mean,
+                "test_accuracy_std": test_std,
+                "final_train_loss_mean": loss_mean,
+                "final_train_loss_std": loss_std,
+                "steps_to_target_mean": float(np.mean(reached)) if reached else None,
+                "reached_target": f"{len(reached)}/{len(chosen)}",
+                "learning_rates_tried": " ".join(f"{lr:g}" for lr in sorted(by_lr)),
+                "best_trial_ids": " ".join(r["trial_id"] for r in chosen),
+            }
+        )
+    return out
+
+
+def _csv(rows: list[dict], path: str) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    _atomic_text(path, buffer.getvalue())
+
+
+def _atomic_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def markdown(summary: list[dict], target_accuracy: float, *, finished: int, total: int) -> str:
+    """The summary as a markdown table."""
+    if not summary:
+        return "No finished trials yet.\n"
+    setting_fields = [k for k in summary[0] if k not in _SUMMARY_KEYS]
+    head = [
+        *setting_fields,
+        "best ε (val)",
+        "seeds",
+        "val acc",
+        "test acc",
+        "final train loss",
+        f"steps to val acc ≥ {target_accuracy:g}",
+    ]
+    lines = [
+        f"Trials finished: {finished}/{total}. Learning rate chosen on mean validation "
+        f"accuracy over seeds; test accuracy and final training loss are mean ± std over "
+        f"seeds at that learning rate.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in summary:
+        steps = r["steps_to_target_mean"]
+        cells = [
+            *(str(r[f]) for f in setting_fields),
+            f"{r['best_learning_rate']:g}",
+            str(r["seeds"]),
+            f"{r['val_accuracy_mean']:.4f}",
+            f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}",
+            f"{r['final_train_loss_mean']:.4f} ± {r['final_train_loss_std']:.4f}",
+            ("—" if steps is None else f"{steps:.0f}") + f" ({r['reached_target']})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_SUMMARY_KEYS = (
+    "best_learning_rate",
+    "seeds",
+    "val_accuracy_mean",
+    "test_accuracy_mean",
+    "test_accuracy_std",
+    "final_train_loss_mean",
+    "final_train_loss_std",
+    "steps_to_target_mean",
+    "reached_target",
+    "learning_rates_tried",
+    "best_trial_ids",
+)
+
+
+def write_tables(workdir: str, trials: list[space.Trial], *, target_accuracy: float) -> dict:
+    """Writes trials.csv, summary.csv, summary.md and the two plots from finished trials."""
+    rows = [r for t in trials if (r := trial_row(workdir, t, target_accuracy)) is not None]
+    _csv(rows, os.path.join(workdir, "trials.csv"))
+    summary = summarize(rows, target_accuracy)
+    _csv(summary, os.path.join(workdir, "summary.csv"))
+    _atomic_text(
+        os.path.join(workdir, "summary.md"),
+        markdown(summary, target_accuracy, finished=len(rows), total=len(trials)),
+    )
+    if rows:
+        _plots(workdir, rows, summary)
+    return {"rows": rows, "summary": summary}
+
+
+def _label(summary_row: dict) -> str:
+    parts = [str(v) for k, v in summary_row.items() if k not in _SUMMARY_KEYS]
+    return " ".join(parts) or "all"
+
+
+def _plots(workdir: str, rows: list[dict], summary: list[dict]) -> None:
+    from research.viz import sweep_plots
+
+    loss = {}
+    for s in summary:
+        ids = s["best_trial_ids"].split()
+        loss[f"{_label(s)} (ε={s['best_learning_rate']:g})"] = [curves(workdir, i) for i in ids]
+    sweep_plots.plot_loss_curves(loss, os.path.join(workdir, "loss_curves.png"))
+    setting_fields = [k for k in summary[0] if k not in _SUMMARY_KEYS]
+    lines = {}
+    for s in summary:
+        label = _label(s)
+        mine = [r for r in rows if all(r[f] == s[f] for f in setting_fields)]
+        lrs = sorted({r[LR_FIELD] for r in mine})
+        stats = [_mean_std([r["val_accuracy"] for r in mine if r[LR_FIELD] == lr]) for lr in lrs]
+        lines[label] = (lrs, [m for m, _ in stats], [sd for _, sd in stats])
+    sweep_plots.plot_accuracy_vs_lr(lines, os.path.join(workdir, "val_accuracy_vs_lr.png"))

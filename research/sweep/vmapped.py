@@ -1,0 +1,391 @@
+"""Trials at once: one compiled program trains a group of trials over a trial axis.
+
+Trials that share everything but numeric optimizer hyperparameters (ε, α, ρ,
+δ, λ, ...) and the seed form a group (`group_key`). The group is trained by
+`jax.vmap` of the run's scanned train chunk over a leading trial axis of the
+`TrainState`: parameters (from each trial's own init key), optimizer state
+(with the hyperparameters as arrays, `optim.from_config(..., inject=True)` and
+`optim.set_hyperparams`), training keys and each trial's own batch order (from
+its own data key). Everything else (model, data on the device, chunking, the
+per-epoch batch order `fold_in(data_key, epoch)`) is what `research.train.fit`
+does, so trial `i` of a group computes what `train_and_evaluate` computes for
+it alone, up to float rounding of the batched convolutions.
+
+On a CPU, XLA lowers a vmapped convolution with per-trial kernels to a grouped
+convolution, which is slower per trial than the plain one; `probe` times both
+so the runner can choose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research import models, optim
+from research.data import pipeline
+from research.train import loop, outputs
+from research.train.checkpoint import tree_sha256
+from research.train.steps import Steps, make_steps
+
+# Fields that may differ inside a group: the seed and the injected hyperparameters.
+# (clip_norm is not here: clipping on or off is fixed when the optimizer is built.)
+TRIAL_AXIS_FIELDS = (
+    "seed",
+    "optim.learning_rate",
+    "optim.momentum",
+    "optim.decay",
+    "optim.b1",
+    "optim.b2",
+    "optim.eps",
+    "optim.weight_decay",
+)
+# Fields that change nothing computed.
+_COSMETIC = ("progress", "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints")
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+    """Trials with the same key can run in one vmapped program."""
+    flat = loop._flat(json.loads(config.to_json_best_effort(sort_keys=True)))
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if k not in TRIAL_AXIS_FIELDS and k.split(".")[0] not in _COSMETIC
+    }
+    kept["log_every_steps"] = config.log_every_steps  # sets the chunking, hence the metric log
+    return json.dumps(kept, sort_keys=True)
+
+
+@dataclasses.dataclass
+class Group:
+    """The compiled functions of a group of trials, each with a leading trial axis.
+
+    `chunk`/`evaluate` run all trials of the axis as one vmapped program;
+    `single_chunk`/`single_evaluate` run a trial axis of length 1 with the plain
+    (unbatched) program. Both are compiled once per group: hyperparameters and
+    keys are arrays in the state, so trials with other values reuse them.
+    """
+
+    run: loop.Run
+    steps: Steps
+    chunk: Any  # (states, images, labels, idx[T, S, B]) -> (states, metrics[T, S])
+    evaluate: Any  # (params, batch_stats, images, labels, idx, mask) -> sums[T]
+    single_chunk: Any
+    single_evaluate: Any
+    init: Any  # (init_keys[T], train_keys[T], hyperparams[T]) -> states
+
+
+def _squeeze(tree):
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def _unsqueeze(tree):
+    return jax.tree_util.tree_map(lambda x: x[None], tree)
+
+
+def build_group(config: ml_collections.ConfigDict, splits: pipeline.Splits) -> Group:
+    """Builds the functions for the trials that share `group_key(config)`."""
+    run = loop.build_run(config, splits=splits)
+    tx = optim.from_config(
+        config.optim, steps_per_epoch=run.steps_per_epoch, num_epochs=config.num_epochs, inject=True
+    )
+    steps = make_steps(
+        run.model,
+        tx,
+        input_shape=splits.input_shape,
+        task=run.task,
+        augment=config.data.augment,
+        mesh=run.steps.mesh,
+    )
+
+    def init(init_keys, train_keys, hps):
+        states = jax.vmap(steps.init)(init_keys, train_keys)
+        return jax.vmap(lambda s, h: s.replace(opt_state=optim.set_hyperparams(s.opt_state, **h)))(
+            states, hps
+        )
+
+    def single_chunk(states, images, labels, idx):
+        state, metrics = steps.train_chunk(_squeeze(states), images, labels, idx[0])
+        return _unsqueeze(state), _unsqueeze(metrics)
+
+    def single_evaluate(params, batch_stats, *data):
+        return _unsqueeze(steps.evaluate(_squeeze(params), _squeeze(batch_stats), *data))
+
+    return Group(
+        run=run,
+        steps=steps,
+        chunk=jax.jit(jax.vmap(steps.train_chunk, in_axes=(0, None, None, 0)), donate_argnums=0),
+        evaluate=jax.jit(jax.vmap(steps.evaluate, in_axes=(0, 0, None, None, None, None))),
+        single_chunk=jax.jit(single_chunk, donate_argnums=0),
+        single_evaluate=jax.jit(single_evaluate),
+        init=jax.jit(init),
+    )
+
+
+def hyperparams(configs, steps_per_epoch: int) -> dict[str, jax.Array]:
+    """Each trial's injected hyperparameters, stacked: name -> (T,) values.
+
+    The values are exactly what `optim.from_config` resolves (defaults for
+    eps < 0, ranges checked): the injected state of an optimizer on an empty tree.
+    """
+    per_trial = [
+        optim.from_config(
+            c.optim, steps_per_epoch=steps_per_epoch, num_epochs=c.num_epochs, inject=True
+        )
+        .init({})
+        .hyperparams
+        for c in configs
+    ]
+    return {k: jnp.stack([h[k] for h in per_trial]) for k in per_trial[0]}
+
+
+def _keys(configs):
+    """Per-trial (init, data, train) keys, split from each seed as `fit` does."""
+    split = [jax.random.split(jax.random.PRNGKey(c.seed), 3) for c in configs]
+    return tuple(jnp.stack([s[i] for s in split]) for i in range(3))
+
+
+def _evaluate(group: Group, states, split, vmap: bool) -> list[dict[str, float]]:
+    run, mesh = group.run, group.steps.mesh
+    idx, mask = loop._eval_batches(len(split), run.config.eval_batch_size, mesh.devices.size)
+    totals = (group.evaluate if vmap else group.single_evaluate)(
+        states.params,
+        states.batch_stats,
+        loop._on_mesh(split.images, mesh),
+        loop._on_mesh(split.labels, mesh),
+        loop._on_mesh(idx, mesh),
+        loop._on_mesh(mask, mesh),
+    )
+    totals = jax.device_get(totals)
+    n = len(totals["count"])  # one count per trial
+    return [
+        {k: float(v[i]) / float(totals["count"][i]) for k, v in totals.items() if k != "count"}
+        for i in range(n)
+    ]
+
+
+def _epoch_rows(data_keys, epoch: int, n: int, cfg) -> list[np.ndarray]:
+    """Per trial, the index rows of every step of `epoch` (as in `fit`)."""
+    out = []
+    for key in data_keys:
+        batches = pipeline.epoch_batches(
+            jax.random.fold_in(key, epoch), n, cfg.batch_size, cfg.data.remainder
+        )
+        out.append([row for block in batches for row in block])
+    return out
+
+
+def train_group(
+    configs: list[ml_collections.ConfigDict],
+    splits: pipeline.Splits,
+    workdirs: list[str] | None = None,
+    *,
+    group: Group | None = None,
+    vmap: bool = True,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Trains the trials of one group together; writes each trial's workdir if given.
+
+    Each workdir gets what `train_and_evaluate` writes (config.json, metrics.jsonl,
+    results.json, curves.png) except checkpoints: a group that is stopped is
+    run again from the start. A trial whose loss turns NaN/Inf is recorded with
+    `"status": "diverged"` while the others go on.
+
+    Args:
+      configs: the trials' configs, all with the same `group_key`.
+      splits: the prepared data.
+      workdirs: one folder per trial, or None to write nothing.
+      group: `build_group(configs[0], splits)`, to reuse its compiled functions.
+      vmap: True: all trials in one vmapped program; False: one after another,
+        with the plain program (compiled once for all of them).
+
+    Returns:
+      The final states (leading trial axis) and the results dicts, one per trial.
+    """
+    keys = {group_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError("train_group: the configs differ in more than seed and hyperparameters")
+    group = build_group(configs[0], splits) if group is None else group
+    if not vmap and len(configs) > 1:
+        done = [
+            train_group([c], splits, [w] if workdirs else None, group=group, vmap=False)
+            for c, w in zip(configs, workdirs or [None] * len(configs), strict=True)
+        ]
+        states = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *[d[0] for d in done])
+        return states, [d[1][0] for d in done]
+    t_start = time.perf_counter()
+    run, mesh, cfg = group.run, group.steps.mesh, configs[0]
+    count = len(configs)
+    init_keys, data_keys, train_keys = _keys(configs)
+    states = group.init(init_keys, train_keys, hyperparams(configs, run.steps_per_epoch))
+    train_chunk = group.chunk if vmap else group.single_chunk
+    for w in workdirs or []:
+        os.makedirs(w, exist_ok=True)
+    logs = [
+        outputs.MetricsLog(w, tensorboard=False) if w else None
+        for w in (workdirs or [None] * count)
+    ]
+    images, labels = (
+        loop._on_mesh(splits.train.images, mesh),
+        loop._on_mesh(splits.train.labels, mesh),
+    )
+    chunk = cfg.log_every_steps or run.steps_per_epoch
+    diverged: list[str | None] = [None] * count
+    timing = {"train_seconds": 0.0, "compile_seconds": 0.0, "trained_examples": 0}
+    step = 0
+    for epoch in range(cfg.num_epochs):
+        rows = _epoch_rows(data_keys, epoch, len(splits.train), cfg)
+        position, total = 0, len(rows[0])
+        while position < total:
+            end = min((position // chunk + 1) * chunk, total)
+            lengths = [len(r) for r in rows[0][position:end]]
+            if len(set(lengths)) > 1:  # the kept remainder batch runs alone, as in fit
+                end = position + lengths.index(lengths[-1])
+            idx = np.stack([np.stack(r[position:end]) for r in rows])  # (T, steps, B)
+            t0 = time.perf_counter()
+            states, metrics = train_chunk(states, images, labels, loop._on_mesh(idx, mesh))
+            metrics = jax.device_get(metrics)  # (T, steps) each
+            elapsed = time.perf_counter() - t0
+            if step == 0:
+                timing["compile_seconds"] = elapsed
+            else:
+                timing["train_seconds"] += elapsed
+                timing["trained_examples"] += int(idx[0].size)
+            for i in range(count):
+                bad = np.flatnonzero(~np.isfinite(metrics["loss"][i]))
+                if bad.size and diverged[i] is None:
+                    diverged[i] = f"loss became non-finite at step {step + int(bad[0]) + 1}"
+            step += end - position
+            position = end
+            for i, log in enumerate(logs):
+                if log is not None:
+                    summary = {f"train_{k}": float(np.mean(v[i])) for k, v in metrics.items()}
+                    log.write(step, epoch=epoch + position / total, **summary)
+        val = _evaluate(group, states, splits.val, vmap) if len(splits.val) else [{}] * count
+        for i, log in enumerate(logs):
+            if log is not None:
+                log.write(step, epoch=epoch + 1, **{f"val_{k}": v for k, v in val[i].items()})
+    for log in logs:
+        if log is not None:
+            log.close()
+    val = _evaluate(group, states, splits.val, vmap) if len(splits.val) else [{}] * count
+    test = _evaluate(group, states, splits.test, vmap)
+    wall = time.perf_counter() - t_start
+    results = []
+    for i, c in enumerate(configs):
+        params = jax.tree_util.tree_map(lambda x, i=i: x[i], states.params)
+        r = {
+            "model": c.model.name,
+            "dataset": c.data.name,
+            "optimizer": c.optim.name,
+            "learning_rate": c.optim.learning_rate,
+            "seed": c.seed,
+            "params": models.param_count(params),
+            "steps": step,
+            "epochs": step / run.steps_per_epoch,
+            "train_examples": len(splits.train),
+            "val_examples": len(splits.val),
+            "test_examples": len(splits.test),
+            "data_notes": list(splits.notes),
+            **{f"val_{k}": v for k, v in val[i].items()},
+            **{f"test_{k}": v for k, v in test[i].items()},
+            # The group's time shared equally: what this trial cost.
+            "wall_seconds": wall / count,
+            "compile_seconds": timing["compile_seconds"] / count,
+            "examples_per_second": (
+                count * timing["trained_examples"] / timing["train_seconds"]
+                if timing["train_seconds"] > 0
+                else math.nan
+            ),
+            "git_commit": outputs.git_commit(),
+            "params_sha256": tree_sha256(params),
+            "backend": jax.default_backend(),
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "deterministic": bool(c.deterministic),
+            "compute_dtype": c.compute_dtype,
+            "parallel": "vmap" if vmap else "sequential",
+            "group_size": count,
+            "status": "done" if diverged[i] is None else "diverged",
+        }
+        if diverged[i] is not None:
+            r["error"] = diverged[i]
+        results.append(r)
+        if workdirs and outputs.is_writer():
+            _write_trial(c, workdirs[i], r)
+    return states, results
+
+
+def _write_trial(config, workdir: str, results: dict) -> None:
+    loop.prepare_workdir(config, workdir)
+    records = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    from research.viz import plot_run
+
+    plot_run(
+        records,
+        os.path.join(workdir, "curves.png"),
+        title=f"{config.model.name} on {config.data.name} ({config.optim.name})",
+    )
+    # results.json last: its presence marks the trial finished.
+    outputs.atomic_write_json(os.path.join(workdir, "results.json"), _finite(results))
+
+
+def _finite(results: dict) -> dict:
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in results.items()
+    }
+
+
+def probe(
+    configs: list[ml_collections.ConfigDict], splits: pipeline.Splits, *, steps: int = 10
+) -> dict[str, float]:
+    """Times one trial alone against `len(configs)` trials vmapped, on `steps` steps.
+
+    Each variant is compiled and run once (compile time = first call minus a
+    second, timed call); the second call gives the steady throughput.
+
+    Returns:
+      `sequential_trial_steps_per_s`, `vmap_trial_steps_per_s`, the compile
+      seconds of both, and `trials` (the vmapped group size).
+    """
+    group = build_group(configs[0], splits)
+    mesh, cfg = group.steps.mesh, configs[0]
+    n, count = len(splits.train), len(configs)
+    steps = min(steps, group.run.steps_per_epoch)
+    images, labels = (
+        loop._on_mesh(splits.train.images, mesh),
+        loop._on_mesh(splits.train.labels, mesh),
+    )
+    init_keys, data_keys, train_keys = _keys(configs)
+    rows = _epoch_rows(data_keys, 0, n, cfg)
+    idx = np.stack([np.stack(r[:steps]) for r in rows])  # (T, steps, B)
+
+    def timed(fn, state, index):
+        t0 = time.perf_counter()
+        state, metrics = fn(state, images, labels, loop._on_mesh(index, mesh))
+        jax.block_until_ready(metrics)
+        return state, time.perf_counter() - t0
+
+    hps = hyperparams(configs, group.run.steps_per_epoch)
+    states = group.init(init_keys, train_keys, hps)
+    one = jax.tree_util.tree_map(lambda x: x[:1], states)
+    one, seq_first = timed(group.single_chunk, one, idx[:1])
+    one, seq = timed(group.single_chunk, one, idx[:1])
+    states, vmap_first = timed(group.chunk, states, idx)
+    states, vmapped = timed(group.chunk, states, idx)
+    return {
+        "trials": count,
+        "steps": steps,
+        "sequential_trial_steps_per_s": steps / seq,
+        "vmap_trial_steps_per_s": count * steps / vmapped,
+        "sequential_compile_seconds": max(seq_first - seq, 0.0),
+        "vmap_compile_seconds": max(vmap_first - vmapped, 0.0),
+    }

@@ -1,0 +1,306 @@
+"""Sweeps: expansion and ids, choosing on validation, trials at once, kill and resume, sharing.
+
+Runs that need their own process (kill and resume, two processes, the command
+line) go through `scripts/sweep.py` in a subprocess, on tiny digits sweeps.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from research import data
+from research.data import pipeline
+from research.sweep import aggregate, claims, space, vmapped
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "sweep.py")
+EXPERIMENT = os.path.join(ROOT, "experiments", "compare_optimizers.py")
+
+# 6 trials of simple_cnn on digits: sgd at 3 learning rates x 2 seeds.
+TINY = [
+    '--config.sweep.grids=({"optim.name": ("sgd",), "optim.learning_rate": (0.03, 0.1, 0.3)},)',
+    "--config.sweep.axes.seed=(0, 1)",
+    "--config.sweep.parallel=sequential",
+]
+
+
+def run_cli(workdir, *args, epochs=1, wait=True):
+    command = [
+        sys.executable,
+        SCRIPT,
+        f"--config={EXPERIMENT}:digits",
+        f"--workdir={workdir}",
+        f"--config.num_epochs={epochs}",
+        *TINY,
+        *args,
+    ]
+    if not wait:
+        return subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
+
+
+def sweep_config(**axes):
+    config = space.get_sweep_config()
+    config.model.name = "simple_cnn"
+    config.data.name = "digits"
+    config.batch_size = 64
+    config.num_epochs = 1
+    config.log_every_steps = 5
+    config.progress = False
+    config.sweep.axes = axes
+    return config
+
+
+def results_files(workdir):
+    folder = os.path.join(workdir, "trials")
+    paths = [os.path.join(folder, t, "results.json") for t in sorted(os.listdir(folder))]
+    return {p: os.stat(p).st_mtime_ns for p in paths if os.path.exists(p)}
+
+
+# ------------------------------------------------------------------ the sweep config
+
+
+def test_grid_is_the_union_of_subgrids_times_axes():
+    config = sweep_config(seed=(0, 1, 2))
+    config.sweep.grids = (
+        {"optim.name": ("sgd",), "optim.learning_rate": (0.03, 0.1, 0.3)},
+        {"optim": {"name": ("adam",), "learning_rate": (1e-3, 3e-3)}},  # nested works too
+    )
+    trials = space.expand(config)
+    assert len(trials) == (3 + 2) * 3
+    assert len({t.id for t in trials}) == 15
+    assert trials[0].overrides == {"optim.learning_rate": 0.03, "optim.name": "sgd", "seed": 0}
+    assert trials[0].config.optim.learning_rate == 0.03 and trials[-1].config.seed == 2
+    assert [t.config.optim.name for t in trials].count("adam") == 6
+    assert "sweep" not in trials[0].config
+
+
+def test_plain_axes_are_a_product_and_random_mode_is_seeded():
+    config = sweep_config(
+        optim={"name": ("sgd", "adam"), "learning_rate": (0.1, 0.01)}, seed=(0, 1)
+    )
+    assert len(space.expand(config)) == 8
+    config.sweep.mode = "random"
+    config.sweep.num_samples = 3
+    first = [t.id for t in space.expand(config)]
+    assert len(first) == 3 and first == [t.id for t in space.expand(config)]
+    config.sweep.sample_seed = 1
+    assert [t.id for t in space.expand(config)] != first
+    config.sweep.num_samples = 100  # more than the grid: the whole grid
+    assert len(space.expand(config)) == 8
+
+
+def test_trial_ids_are_stable_hashes_of_the_overrides():
+    a = space.trial_id({"optim.name": "sgd", "seed": 0})
+    assert a == space.trial_id({"seed": 0, "optim.name": "sgd"})  # order does not matter
+    assert a != space.trial_id({"optim.name": "sgd", "seed": 1})
+    # The id is a function of the overrides alone: fixed forever (folders depend on it).
+    assert (
+        space.trial_id({"seed": 0})
+        == hashlib.sha256(b'{"seed":0}').hexdigest()[:12]
+        == "bd0488843468"
+    )
+    assert len(a) == 12
+
+
+@pytest.mark.parametrize(
+    "axes, grids, message",
+    [
+        ({"optim": {"lr": (0.1,)}}, (), "'optim.lr' is not a config field"),
+        ({"sed": (0, 1)}, (), "'sed' is not a config field"),
+        ({}, ({"optim.momentm": (0.9,)},), "'optim.momentm' is not a config field"),
+        ({"seed": 3}, (), "must be a list of values"),
+        ({"seed": (-1,)}, (), "config.seed=-1"),
+        ({"optim": {"name": ("sgdd",)}}, (), "optim.name"),
+        ({"seed": (0,)}, ({"seed": (1,)},), "also in sweep.axes"),
+    ],
+)
+def test_bad_sweep_config_names_the_field(axes, grids, message):
+    config = sweep_config(**axes)
+    config.sweep.grids = grids
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        space.expand(config)
+
+
+def test_cli_bad_axis_is_one_clear_message_and_exit_2(tmp_path):
+    workdir = tmp_path / "sweep"
+    done = run_cli(workdir, '--config.sweep.grids=({"optim.lr": (0.1,)},)')
+    assert done.returncode == 2, done.stderr
+    assert "'optim.lr' is not a config field" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not workdir.exists()
+
+
+# ------------------------------------------------------------------ locks
+
+
+def test_a_claim_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
+    path = str(tmp_path / "t.lock")
+    assert claims.try_claim(path)
+    assert not claims.try_claim(path)  # held by a live process (this one)
+    claims.release(path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(path, "w") as f:
+        json.dump({"pid": dead.pid, "host": socket.gethostname(), "time": 0}, f)
+    assert claims.try_claim(path)
+    with open(path) as f:
+        assert json.load(f)["pid"] == os.getpid()
+    with open(path, "w") as f:  # another host's lock is never taken
+        json.dump({"pid": dead.pid, "host": "elsewhere", "time": 0}, f)
+    assert not claims.try_claim(path)
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+def _row(lr, seed, val, test, loss=0.5, status="done", name="sgd"):
+    return {
+        "trial_id": f"{name}-{lr}-{seed}",
+        "optim.name": name,
+        "optim.learning_rate": lr,
+        "seed": seed,
+        "status": status,
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "test_loss": 0.3,
+        "final_train_loss": loss,
+        "steps_to_target": 100 if val and val > 0.9 else None,
+        "wall_seconds": 1.0,
+        "params_sha256": "x",
+    }
+
+
+def test_best_learning_rate_is_chosen_on_validation_not_test():
+    rows = [
+        # lr 0.1: better on validation, worse on test.
+        _row(0.1, 0, 0.95, 0.80, loss=0.2),
+        _row(0.1, 1, 0.93, 0.82, loss=0.4),
+        # lr 0.3: worse on validation, better on test.
+        _row(0.3, 0, 0.90, 0.99),
+        _row(0.3, 1, 0.91, 0.98),
+        # lr 1.0: best validation for seed 0, diverged for seed 1 -> counts as 0.
+        _row(1.0, 0, 0.99, 0.99),
+        _row(1.0, 1, None, None, status="diverged"),
+        _row(1e-3, 0, 0.5, 0.5, name="adam"),
+    ]
+    summary = aggregate.summarize(rows, 0.9)
+    sgd = next(s for s in summary if s["optim.name"] == "sgd")
+    assert sgd["best_learning_rate"] == 0.1
+    assert sgd["val_accuracy_mean"] == pytest.approx(0.94)
+    assert sgd["test_accuracy_mean"] == pytest.approx(0.81)
+    assert sgd["test_accuracy_std"] == pytest.approx(np.std([0.80, 0.82], ddof=1))
+    assert sgd["final_train_loss_mean"] == pytest.approx(0.3)
+    assert sgd["steps_to_target_mean"] == 100 and sgd["reached_target"] == "2/2"
+    assert [s["optim.name"] for s in summary] == ["sgd", "adam"]
+    text = aggregate.markdown(summary, 0.9, finished=7, total=7)
+    assert "| sgd | 0.1 | 2 | 0.9400 | 0.8100 ± 0.0141 |" in text
+
+
+# ------------------------------------------------------------------ trials at once
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return pipeline.prepare(data.load("digits"), val_size=0.1)
+
+
+@pytest.mark.slow
+def test_vmapped_group_equals_sequential_trials(splits):
+    config = sweep_config(optim={"learning_rate": (0.05, 0.1)}, seed=(0, 1))
+    config.optim.name = "momentum"
+    trials = space.expand(config)[:3]  # different learning rates and seeds
+    configs = [t.config for t in trials]
+    assert len({vmapped.group_key(c) for c in configs}) == 1
+    group = vmapped.build_group(configs[0], splits)
+    together, res_v = vmapped.train_group(configs, splits, group=group, vmap=True)
+    apart, res_s = vmapped.train_group(configs, splits, group=group, vmap=False)
+    leaves = (jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(apart))
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+    for v, s in zip(res_v, res_s, strict=True):
+        assert v["test_loss"] == pytest.approx(s["test_loss"], abs=1e-5)
+        assert v["val_accuracy"] == pytest.approx(s["val_accuracy"], abs=1e-6)
+    # The trials really differ (own hyperparameters, own init and batch order).
+    assert len({r["params_sha256"] for r in res_s}) == 3
+    lrs = together.opt_state.hyperparams["learning_rate"]
+    np.testing.assert_allclose(np.asarray(lrs), [0.05, 0.05, 0.1])
+
+
+# ------------------------------------------------------------------ the command line
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    workdir = str(tmp_path / "sweep")
+    proc = run_cli(workdir, epochs=4, wait=False)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.isdir(os.path.join(workdir, "trials")) and results_files(workdir):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    before = results_files(workdir)
+    assert 1 <= len(before) < 6, "the kill should land after the first trial and before the last"
+    assert os.listdir(os.path.join(workdir, "locks"))  # the dead process's lock is left behind
+
+    done = run_cli(workdir, epochs=4)
+    assert done.returncode == 0, done.stderr
+    after = results_files(workdir)
+    assert len(after) == 6
+    for path, mtime in before.items():
+        assert after[path] == mtime  # finished trials were not run again
+    assert f"skipped {len(before)} finished" in done.stdout
+    with open(os.path.join(workdir, "trials.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert {r["optim.learning_rate"] for r in rows} == {"0.03", "0.1", "0.3"}
+    assert all(float(r["val_accuracy"]) > 0.3 for r in rows)
+    with open(os.path.join(workdir, "summary.csv")) as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 1 and summary[0]["seeds"] == "2"
+    best = summary[0]["best_learning_rate"]
+    mean_val = {
+        lr: np.mean([float(r["val_accuracy"]) for r in rows if r["optim.learning_rate"] == lr])
+        for lr in ("0.03", "0.1", "0.3")
+    }
+    assert float(best) == float(max(mean_val, key=mean_val.get))
+    with open(os.path.join(workdir, "summary.md")) as f:
+        assert "Trials finished: 6/6" in f.read()
+    for png in ("loss_curves.png", "val_accuracy_vs_lr.png"):
+        with open(os.path.join(workdir, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(workdir, "sweep.json")) as f:
+        manifest = json.load(f)
+    assert manifest["parallel"] == "sequential" and len(manifest["trials"]) == 6
+    assert not [n for n in os.listdir(os.path.join(workdir, "locks")) if n.endswith(".lock")]
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_sweep_and_run_each_trial_once(tmp_path):
+    workdir = str(tmp_path / "sweep")
+    procs = [run_cli(workdir, wait=False) for _ in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    ran = [
+        line.split()[1] for out, _ in outs for line in out.splitlines() if line.startswith("trial ")
+    ]
+    assert len(ran) == 6 and len(set(ran)) == 6  # every trial exactly once, over both
+    assert len(results_files(workdir)) == 6
+    with open(os.path.join(workdir, "trials.csv")) as f:
+        assert len(list(csv.DictReader(f))) == 6
