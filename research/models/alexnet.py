@@ -1,0 +1,124 @@
+"""AlexNet, as in torchvision: the one-GPU variant of Krizhevsky's "One weird trick" (2014).
+
+Also holds `AdaptiveAvgPool2D` (PyTorch's `AdaptiveAvgPool2d`), which AlexNet and
+VGG use to give their classifier a fixed input size whatever the image size.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, functional
+
+
+def adaptive_bins(n_in: int, n_out: int) -> np.ndarray:
+    """The `(n_out, n_in)` matrix that averages PyTorch's adaptive pooling bins along one axis.
+
+    Bin `i` covers `[floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))`, so bins
+    overlap when `n_out` does not divide `n_in`, and repeat pixels when `n_out > n_in`.
+
+    >>> adaptive_bins(3, 2)
+    array([[0.5, 0.5, 0. ],
+           [0. , 0.5, 0.5]], dtype=float32)
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"adaptive pooling needs sizes >= 1, got input {n_in}, output {n_out}")
+    matrix = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+class AdaptiveAvgPool2D(nn.Module):
+    """Average pooling to a fixed `output_size`, with PyTorch's `AdaptiveAvgPool2d` bins.
+
+    The mean over a rectangular bin is separable, so the whole pooling is one
+    einsum with the two bin matrices of `adaptive_bins`. Identity when the input
+    already has `output_size`. No parameters.
+    """
+
+    output_size: functional.IntOrPair
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"AdaptiveAvgPool2D expects (N, H, W, C), got shape {x.shape}")
+        out_h, out_w = functional._pair(self.output_size, "output_size", minimum=1, shape=x.shape)
+        if x.shape[1:3] == (out_h, out_w):
+            return x
+        rows = jnp.asarray(adaptive_bins(x.shape[1], out_h), x.dtype)  # (out_h, H)
+        cols = jnp.asarray(adaptive_bins(x.shape[2], out_w), x.dtype)  # (out_w, W)
+        return jnp.einsum("ih,jw,nhwc->nijc", rows, cols, x)  # (N, out_h, out_w, C)
+
+
+class AlexNet(nn.Module):
+    """torchvision's `alexnet`: 61,100,840 parameters at 224x224x3 with 1000 classes.
+
+    This is the one-GPU network of Krizhevsky, "One weird trick for parallelizing
+    convolutional neural networks" (2014), not the two-GPU 2012 paper's (96, 256,
+    384, 384, 256 kernels, local response normalization). Layer for layer:
+
+        conv1 64@11x11 s4 p2 -> pool 3/2 -> conv2 192@5x5 p2 -> pool 3/2
+        -> conv3 384@3x3 p1 -> conv4 256@3x3 p1 -> conv5 256@3x3 p1 -> pool 3/2
+        -> adaptive avg pool 6x6 -> dropout -> dense1 4096 -> dropout -> dense2 4096 -> head
+
+    with ReLU after every conv and hidden dense layer. Shapes at 224x224: 55, 27,
+    27, 13, 13, 13, 13, 6, so the adaptive pool is the identity there. Initial
+    weights are this codebase's defaults (LeCun normal), not PyTorch's.
+
+    Small inputs (`small_input=True`): conv1 becomes 64@3x3 stride 1 padding 1
+    (11x11 stride 4 leaves nothing after three pools at 28x28); the feature maps
+    are then 28 -> 13 -> 6 -> 2 at 28x28 and 32 -> 15 -> 7 -> 3 at 32x32.
+
+    Attributes:
+      num_classes: outputs of the head.
+      small_input: 3x3 stride-1 stem for 28x28 / 32x32 inputs.
+      pooled_size: side of the adaptive average pooling before the classifier
+        (6 in torchvision); None flattens the last feature maps as they are.
+      fc_width: width of dense1 and dense2 (4096 in torchvision).
+      dropout: dropout rate before dense1 and dense2.
+    """
+
+    num_classes: int = 1000
+    small_input: bool = False
+    pooled_size: int | None = 6
+    fc_width: int = 4096
+    dropout: float = 0.5
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.small_input:
+            stem = dict(kernel_size=3, stride=1, padding=1)
+        else:
+            stem = dict(kernel_size=11, stride=4, padding=2)
+        convs = [  # (name, features, conv kwargs, max pool 3/2 after it)
+            ("conv1", 64, stem, True),
+            ("conv2", 192, dict(kernel_size=5, padding=2), True),
+            ("conv3", 384, dict(kernel_size=3, padding=1), False),
+            ("conv4", 256, dict(kernel_size=3, padding=1), False),
+            ("conv5", 256, dict(kernel_size=3, padding=1), True),
+        ]
+        for i, (name, features, kwargs, pool) in enumerate(convs):
+            x = nn.relu(Conv2D(features, **kwargs, dtype=self.dtype, name=name)(x))
+            self.sow("features", f"{name}_out", x)
+            if pool:  # named after the conv before it: pool1, pool2, pool5 (as in Caffe)
+                x = MaxPool2D(3, stride=2, name=f"pool{i + 1}")(x)
+        if self.pooled_size is not None:
+            x = AdaptiveAvgPool2D(self.pooled_size, name="avgpool")(x)
+        x = Flatten(name="flatten")(x)  # (N, 6 * 6 * 256) at 224x224
+        for i in (1, 2):
+            x = Dropout(self.dropout, deterministic=not train, name=f"dropout{i}")(x)
+            x = nn.relu(Dense(self.fc_width, dtype=self.dtype, name=f"dense{i}")(x))
+        self.sow("features", "features", x)
+        return Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+
+
+# The registry's overrides for 28x28x1 and 32x32x3 inputs: a 3x3 stride-1 stem (an 11x11
+# stride-4 one leaves nothing after three pools), the last 2x2 / 3x3 maps flattened as they
+# are (no upsampling to 6x6) and 512-wide dense layers (0.8M dense parameters at 28x28
+# instead of 21M with 4096).
+SMALL_INPUTS = {"small_input": True, "pooled_size": None, "fc_width": 512}
