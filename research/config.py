@@ -8,6 +8,8 @@ everywhere. Defaults live here and nowhere else.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 
@@ -57,6 +59,21 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.step_every_epochs = 0.0  # step schedule: multiply by step_factor every this many
     c.optim.step_factor = 0.1  # step schedule multiplier
     c.optim.clip_norm = 0.0  # global gradient-norm clipping threshold (0: off)
+
+    c.transfer = ml_collections.ConfigDict()
+    # Workdir of a finished run whose newest checkpoint gives the starting parameters
+    # ("": random init). The head is replaced when the number of classes differs.
+    c.transfer.pretrained = ""
+    # scratch | linear_probe | freeze_first_n | finetune | finetune_lower_lr
+    c.transfer.strategy = "scratch"
+    c.transfer.n = 0  # freeze_first_n: convolution layers frozen, counted in network order
+    c.transfer.backbone_lr_scale = 0.1  # finetune_lower_lr: backbone lr = this * head lr
+    # BatchNorm in frozen layers: "frozen" = normalise with running averages and keep
+    # them fixed (as in evaluation); "update" = keep using and updating batch statistics.
+    c.transfer.batch_norm = "frozen"
+    c.transfer.head = "head"  # name of the classification layer (the zoo's models: "head")
+    # Explicit (regex, rule) pairs, first match wins; used instead of `strategy` when set.
+    c.transfer.rules = ()
     return c
 
 
@@ -107,3 +124,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("optim.name", config.optim.name, f"known optimizers: {', '.join(optim.names())}")
     if not config.optim.learning_rate > 0:
         _fail("optim.learning_rate", config.optim.learning_rate, "must be > 0 (epsilon)")
+    from research.optim import freeze
+
+    t = config.transfer
+    if t.strategy not in freeze.STRATEGIES:
+        _fail("transfer.strategy", t.strategy, f"one of {', '.join(freeze.STRATEGIES)}")
+    if t.batch_norm not in freeze.BATCH_NORM_POLICIES:
+        _fail("transfer.batch_norm", t.batch_norm, f"one of {freeze.BATCH_NORM_POLICIES}")
+    _check_int(config, "transfer.n", 0)
+    if t.pretrained and not os.path.isdir(os.path.join(t.pretrained, "checkpoints")):
+        _fail(
+            "transfer.pretrained", t.pretrained, "the workdir of a finished run (no checkpoints/)"
+        )

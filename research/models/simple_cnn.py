@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from research.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
 
 class SimpleCNN(nn.Module):
@@ -24,18 +24,30 @@ class SimpleCNN(nn.Module):
       widths: channels of each stage's convolution.
       dense: width of the hidden dense layer.
       dropout: dropout rate before the head (0: none).
+      batch_norm: BatchNorm after each convolution (which then has no bias).
     """
 
     num_classes: int = 10
     widths: Sequence[int] = (32, 64)
     dense: int = 128
     dropout: float = 0.0
+    batch_norm: bool = False
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         for i, width in enumerate(self.widths, start=1):
-            x = nn.relu(Conv2D(width, 3, padding="SAME", dtype=self.dtype, name=f"conv{i}")(x))
+            x = Conv2D(
+                width,
+                3,
+                padding="SAME",
+                use_bias=not self.batch_norm,
+                dtype=self.dtype,
+                name=f"conv{i}",
+            )(x)
+            if self.batch_norm:
+                x = BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(x)
+            x = nn.relu(x)
             self.sow("features", f"conv{i}_out", x)
             x = MaxPool2D(2, name=f"pool{i}")(x)
         x = Flatten(name="flatten")(x)  # (N, H/2^k * W/2^k * widths[-1])

@@ -1,5 +1,6 @@
 """Training: state and pure steps (`steps`), the loop (`loop`), checkpoints, outputs."""
 
+from research.train import transfer
 from research.train.checkpoint import Checkpointer, tree_sha256
 from research.train.loop import (
     Interrupted,
@@ -20,5 +21,6 @@ __all__ = [
     "make_mesh",
     "make_steps",
     "train_and_evaluate",
+    "transfer",
     "tree_sha256",
 ]

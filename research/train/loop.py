@@ -36,7 +36,9 @@ from research import config as config_lib
 from research import data as data_lib
 from research import models, optim
 from research.data import pipeline
+from research.optim import freeze as freeze_lib
 from research.train import outputs
+from research.train import transfer as transfer_lib
 from research.train.checkpoint import Checkpointer, tree_sha256
 from research.train.steps import Steps, TrainState, make_mesh, make_steps
 
@@ -70,6 +72,7 @@ class Run:
     steps: Steps
     steps_per_epoch: int
     total_steps: int
+    freeze_decisions: list = dataclasses.field(default_factory=list)
 
 
 def build_run(config: ml_collections.ConfigDict, *, splits: pipeline.Splits | None = None) -> Run:
@@ -112,6 +115,7 @@ def build_run(config: ml_collections.ConfigDict, *, splits: pipeline.Splits | No
     model = models.create(config.model.name, num_classes=splits.num_classes, **overrides)
     spe = pipeline.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
     tx = optim.from_config(config.optim, steps_per_epoch=spe, num_epochs=config.num_epochs)
+    tx, decisions, interceptor = _apply_transfer_rules(config.transfer, model, splits, tx)
     steps = make_steps(
         model,
         tx,
@@ -119,8 +123,26 @@ def build_run(config: ml_collections.ConfigDict, *, splits: pipeline.Splits | No
         task=spec.task,
         augment=config.data.augment,
         mesh=mesh,
+        interceptor=interceptor,
     )
-    return Run(config, splits, model, spec.task, steps, spe, spe * config.num_epochs)
+    return Run(config, splits, model, spec.task, steps, spe, spe * config.num_epochs, decisions)
+
+
+def _apply_transfer_rules(cfg, model, splits, tx):
+    """Wraps `tx` with the run's freezing rules; returns (tx, decisions, BN interceptor)."""
+    rules = [tuple(r) for r in cfg.rules]
+    if not rules and cfg.strategy == "scratch":
+        freeze_lib.batch_norm_interceptor(set(), cfg.batch_norm)  # validates the policy
+        return tx, [], None
+    x = jax.ShapeDtypeStruct((1, *splits.input_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
+    if not rules:
+        rules = freeze_lib.strategy_rules(
+            cfg.strategy, shapes, head=cfg.head, n=cfg.n, backbone_scale=cfg.backbone_lr_scale
+        )
+    tx, decisions = freeze_lib.freeze(tx, shapes, rules)
+    frozen = freeze_lib.frozen_modules(decisions)
+    return tx, decisions, freeze_lib.batch_norm_interceptor(frozen, cfg.batch_norm)
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -223,6 +245,8 @@ def fit(run: Run, workdir: str) -> tuple[TrainState, dict[str, Any]]:
     if restored is not None:
         state, start = restored
         log.info("resumed from checkpoint at step %d", start)
+    elif cfg.transfer.pretrained:
+        state = _start_from_pretrained(run, state, workdir)
     start = int(jax.device_get(state.step))
 
     train = run.splits.train
@@ -295,6 +319,25 @@ def fit(run: Run, workdir: str) -> tuple[TrainState, dict[str, Any]]:
             bar.close()
         ckpt.close()
     return state, timing
+
+
+def _start_from_pretrained(run: Run, state: TrainState, workdir: str) -> TrainState:
+    """Loads the pretrained parameters and writes transfer.json (what was loaded/frozen)."""
+    cfg = run.config.transfer
+    params, batch_stats, report = transfer_lib.load_pretrained(
+        cfg.pretrained, state.params, state.batch_stats, head=cfg.head
+    )
+    for d in run.freeze_decisions:
+        {"freeze": report.frozen, "train": report.trained}.get(d.rule, report.scaled).append(d.path)
+    if outputs.is_writer():
+        outputs.atomic_write_json(os.path.join(workdir, "transfer.json"), report.as_dict())
+    log.info(
+        "transfer: %d arrays loaded, %d replaced, %d frozen",
+        len(report.loaded),
+        len(report.replaced),
+        len(report.frozen),
+    )
+    return run.steps.reinit(state, params, batch_stats)
 
 
 def _progress(cfg, total: int, start: int):

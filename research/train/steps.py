@@ -15,6 +15,7 @@ batch statistics). The same code runs on one device, several, or several hosts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,7 @@ class Steps:
     """The compiled functions of one run."""
 
     init: Callable[[jax.Array, jax.Array], TrainState]
+    reinit: Callable[[TrainState, Any, Any], TrainState]
     train_chunk: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[..., dict[str, jax.Array]]
     mesh: Mesh
@@ -93,6 +95,7 @@ def make_steps(
     task: str = "classify",
     augment: bool = False,
     mesh: Mesh | None = None,
+    interceptor: Callable | None = None,
 ) -> Steps:
     """Builds the jitted init, training-chunk and evaluation functions of a run.
 
@@ -103,6 +106,8 @@ def make_steps(
       task: "classify" (cross-entropy + accuracy) or "reconstruct" (MSE).
       augment: apply `research.data.pipeline.augment` to each training batch.
       mesh: the device mesh (default: all devices on one "data" axis).
+      interceptor: a Flax method interceptor active during the training forward
+        pass (e.g. `research.optim.freeze.batch_norm_interceptor`).
     """
     mesh = make_mesh() if mesh is None else mesh
     rep, shard = replicated(mesh), batch_sharded(mesh)
@@ -119,6 +124,10 @@ def make_steps(
             key=train_key,
         )
 
+    def reinit(state: TrainState, params, batch_stats) -> TrainState:
+        """New starting parameters (e.g. pretrained) with a fresh optimizer state."""
+        return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
+
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(state.key, state.step)
         aug_key, dropout_key = jax.random.split(key)
@@ -131,13 +140,14 @@ def make_steps(
             variables = {"params": params}
             if state.batch_stats:
                 variables["batch_stats"] = state.batch_stats
-            out, new_vars = model.apply(
-                variables,
-                images,
-                train=True,
-                rngs={"dropout": dropout_key},
-                mutable=["batch_stats"],
-            )
+            with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
+                out, new_vars = model.apply(
+                    variables,
+                    images,
+                    train=True,
+                    rngs={"dropout": dropout_key},
+                    mutable=["batch_stats"],
+                )
             per_example, metrics = loss_and_metrics(out, images, batch["label"], task)
             return per_example.mean(), (metrics, new_vars.get("batch_stats", {}))
 
@@ -180,6 +190,7 @@ def make_steps(
 
     return Steps(
         init=jax.jit(init, out_shardings=rep),
+        reinit=jax.jit(reinit, out_shardings=rep),
         train_chunk=jax.jit(train_chunk, donate_argnums=0, out_shardings=(rep, rep)),
         evaluate=jax.jit(evaluate, out_shardings=rep),
         mesh=mesh,

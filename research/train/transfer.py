@@ -1,0 +1,114 @@
+"""Transfer learning: start from another run's parameters and decide what trains.
+
+`load_pretrained(workdir, params, batch_stats, head=...)` takes the newest good
+checkpoint of a finished run and copies every parameter (and BatchNorm
+statistic) whose path and shape match into freshly initialised ones. The head
+is replaced (kept at its fresh initialisation) when its shape differs, e.g. 10
+classes -> 5. Any other mismatch is an error naming the path and both shapes.
+The returned `TransferReport` lists what was loaded, replaced and frozen; the
+loop writes it to `transfer.json` in the run's workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from research.optim.freeze import param_path
+
+
+@dataclasses.dataclass
+class TransferReport:
+    source: str = ""
+    step: int = 0
+    loaded: list[str] = dataclasses.field(default_factory=list)
+    replaced: list[str] = dataclasses.field(default_factory=list)
+    frozen: list[str] = dataclasses.field(default_factory=list)
+    scaled: list[str] = dataclasses.field(default_factory=list)
+    trained: list[str] = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _read_checkpoint(workdir: str) -> tuple[dict, int]:
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"config.transfer.pretrained={workdir!r}: no checkpoints folder at {directory}; "
+            f"point it at the workdir of a finished training run"
+        )
+    manager = ocp.CheckpointManager(directory)
+    try:
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                restored = manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+                )
+                return restored["state"], step
+            except Exception:  # noqa: BLE001 - damaged: try the previous one
+                continue
+    finally:
+        manager.close()
+    raise FileNotFoundError(f"config.transfer.pretrained={workdir!r}: no usable checkpoint")
+
+
+def load_pretrained(
+    workdir: str, params: Mapping, batch_stats: Mapping, *, head: str = "head"
+) -> tuple[Any, Any, TransferReport]:
+    """Copies matching parameters from `workdir`'s newest checkpoint into `params`.
+
+    Args:
+      workdir: a finished run's workdir (its `checkpoints/` is read).
+      params, batch_stats: the new model's freshly initialised variables.
+      head: the classification layer's name; its parameters may change shape.
+
+    Returns:
+      `(params, batch_stats, report)`.
+
+    Raises:
+      ValueError: a parameter whose shape differs (other than the head's), or
+        one the checkpoint does not have, naming the path and the shapes.
+    """
+    state, step = _read_checkpoint(workdir)
+    report = TransferReport(source=os.path.abspath(workdir), step=int(step))
+    head_re = re.compile(rf"(^|/){re.escape(head)}/")
+
+    def merge(collection: str, fresh_tree: Mapping, old_tree: Mapping):
+        old_flat = {
+            param_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(old_tree)[0]
+        }
+
+        def pick(path, fresh):
+            name = param_path(path)
+            old = old_flat.get(name)
+            is_head = bool(head_re.search(name))
+            if old is None or np.shape(old) != fresh.shape:
+                if is_head:
+                    report.replaced.append(f"{collection}/{name}")
+                    return fresh
+                if old is None:
+                    raise ValueError(
+                        f"pretrained checkpoint {report.source} has no {collection} {name!r} "
+                        f"(new shape {tuple(fresh.shape)}); is it the same model?"
+                    )
+                raise ValueError(
+                    f"pretrained {collection} {name!r} has shape {tuple(np.shape(old))} but the "
+                    f"new model's has shape {tuple(fresh.shape)}"
+                )
+            report.loaded.append(f"{collection}/{name}")
+            return jnp.asarray(old, fresh.dtype)
+
+        return jax.tree_util.tree_map_with_path(pick, fresh_tree)
+
+    params = merge("params", params, state.get("params", {}))
+    batch_stats = merge("batch_stats", batch_stats, state.get("batch_stats", {}) or {})
+    return params, batch_stats, report
