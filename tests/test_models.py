@@ -22,12 +22,21 @@ PUBLISHED = {
     # LeNet-5 with full C3 connectivity at 32x32x1: 156 + 2,416 + 48,120 + 10,164 + 850
     # (d2l.ai "Convolutional Neural Networks (LeNet)"; LeCun et al. 1998 quote ~60,000).
     "lenet5": (61_706, "d2l.ai LeNet, 32x32 input"),
+    # torchvision docs (AlexNet_Weights / VGG*_Weights.IMAGENET1K_V1 "num_params"), 224x224x3.
+    "alexnet": (61_100_840, "torchvision alexnet docs, 224x224x3, 1000 classes"),
+    "vgg11": (132_863_336, "torchvision vgg11 docs, 224x224x3, 1000 classes"),
+    "vgg16": (138_357_544, "torchvision vgg16 docs, 224x224x3, 1000 classes"),
 }
 
 # name -> (input shape, classes, count computed by hand below)
 BY_FORMULA = {
     # 784*256+256 + 256*128+128 + 128*10+10
     "mlp": ((28, 28, 1), 10, 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10),
+    # At 28x28x1, latent 32: encoder conv1 3*3*1*32+32 = 320 (-> 14x14x32),
+    # conv2 3*3*32*64+64 = 18,496 (-> 7x7x64), latent (7*7*64)*32+32 = 100,384;
+    # decoder dense1 32*(7*7*64)+7*7*64 = 103,488, conv1 3*3*64*32+32 = 18,464 (14x14),
+    # conv2 3*3*32*1+1 = 289 (28x28).
+    "conv_autoencoder": ((28, 28, 1), 10, 320 + 18_496 + 100_384 + 103_488 + 18_464 + 289),
 }
 
 SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]
@@ -142,3 +151,50 @@ def test_features_are_sown_for_probes():
     _, state = model.apply(variables, x, mutable=["features"])
     assert state["features"]["conv1_out"][0].shape == (2, 28, 28, 6)
     assert state["features"]["features"][0].shape == (2, 84)
+
+
+def test_autoencoder_codes_adaptive_pooling_and_vgg_variants():
+    # Autoencoder: codes for probes, decoding back without being told the shape, any H x W.
+    _, model, variables, x = _init("conv_autoencoder", (28, 28, 1))  # ops compiled above
+    z = model.apply(variables, x, method=model.encode)
+    assert z.shape == (2, 32)
+    images = model.apply(variables, z, method=model.decode)  # shape read off the parameters
+    np.testing.assert_allclose(images, model.apply(variables, x), atol=1e-6)
+    out, state = model.apply(variables, x, mutable=["features"])
+    assert bool(jnp.all((out >= 0) & (out <= 1)))
+    assert state["features"]["features"][0].shape == (2, 32)
+    assert state["features"]["encoder"]["conv2_out"][0].shape == (2, 7, 7, 64)
+    odd = jax.ShapeDtypeStruct((1, 30, 26, 2), jnp.float32)  # encoded at 8x7, cropped back
+    odd_model = models.create("conv_autoencoder", num_classes=10, latent_dim=4)
+    run = lambda x: odd_model.apply(odd_model.init(jax.random.key(0), x), x)
+    assert jax.eval_shape(run, odd).shape == odd.shape
+
+    # AdaptiveAvgPool2D has PyTorch's bins [floor(i*n/m), ceil((i+1)*n/m)): overlapping
+    # when m does not divide n, repeated pixels when m > n.
+    from research.models.alexnet import AdaptiveAvgPool2D
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 3, 4)).astype(np.float32)
+    bins = lambda n, m: [(i * n // m, -(-(i + 1) * n // m)) for i in range(m)]
+    expected = np.stack(
+        [
+            np.stack([x[:, a:b, c:d].mean(axis=(1, 2)) for c, d in bins(3, 6)], axis=1)
+            for a, b in bins(5, 3)
+        ],
+        axis=1,
+    )  # (2, 3, 6, 4)
+    pool = AdaptiveAvgPool2D((3, 6))
+    np.testing.assert_allclose(pool.apply({}, x), expected, rtol=1e-5, atol=1e-6)
+    square = x[:, :, :1].repeat(5, axis=2)  # (2, 5, 5, 4): already the output size
+    assert np.array_equal(AdaptiveAvgPool2D(5).apply({}, square), square)
+    # AlexNet's classifier sees 6x6x256 at any large input: at 256x256 conv5 gives 7x7.
+    rows = models.layer_table(models.create("alexnet", num_classes=10), (256, 256, 3))
+    assert {r["path"]: r["output_shape"] for r in rows}["avgpool"] == (1, 6, 6, 256)
+
+    # The unregistered VGG sizes match torchvision's docs too (configurations "B" and "E").
+    from research.models import vgg
+
+    for build, count in ((vgg.VGG13, 133_047_848), (vgg.VGG19, 143_667_240)):
+        x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+        shapes = jax.eval_shape(build().init, jax.random.key(0), x)
+        assert models.param_count(shapes) == count

@@ -32,7 +32,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from research.models import lecture_cnn, lenet, mlp
+from research.models import alexnet, autoencoder, lecture_cnn, lenet, mlp, vgg
 from research.models.summary import layer_table, summary
 from research.registry import Registry
 
@@ -64,6 +64,10 @@ MODELS: Registry[ModelSpec] = Registry(
         "lenet5": ModelSpec(lenet.LeNet5, (32, 32, 1), 10, small_overrides={"padding": 2}),
         "lecture_cnn": ModelSpec(lecture_cnn.LectureCNN, (28, 28, 1), 10),
         # -- more families: one line each below this marker --
+        "alexnet": ModelSpec(alexnet.AlexNet, (224, 224, 3), small_overrides=alexnet.SMALL_INPUTS),
+        "vgg11": ModelSpec(vgg.VGG11, (224, 224, 3), small_overrides=vgg.SMALL_INPUTS),
+        "vgg16": ModelSpec(vgg.VGG16, (224, 224, 3), small_overrides=vgg.SMALL_INPUTS),
+        "conv_autoencoder": ModelSpec(autoencoder.ConvAutoencoder, (28, 28, 1), task="reconstruct"),
     },
 )
 
