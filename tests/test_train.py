@@ -323,3 +323,19 @@ def test_train_step_is_pure_and_donates(tmp_path):
     np.testing.assert_array_equal(m1["loss"], m2["loss"])
     assert m1["loss"].shape == (2,)
     assert int(s1.step) == 2
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    run = train.build_run(fast_config(compute_dtype="bfloat16"))
+    state = run.steps.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
+    images = jax.numpy.asarray(run.splits.train.images)
+    labels = jax.numpy.asarray(run.splits.train.labels)
+    idx = jax.numpy.arange(64 * 10, dtype=jax.numpy.int32).reshape(10, 64) % len(labels)
+    state, metrics = run.steps.train_chunk(state, images, labels, idx)
+    dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)}
+    assert dtypes == {jax.numpy.dtype("float32")}
+    losses = np.asarray(metrics["loss"])
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    # The forward pass really runs in bfloat16.
+    out = run.model.apply({"params": state.params}, images[:2])
+    assert out.dtype == jax.numpy.bfloat16
