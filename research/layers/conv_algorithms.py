@@ -26,10 +26,22 @@ dilations) -> y` on NHWC inputs, HWIO kernels and explicit pads:
   * "taps": `sum_{i,j} slice_ij(x) @ K[i, j]`: `f_h * f_w` matmuls of depth
     `C`, no patch tensor. Cheaper in memory; slower for few input channels.
 
-Default per backend, from `scripts/bench.py` training-step measurements
-(LeNet-5 and the lecture CNN, batch 128, 2-core CPU): "im2col" on "cpu",
-where XLA's convolutions (and above all their gradients) run through a slow
-generic path; "xla" on "gpu"/"tpu", whose convolutions are cuDNN/native.
+Default per backend, from training-step measurements (our scanned
+`make_steps` step with Adam, batch 128, 28x28x1, on a shared 2-core CPU at
+load ~4.5, medians, interleaved in one process; `scripts/bench.py`):
+
+    conv / max-pool          LeNet-5 (padding=2)   lecture CNN
+    xla / reduce_window         481 ms/step        11,191 ms/step
+    xla / reshape               486                 9,453
+    im2col / reduce_window      120                   -
+    im2col / reshape             93 (32 at load 4.7)  291
+    taps / reshape              195                   590
+
+so "im2col" on "cpu" (XLA's CPU convolutions, above all their gradients
+inside the scanned loop, take a slow generic path); "xla" on "gpu"/"tpu",
+whose convolutions are cuDNN/native (not measured here). XLA CPU flags
+(thunk runtime off, multi_thread_eigen off, xnnpack, onednn) changed the
+im2col step by less than the noise (31-37 ms).
 
 Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
 `RESEARCH_POOL_ALGORITHM` and `DEFAULT_POOL_ALGORITHM`:
