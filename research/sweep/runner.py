@@ -33,7 +33,7 @@ import ml_collections
 
 from research import data as data_lib
 from research.data import pipeline
-from research.sweep import aggregate, claims, space, vmapped
+from research.sweep import claims, reports, space, vmapped
 from research.train import outputs
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,11 @@ def run_sweep(
       ValueError: a bad sweep or trial config (the message names the field).
     """
     t0 = time.perf_counter()
+    if config.sweep.report not in reports.REPORTS:
+        raise ValueError(
+            f"config.sweep.report={config.sweep.report!r} is invalid: known reports: "
+            f"{', '.join(reports.REPORTS.names())}"
+        )
     trials = space.expand(config)
     os.makedirs(workdir, exist_ok=True)
     cache: dict = {}
@@ -204,7 +209,7 @@ def run_sweep(
                     f"({r['wall_seconds']:.1f} s)"
                 )
     with claims.held(os.path.join(workdir, "locks", "tables.lock")):
-        aggregate.write_tables(workdir, trials, target_accuracy=config.sweep.target_accuracy)
+        reports.REPORTS.get(config.sweep.report)(workdir, trials, config)
     return {
         "trials": len(trials),
         "ran": ran,

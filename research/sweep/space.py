@@ -56,6 +56,7 @@ def get_sweep_config() -> ml_collections.ConfigDict:
     """The base config plus the `sweep` section, every field at its default."""
     config = config_lib.get_base_config()
     s = config.sweep = ml_collections.ConfigDict()
+    s.report = "optimizers"  # tables/plots written after the trials: a research.sweep.reports name
     s.mode = "grid"  # "grid": every point; "random": num_samples points of the grid
     s.axes = ml_collections.ConfigDict()  # nested like the config; leaves: lists of values
     s.grids = ()  # tuple of sub-grids (dicts field -> values); their union x axes
