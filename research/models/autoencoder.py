@@ -49,6 +49,7 @@ class Decoder(nn.Module):
     """
 
     widths: Sequence[int]  # the encoder's widths, in encoder order
+    output: str = "sigmoid"  # "sigmoid": pixels in [0, 1]; "linear": unbounded
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -68,7 +69,8 @@ class Decoder(nn.Module):
             if i < len(outs):
                 x = nn.relu(x)
                 self.sow("features", f"conv{i}_out", x)
-        return nn.sigmoid(x[:, :h, :w, :])  # (N, H, W, C)
+        x = x[:, :h, :w, :]  # (N, H, W, C)
+        return nn.sigmoid(x) if self.output == "sigmoid" else x
 
     def _image_shape(self, factor: int) -> tuple[int, int, int]:
         params = self.variables.get("params", {})
@@ -94,8 +96,12 @@ class ConvAutoencoder(nn.Module):
 
     with 241,441 parameters. Any H and W work: the encoder rounds up
     (`ceil(H / 4)`) and the decoder crops back to `(H, W)`; for H, W divisible
-    by 4 nothing is cropped. Inputs are expected in [0, 1] (the sigmoid output
-    cannot reach values outside it).
+    by 4 nothing is cropped. With `output="sigmoid"` (the default) inputs are
+    expected in [0, 1] (the sigmoid output cannot reach values outside it). The
+    training pipeline standardizes pixels (per-channel mean 0, std 1: MNIST's
+    range is about [-0.4, 2.8]), so trained runs use `output="linear"`, an
+    unbounded last convolution; the loss is then the MSE in standardized units
+    (pixel-unit MSE = loss * std**2).
 
     `model.apply(v, x)` returns the reconstruction, of `x`'s shape;
     `model.apply(v, x, method=model.encode)` the codes `(N, latent_dim)`;
@@ -108,10 +114,12 @@ class ConvAutoencoder(nn.Module):
     Attributes:
       latent_dim: size of the code.
       widths: kernels of the encoder's stride-2 convolutions; the decoder mirrors them.
+      output: "sigmoid" (pixels in [0, 1]) or "linear" (for standardized inputs).
     """
 
     latent_dim: int = 32
     widths: Sequence[int] = (32, 64)
+    output: str = "sigmoid"
     dtype: jnp.dtype | None = None
 
     def setup(self):
@@ -120,8 +128,10 @@ class ConvAutoencoder(nn.Module):
                 f"latent_dim and every width must be >= 1 (and widths non-empty), got "
                 f"latent_dim={self.latent_dim!r}, widths={self.widths!r}"
             )
+        if self.output not in ("sigmoid", "linear"):
+            raise ValueError(f"output must be 'sigmoid' or 'linear', got {self.output!r}")
         self.encoder = Encoder(tuple(self.widths), self.latent_dim, dtype=self.dtype)
-        self.decoder = Decoder(tuple(self.widths), dtype=self.dtype)
+        self.decoder = Decoder(tuple(self.widths), output=self.output, dtype=self.dtype)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         z = self.encode(x)

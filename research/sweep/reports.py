@@ -14,7 +14,7 @@ To add a study: write its report function (in its own module under
 from __future__ import annotations
 
 from research.registry import Registry
-from research.sweep import aggregate
+from research.sweep import aggregate, study_autoencoder, study_filters
 
 
 def optimizers(workdir: str, trials, config) -> None:
@@ -26,5 +26,7 @@ REPORTS = Registry(
     "report",
     {
         "optimizers": optimizers,
+        "autoencoder": study_autoencoder.report,
+        "filters_and_features": study_filters.report,
     },
 )

@@ -19,6 +19,7 @@ so the runner can choose.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -29,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from research import models, optim
 from research.data import pipeline
 from research.train import loop, outputs
-from research.train.checkpoint import tree_sha256
+from research.train.checkpoint import Checkpointer, tree_sha256
 from research.train.steps import Steps, make_steps
 
 # Fields that may differ inside a group: the seed and the injected hyperparameters.
@@ -75,12 +77,19 @@ class Group:
     """
 
     run: loop.Run
-    steps: Steps
+    steps: Steps  # the plain steps, on the run's "data" mesh (the sequential path)
     chunk: Any  # (states, images, labels, idx[T, S, B]) -> (states, metrics[T, S])
     evaluate: Any  # (params, batch_stats, images, labels, idx, mask) -> sums[T]
     single_chunk: Any
     single_evaluate: Any
-    init: Any  # (init_keys[T], train_keys[T], hyperparams[T]) -> states
+    init: Any  # (init_keys[T], train_keys[T], hyperparams[T]) -> states, trial-sharded
+    single_init: Any  # the same, replicated on the "data" mesh (the sequential path)
+    trials_mesh: Mesh  # ("trials", "data") = (devices, 1): the vmapped path's mesh
+
+    @property
+    def trial_multiple(self) -> int:
+        """The vmapped trial axis is padded to a multiple of this (the device count)."""
+        return self.trials_mesh.shape["trials"]
 
 
 def _squeeze(tree):
@@ -91,26 +100,57 @@ def _unsqueeze(tree):
     return jax.tree_util.tree_map(lambda x: x[None], tree)
 
 
-def build_group(config: ml_collections.ConfigDict, splits: pipeline.Splits) -> Group:
-    """Builds the functions for the trials that share `group_key(config)`."""
+def trials_mesh(devices=None) -> Mesh:
+    """A ("trials", "data") mesh of shape (len(devices), 1) (default: every device).
+
+    The vmapped programs shard their trial axis over "trials"; the "data" axis
+    (size 1) is there so that `make_steps`'s batch constraint `P("data")` keeps
+    its meaning: each device runs whole trials, no batch is split.
+    """
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices, dtype=object).reshape(-1, 1), ("trials", "data"))
+
+
+def build_group(
+    config: ml_collections.ConfigDict, splits: pipeline.Splits, *, devices=None
+) -> Group:
+    """Builds the functions for the trials that share `group_key(config)`.
+
+    Args:
+      config: any trial of the group.
+      splits: the prepared data.
+      devices: the devices the vmapped trial axis is sharded over (default:
+        all; `jax.devices()[:1]` runs the whole axis on one device).
+    """
     run = loop.build_run(config, splits=splits)
     tx = optim.from_config(
         config.optim, steps_per_epoch=run.steps_per_epoch, num_epochs=config.num_epochs, inject=True
     )
-    steps = make_steps(
-        run.model,
-        tx,
-        input_shape=splits.input_shape,
-        task=run.task,
-        augment=config.data.augment,
-        mesh=run.steps.mesh,
-    )
 
-    def init(init_keys, train_keys, hps):
-        states = jax.vmap(steps.init)(init_keys, train_keys)
-        return jax.vmap(lambda s, h: s.replace(opt_state=optim.set_hyperparams(s.opt_state, **h)))(
-            states, hps
+    def steps_on(mesh):
+        return make_steps(
+            run.model,
+            tx,
+            input_shape=splits.input_shape,
+            task=run.task,
+            augment=config.data.augment,
+            mesh=mesh,
         )
+
+    steps, mesh = steps_on(run.steps.mesh), trials_mesh(devices)
+    on_trials = steps_on(mesh)
+    # spmd_axis_name: the inner steps' shardings (P() for the state, P("data")
+    # for a batch) gain "trials" on the vmapped axis: P("trials"), P("trials", "data").
+    vmap = functools.partial(jax.vmap, spmd_axis_name="trials")
+
+    def init_with(fns, vmap):
+        def init(init_keys, train_keys, hps):
+            states = vmap(fns.init)(init_keys, train_keys)
+            return vmap(lambda s, h: s.replace(opt_state=optim.set_hyperparams(s.opt_state, **h)))(
+                states, hps
+            )
+
+        return jax.jit(init)
 
     def single_chunk(states, images, labels, idx):
         state, metrics = steps.train_chunk(_squeeze(states), images, labels, idx[0])
@@ -122,12 +162,25 @@ def build_group(config: ml_collections.ConfigDict, splits: pipeline.Splits) -> G
     return Group(
         run=run,
         steps=steps,
-        chunk=jax.jit(jax.vmap(steps.train_chunk, in_axes=(0, None, None, 0)), donate_argnums=0),
-        evaluate=jax.jit(jax.vmap(steps.evaluate, in_axes=(0, 0, None, None, None, None))),
+        chunk=jax.jit(vmap(on_trials.train_chunk, in_axes=(0, None, None, 0)), donate_argnums=0),
+        evaluate=jax.jit(vmap(on_trials.evaluate, in_axes=(0, 0, None, None, None, None))),
         single_chunk=jax.jit(single_chunk, donate_argnums=0),
         single_evaluate=jax.jit(single_evaluate),
-        init=jax.jit(init),
+        init=init_with(on_trials, vmap),
+        single_init=init_with(steps, jax.vmap),
+        trials_mesh=mesh,
     )
+
+
+def padded(configs: list, multiple: int) -> list:
+    """`configs` with its last trial repeated up to a multiple of `multiple`.
+
+    The vmapped trial axis is sharded evenly over the devices, so a group of
+    T trials on D devices runs ceil(T / D) * D of them; the repeats are
+    computed and thrown away. They cost nothing in wall time (they fill slots
+    of devices that would otherwise wait for the busiest one).
+    """
+    return configs + configs[-1:] * (-len(configs) % multiple)
 
 
 def hyperparams(configs, steps_per_epoch: int) -> dict[str, jax.Array]:
@@ -154,7 +207,7 @@ def _keys(configs):
 
 
 def _evaluate(group: Group, states, split, vmap: bool) -> list[dict[str, float]]:
-    run, mesh = group.run, group.steps.mesh
+    run, mesh = group.run, (group.trials_mesh if vmap else group.steps.mesh)
     idx, mask = loop._eval_batches(len(split), run.config.eval_batch_size, mesh.devices.size)
     totals = (group.evaluate if vmap else group.single_evaluate)(
         states.params,
@@ -194,9 +247,10 @@ def train_group(
     """Trains the trials of one group together; writes each trial's workdir if given.
 
     Each workdir gets what `train_and_evaluate` writes (config.json, metrics.jsonl,
-    results.json, curves.png) except checkpoints: a group that is stopped is
-    run again from the start. A trial whose loss turns NaN/Inf is recorded with
-    `"status": "diverged"` while the others go on.
+    results.json, curves.png) and one orbax checkpoint of the final state (for
+    reports, probes and transfer); there are no intermediate checkpoints: a
+    group that is stopped is run again from the start. A trial whose loss turns
+    NaN/Inf is recorded with `"status": "diverged"` while the others go on.
 
     Args:
       configs: the trials' configs, all with the same `group_key`.
@@ -221,10 +275,13 @@ def train_group(
         states = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *[d[0] for d in done])
         return states, [d[1][0] for d in done]
     t_start = time.perf_counter()
-    run, mesh, cfg = group.run, group.steps.mesh, configs[0]
+    run, cfg = group.run, configs[0]
+    mesh = group.trials_mesh if vmap else group.steps.mesh
     count = len(configs)
-    init_keys, data_keys, train_keys = _keys(configs)
-    states = group.init(init_keys, train_keys, hyperparams(configs, run.steps_per_epoch))
+    members = padded(configs, group.trial_multiple) if vmap else configs
+    init_keys, data_keys, train_keys = _keys(members)
+    init = group.init if vmap else group.single_init
+    states = init(init_keys, train_keys, hyperparams(members, run.steps_per_epoch))
     train_chunk = group.chunk if vmap else group.single_chunk
     for w in workdirs or []:
         os.makedirs(w, exist_ok=True)
@@ -251,6 +308,9 @@ def train_group(
             idx = np.stack([np.stack(r[position:end]) for r in rows])  # (T, steps, B)
             t0 = time.perf_counter()
             states, metrics = train_chunk(states, images, labels, loop._on_mesh(idx, mesh))
+            # Block on every chunk: on CPU with several (forced host) devices,
+            # sharded programs dispatched back to back can deadlock.
+            jax.block_until_ready(states)
             metrics = jax.device_get(metrics)  # (T, steps) each
             elapsed = time.perf_counter() - t0
             if step == 0:
@@ -277,6 +337,7 @@ def train_group(
             log.close()
     val = _evaluate(group, states, splits.val, vmap) if len(splits.val) else [{}] * count
     test = _evaluate(group, states, splits.test, vmap)
+    states = jax.tree_util.tree_map(lambda x: x[:count], states)  # without the padding
     wall = time.perf_counter() - t_start
     results = []
     for i, c in enumerate(configs):
@@ -318,8 +379,13 @@ def train_group(
         if diverged[i] is not None:
             r["error"] = diverged[i]
         results.append(r)
-        if workdirs and outputs.is_writer():
-            _write_trial(c, workdirs[i], r)
+        if workdirs:  # the checkpoint first: results.json marks the trial finished
+            final = jax.tree_util.tree_map(lambda x, i=i: x[i], states)
+            ckpt = Checkpointer(os.path.join(workdirs[i], "checkpoints"), keep=1)
+            ckpt.save(final, step=step)
+            ckpt.close()
+            if outputs.is_writer():
+                _write_trial(c, workdirs[i], r)
     return states, results
 
 
@@ -360,27 +426,31 @@ def probe(
     mesh, cfg = group.steps.mesh, configs[0]
     n, count = len(splits.train), len(configs)
     steps = min(steps, group.run.steps_per_epoch)
-    images, labels = (
-        loop._on_mesh(splits.train.images, mesh),
-        loop._on_mesh(splits.train.labels, mesh),
-    )
-    init_keys, data_keys, train_keys = _keys(configs)
+    images, labels = splits.train.images, splits.train.labels
+    members = padded(configs, group.trial_multiple)  # the vmapped axis, as train_group runs it
+    init_keys, data_keys, train_keys = _keys(members)
     rows = _epoch_rows(data_keys, 0, n, cfg)
     idx = np.stack([np.stack(r[:steps]) for r in rows])  # (T, steps, B)
 
-    def timed(fn, state, index):
+    def timed(fn, state, index, on):
         t0 = time.perf_counter()
-        state, metrics = fn(state, images, labels, loop._on_mesh(index, mesh))
-        jax.block_until_ready(metrics)
+        state, metrics = fn(state, on(images), on(labels), on(index))
+        jax.block_until_ready((state, metrics))
         return state, time.perf_counter() - t0
 
-    hps = hyperparams(configs, group.run.steps_per_epoch)
+    def on_data(x):
+        return loop._on_mesh(x, mesh)
+
+    def on_trials(x):
+        return loop._on_mesh(x, group.trials_mesh)
+
+    hps = hyperparams(members, group.run.steps_per_epoch)
+    one = group.single_init(init_keys[:1], train_keys[:1], {k: v[:1] for k, v in hps.items()})
     states = group.init(init_keys, train_keys, hps)
-    one = jax.tree_util.tree_map(lambda x: x[:1], states)
-    one, seq_first = timed(group.single_chunk, one, idx[:1])
-    one, seq = timed(group.single_chunk, one, idx[:1])
-    states, vmap_first = timed(group.chunk, states, idx)
-    states, vmapped = timed(group.chunk, states, idx)
+    one, seq_first = timed(group.single_chunk, one, idx[:1], on_data)
+    one, seq = timed(group.single_chunk, one, idx[:1], on_data)
+    states, vmap_first = timed(group.chunk, states, idx, on_trials)
+    states, vmapped = timed(group.chunk, states, idx, on_trials)
     return {
         "trials": count,
         "steps": steps,

@@ -1,0 +1,65 @@
+"""A convolutional autoencoder on MNIST and Fashion-MNIST, sweeping the latent size.
+
+Question: how small can the code of a convolutional autoencoder be before the
+reconstructions fall apart, and how much of the class is in the code? For
+latent sizes 2, 8 and 32 (and more in :full) we report the test reconstruction
+MSE (mean ± std over seeds), a figure of test images above their
+reconstructions, and a linear probe: a logistic regression fitted on the codes
+of the training images, scored on the test images' codes.
+
+Command (small: widths 16/32, 2,000 training images, 2 epochs, latent 2/8/32, 2 seeds
+= 12 trials):
+  python scripts/sweep.py --config experiments/autoencoder.py:small --workdir runs/autoencoder_small
+Command (full, for a GPU: widths 32/64, all 55,000 training images, 20 epochs, latent
+2/4/8/16/32, 3 seeds = 30 trials):
+  python scripts/sweep.py --config experiments/autoencoder.py:full --workdir runs/autoencoder
+
+Writes summary.md/.csv (per dataset × latent size), trials.csv and
+reconstructions.png into the workdir (research/sweep/study_autoencoder.py).
+
+Expected: the reconstruction error falls steeply from latent 2 to 8 and
+flattens towards 32 (blurry prototypes at 2, recognisable digits and garments
+at 8 and up); Fashion-MNIST has the larger pixel MSE. The probe's test accuracy
+rises with the latent size, well above chance (0.10) even at 2 and around
+0.8-0.9 at 32 for MNIST, a little lower for Fashion-MNIST: the codes, learned
+without labels, separate the classes nearly linearly.
+Run time on a 2-core CPU: small ~5 min (measured in README); full: hours, use a GPU.
+"""
+
+from research.sweep import get_sweep_config
+
+
+def get_config(arg: str = "small"):
+    config = get_sweep_config()
+    config.sweep.report = "autoencoder"
+    config.model.name = "conv_autoencoder"
+    config.model.overrides.latent_dim = 32  # size of the code; swept below
+    # The pipeline standardizes pixels (mean 0, std 1), outside a sigmoid's [0, 1].
+    config.model.overrides.output = "linear"
+    config.optim.name = "adam"
+    config.optim.learning_rate = 1e-3  # epsilon: Adam's usual step size
+    config.optim.schedule = "constant"
+    config.progress = False
+    config.sweep.parallel = "sequential"  # one compiled program per latent size anyway
+    if arg == "small":
+        config.model.overrides.widths = (16, 32)  # half the default widths: CPU minutes
+        config.data.val_size = 500  # validation images carved from the training images
+        config.data.train_size = 2000  # training images kept (a fixed subset)
+        config.batch_size = 64
+        config.num_epochs = 2
+        config.log_every_steps = 16
+        latents, seeds = (2, 8, 32), (0, 1)
+    elif arg == "full":
+        config.data.val_size = 5000
+        config.batch_size = 128
+        config.num_epochs = 20
+        config.log_every_steps = 200
+        latents, seeds = (2, 4, 8, 16, 32), (0, 1, 2)
+    else:
+        raise ValueError(f"autoencoder.py:{arg}: unknown variant; use small or full")
+    config.sweep.axes = {
+        "data": {"name": ("mnist", "fashion_mnist")},
+        "model": {"overrides": {"latent_dim": latents}},
+        "seed": seeds,
+    }
+    return config
