@@ -304,3 +304,154 @@ def test_two_processes_share_a_sweep_and_run_each_trial_once(tmp_path):
     assert len(results_files(workdir)) == 6
     with open(os.path.join(workdir, "trials.csv")) as f:
         assert len(list(csv.DictReader(f))) == 6
+
+
+# ------------------------------------------------------------------ pretraining stages
+
+
+def stage_config(stage_epochs=1):
+    config = sweep_config(seed=(0,))
+    config.sweep.report = "freezing"
+    config.sweep.parallel = "sequential"
+    config.sweep.pretrain = {
+        "digits_0to4": {"data": {"classes": (0, 1, 2, 3, 4)}, "num_epochs": stage_epochs}
+    }
+    target = {"data.classes": ((5, 6, 7, 8, 9),)}
+    config.sweep.grids = (
+        {**target, "transfer.strategy": ("scratch",)},
+        {
+            **target,
+            "transfer.strategy": ("linear_probe",),
+            "transfer.pretrained": ("pretrain:digits_0to4",),
+        },
+    )
+    return config
+
+
+def test_stage_ids_enter_the_ids_of_the_trials_that_use_them():
+    before = {t.pretrain: t.id for t in space.expand(stage_config())}
+    after = {t.pretrain: t.id for t in space.expand(stage_config(stage_epochs=2))}
+    assert before[""] == after[""]  # scratch does not use the stage
+    assert before["digits_0to4"] != after["digits_0to4"]
+    (stage,) = space.stages(stage_config()).values()
+    assert stage.overrides == {"data.classes": [0, 1, 2, 3, 4], "num_epochs": 1}
+    assert stage.id == space.trial_id(stage.overrides)
+
+
+def test_a_trial_naming_an_unknown_stage_is_an_error():
+    config = stage_config()
+    config.sweep.grids = ({"transfer.pretrained": ("pretrain:nope",)},)
+    with pytest.raises(ValueError, match=r"pretrain:nope.*stages: digits_0to4"):
+        space.expand(config)
+
+
+def test_stage_runs_once_first_and_transfer_trials_start_from_it(tmp_path):
+    from research.sweep import runner
+
+    workdir = str(tmp_path)
+    config = stage_config()
+    done = runner.run_sweep(config, workdir)
+    (stage,) = space.stages(config).values()
+    stage_folder = runner.stage_dir(workdir, stage)
+    assert done["stages"] == [stage.id] and len(done["ran"]) == 2
+    assert os.path.isdir(os.path.join(stage_folder, "checkpoints"))
+    probe = next(t for t in space.expand(config) if t.pretrain)
+    with open(os.path.join(runner.trial_dir(workdir, probe), "transfer.json")) as f:
+        report = json.load(f)
+    assert report["source"] == os.path.abspath(stage_folder)
+    assert report["loaded"] and report["frozen"]
+    assert all("head" not in p for p in report["frozen"])
+    with open(os.path.join(runner.trial_dir(workdir, probe), "config.json")) as f:
+        assert json.load(f)["transfer"]["pretrained"] == stage_folder
+    # Resumed: neither the stage nor any trial runs again; the report is rewritten.
+    again = runner.run_sweep(config, workdir)
+    assert again["stages"] == [] and again["ran"] == [] and len(again["skipped"]) == 2
+    with open(os.path.join(workdir, "summary.md")) as f:
+        text = f.read()
+    assert "Trials finished: 2/2" in text
+    assert "| linear_probe |" in text and "| scratch |" in text
+    assert os.path.exists(os.path.join(workdir, "accuracy_vs_target_size.png"))
+
+
+# ------------------------------------------------------------------ study reports
+
+
+def test_freezing_summary_means_over_seeds_and_pivots_by_target_size():
+    from research.sweep import study_freezing
+
+    def row(strategy, size, seed, acc, status="done"):
+        return {
+            "trial_id": f"{strategy}{size}{seed}",
+            "pair": "mnist_0to4 → mnist[5,6,7,8,9]",
+            "strategy": strategy,
+            "target_size": size,
+            "train_examples": size or 5000,
+            "seed": seed,
+            "status": status,
+            "test_accuracy": acc,
+            "val_accuracy": acc,
+            "wall_seconds": 1.0,
+        }
+
+    rows = [
+        row("linear_probe", 100, 0, 0.8),
+        row("linear_probe", 100, 1, 0.9),
+        row("scratch", 100, 0, 0.5),
+        row("scratch", 100, 1, 0.4, status="diverged"),  # a diverged trial counts as 0
+        row("scratch", 0, 0, 0.97),
+    ]
+    summary = study_freezing.summarize(rows)
+    probe = next(r for r in summary if r["strategy"] == "linear_probe")
+    assert probe["seeds"] == 2
+    assert probe["test_accuracy_mean"] == pytest.approx(0.85)
+    assert probe["test_accuracy_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    scratch = next(r for r in summary if r["strategy"] == "scratch" and r["target_size"] == 100)
+    assert scratch["test_accuracy_mean"] == pytest.approx(0.25)
+    text = study_freezing.markdown(summary, finished=5, total=8)
+    assert "Trials finished: 5/8" in text
+    assert "| strategy | 100 examples | all (5,000) examples |" in text
+    assert "| linear_probe | 0.850 ± 0.071 | — |" in text
+    assert "| scratch | 0.250 ± 0.354 | 0.970 ± 0.000 (1) |" in text
+
+
+def test_freezing_labels_name_strategies_and_pairs():
+    from research.sweep import study_freezing
+
+    trials = space.expand(stage_config())
+    pairs = study_freezing.pair_labels(trials)
+    assert pairs == {"digits[5,6,7,8,9]": "digits_0to4 → digits[5,6,7,8,9]"}
+    probe = space.apply(trials[0].config, {"transfer.strategy": "linear_probe"})
+    assert study_freezing.strategy_label(probe) == "linear_probe_random_init"
+    first2 = space.apply(probe, {"transfer.strategy": "freeze_first_n", "transfer.n": 2})
+    assert study_freezing.strategy_label(first2) == "freeze_first_2"
+
+
+def test_architecture_summary_and_flops_of_a_dense_network():
+    from research import models
+    from research.sweep import study_architectures
+
+    rows = [
+        {
+            "dataset": "mnist",
+            "model": "mlp",
+            "seed": s,
+            "test_accuracy": a,
+            "params": 100,
+            "flops": 200.0,
+            "examples_per_second": e,
+            "wall_seconds": 2.0,
+            "overrides": "{}",
+        }
+        for s, a, e in ((0, 0.9, 1000.0), (1, 0.8, 3000.0))
+    ]
+    (r,) = study_architectures.summarize(rows)
+    assert r["seeds"] == 2 and r["test_accuracy_mean"] == pytest.approx(0.85)
+    assert r["examples_per_second"] == pytest.approx(2000.0)
+    text = study_architectures.markdown([r], finished=2, total=4)
+    assert "| mnist | mlp | 2 | 0.8500 ± 0.0707 | 100 | 200 | 2000 | 2.0 |" in text
+    # A dense network costs about 2 FLOPs (multiply + add) per weight.
+    flops = study_architectures.flops_per_example("mlp", "{}", (8, 8, 1), 10)
+    model = models.create("mlp", num_classes=10)
+    x = jax.numpy.zeros((1, 8, 8, 1))
+    weights = models.param_count(model.init(jax.random.PRNGKey(0), x)["params"])
+    assert 1.5 * weights < flops < 3 * weights

@@ -14,7 +14,13 @@ To add a study: write its report function (in its own module under
 from __future__ import annotations
 
 from research.registry import Registry
-from research.sweep import aggregate, study_autoencoder, study_filters
+from research.sweep import (
+    aggregate,
+    study_architectures,
+    study_autoencoder,
+    study_filters,
+    study_freezing,
+)
 
 
 def optimizers(workdir: str, trials, config) -> None:
@@ -26,6 +32,8 @@ REPORTS = Registry(
     "report",
     {
         "optimizers": optimizers,
+        "architectures": study_architectures.write_report,
+        "freezing": study_freezing.write_report,
         "autoencoder": study_autoencoder.report,
         "filters_and_features": study_filters.report,
     },

@@ -7,6 +7,8 @@ Layout of the sweep folder `DIR`:
   DIR/trials/<id>/            one training workdir per trial: config.json,
                               metrics.jsonl, curves.png, results.json (written
                               last and atomically: its presence = finished)
+  DIR/pretrain/<stage id>/    one training workdir (with checkpoints) per
+                              `sweep.pretrain` stage, trained before the trials
   DIR/locks/<id>.lock         a claim held while a process runs the trial
   DIR/trials.csv, summary.md, summary.csv, loss_curves.png, val_accuracy_vs_lr.png
 
@@ -16,6 +18,13 @@ number of processes can run the same command on the same DIR. A sweep that is
 killed leaves locks of a dead process, which the next run takes over (and any
 partial trial folders, which are overwritten). Under `jax.distributed`, trial i
 goes to process `i % jax.process_count()`.
+
+Transfer trials (a `transfer.strategy` other than scratch, `transfer.rules` or
+`transfer.pretrained` set) run one at a time through the plain training loop
+(`train.train_and_evaluate`: pretrained weights, freezing rules and BatchNorm
+policy, a final checkpoint); the vmapped groups are for trials that differ in
+seed and optimizer hyperparameters only. Pretraining stages (`sweep.pretrain`)
+are trained first, each once, under a lock every process waits on.
 """
 
 from __future__ import annotations
@@ -49,6 +58,63 @@ def lock_path(workdir: str, trial: space.Trial) -> str:
 
 def finished(workdir: str, trial: space.Trial) -> bool:
     return os.path.exists(os.path.join(trial_dir(workdir, trial), "results.json"))
+
+
+def stage_dir(workdir: str, stage: space.Stage) -> str:
+    return os.path.join(workdir, "pretrain", stage.id)
+
+
+def is_transfer(config: ml_collections.ConfigDict) -> bool:
+    """True when a trial needs the plain loop: pretrained weights or freezing rules."""
+    t = config.transfer
+    return bool(t.pretrained) or bool(t.rules) or t.strategy != "scratch"
+
+
+def resolved_config(workdir: str, trial: space.Trial, named: dict) -> ml_collections.ConfigDict:
+    """The trial's config with "pretrain:NAME" replaced by the stage's folder."""
+    if not trial.pretrain:
+        return trial.config
+    return space.apply(
+        trial.config, {"transfer.pretrained": stage_dir(workdir, named[trial.pretrain])}
+    )
+
+
+def run_stages(workdir, stages, splits_of, echo) -> list[str]:
+    """Trains each unfinished stage once; waits while another process trains it."""
+    from research.train import loop
+
+    ran = []
+    for stage in stages:
+        folder = stage_dir(workdir, stage)
+        done = os.path.join(folder, "results.json")
+        if os.path.exists(done):
+            continue
+        lock = os.path.join(workdir, "locks", f"pretrain-{stage.id}.lock")
+        with claims.held(lock, timeout_seconds=24 * 3600):
+            if os.path.exists(done):  # another process trained it meanwhile
+                continue
+            echo(f"pretrain {stage.name} ({stage.id}) {_overrides_line(stage.overrides)}")
+            r = loop.train_and_evaluate(stage.config, folder, splits=splits_of(stage.config))
+            ran.append(stage.id)
+            echo(
+                f"pretrain {stage.name}: val_accuracy={_fmt(r.get('val_accuracy'))} "
+                f"test_accuracy={_fmt(r.get('test_accuracy'))} ({r['wall_seconds']:.1f} s)"
+            )
+    return ran
+
+
+def _run_plain(workdir, trial, config, splits) -> dict[str, Any]:
+    """One trial through the plain loop; a divergence is recorded, not raised."""
+    from research.train import loop
+
+    folder = trial_dir(workdir, trial)
+    t0 = time.perf_counter()
+    try:
+        return loop.train_and_evaluate(config, folder, splits=splits)
+    except loop.TrainingDiverged as err:
+        r = {"status": "diverged", "error": str(err), "wall_seconds": time.perf_counter() - t0}
+        outputs.atomic_write_json(os.path.join(folder, "results.json"), r)
+        return r
 
 
 def _splits(config: ml_collections.ConfigDict, cache: dict) -> pipeline.Splits:
@@ -139,7 +205,8 @@ def run_sweep(
 
     Returns:
       `{"trials": n, "ran": ids run here, "skipped": ids finished before,
-      "parallel": mode, "probe": timings, "seconds": wall time}`.
+      "stages": pretraining stage ids trained here, "parallel": mode,
+      "probe": timings, "seconds": wall time}`.
 
     Raises:
       ValueError: a bad sweep or trial config (the message names the field).
@@ -161,16 +228,37 @@ def run_sweep(
     mine = [t for t in trials if t.index % count == index]
     skipped = [t.id for t in mine if finished(workdir, t)]
     pending = [t for t in mine if not finished(workdir, t)]
+    named = space.stages(config)
+    plain = [t for t in pending if is_transfer(t.config)]
+    pending = [t for t in pending if not is_transfer(t.config)]
     groups = _groups(pending)
     mode, probe = ("sequential", {"reason": "nothing left to run"})
     if groups:
         mode, probe = choose_parallel(config, groups, splits_of)
     echo(
-        f"{len(trials)} trials: {len(skipped)} finished before, {len(pending)} to run here "
+        f"{len(trials)} trials: {len(skipped)} finished before, "
+        f"{len(pending) + len(plain)} to run here "
         f"({mode}{', probe ' + _probe_line(probe) if 'vmap_trial_steps_per_s' in probe else ''})"
     )
     _write_manifest(config, workdir, trials, mode, probe)
+    needed = {t.pretrain for t in plain if t.pretrain}
+    stages_ran = run_stages(workdir, [named[n] for n in named if n in needed], splits_of, echo)
     ran: list[str] = []
+    for t in plain:
+        if finished(workdir, t) or not claims.try_claim(lock_path(workdir, t)):
+            continue
+        try:
+            if finished(workdir, t):
+                continue
+            r = _run_plain(workdir, t, resolved_config(workdir, t, named), splits_of(t.config))
+        finally:
+            claims.release(lock_path(workdir, t))
+        ran.append(t.id)
+        echo(
+            f"trial {t.id} {_overrides_line(t.overrides)}: {r.get('status', 'done')} "
+            f"val_accuracy={_fmt(r.get('val_accuracy'))} "
+            f"test_accuracy={_fmt(r.get('test_accuracy'))} ({r['wall_seconds']:.1f} s)"
+        )
     for group in groups:
         built = None
         size = config.sweep.group_size if mode == "vmap" else 1
@@ -214,6 +302,7 @@ def run_sweep(
         "trials": len(trials),
         "ran": ran,
         "skipped": skipped,
+        "stages": stages_ran,
         "parallel": mode,
         "probe": probe,
         "seconds": time.perf_counter() - t0,
@@ -252,7 +341,14 @@ def _write_manifest(config, workdir, trials, mode, probe) -> None:
         os.path.join(workdir, name),
         {
             "config": json.loads(config.to_json_best_effort(sort_keys=True)),
-            "trials": [{"id": t.id, "index": t.index, "overrides": t.overrides} for t in trials],
+            "trials": [
+                {"id": t.id, "index": t.index, "overrides": t.overrides, "pretrain": t.pretrain}
+                for t in trials
+            ],
+            "stages": [
+                {"name": s.name, "id": s.id, "overrides": s.overrides}
+                for s in space.stages(config).values()
+            ],
             "parallel": mode,
             "probe": probe,
             "host": socket.gethostname(),

@@ -25,6 +25,24 @@ The `sweep` section of a config (defaults in `get_sweep_config`):
         config.sweep.axes.seed = [0, 1, 2]            # (3 + 3) x 3 = 18 trials
 
     A field may be in the sub-grids or in `axes`, not both.
+  * `sweep.pretrain`: named pretraining stages run *before* the trials, for
+    transfer-learning studies. Each is the base config (without axes) plus its
+    own overrides, nested as in the config, each leaf one value::
+
+        config.sweep.pretrain = {
+            "digits_0to4": {"data": {"classes": (0, 1, 2, 3, 4)}, "num_epochs": 2},
+        }
+        config.sweep.grids = [
+            {"transfer.strategy": ["linear_probe"],
+             "transfer.pretrained": ["pretrain:digits_0to4"],
+             "data.classes": [(5, 6, 7, 8, 9)]},
+        ]
+
+    A trial whose `transfer.pretrained` is `"pretrain:NAME"` starts from stage
+    NAME's final checkpoint: the runner trains the stage once, in
+    `DIR/pretrain/<stage id>/` (id = `trial_id` of its overrides, so changing
+    the stage makes a new folder and new trial ids), then points the trial at
+    it. A finished stage (results.json present) is never trained again.
   * `sweep.mode`: "grid" runs every point; "random" runs `sweep.num_samples`
     points drawn without replacement from that grid with `sweep.sample_seed`
     (the same seed gives the same trials, in every process).
@@ -69,7 +87,13 @@ def get_sweep_config() -> ml_collections.ConfigDict:
     s.group_size = 8  # most trials in one vmapped program (memory grows with it)
     s.probe_steps = 10  # steps timed per variant by the "auto" probe
     s.target_accuracy = 0.9  # "steps to target": first validation with accuracy >= this
+    # Named pretraining stages (name -> overrides, one value per leaf), trained before the
+    # trials; a trial uses one with transfer.pretrained = "pretrain:NAME".
+    s.pretrain = ml_collections.ConfigDict()
     return config
+
+
+PRETRAIN_PREFIX = "pretrain:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +111,61 @@ class Trial:
     index: int
     overrides: dict[str, Any]
     config: ml_collections.ConfigDict
+    pretrain: str = ""  # the `sweep.pretrain` stage it starts from ("": none)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A pretraining run of `sweep.pretrain`, trained before the trials that use it.
+
+    Attributes:
+      name: its key in `sweep.pretrain` (trials refer to it as "pretrain:NAME").
+      id: `trial_id(overrides)`, also the name of its folder `DIR/pretrain/<id>`.
+      overrides: dotted field -> value, sorted by field.
+      config: the base config with the overrides applied, without `sweep`.
+    """
+
+    name: str
+    id: str
+    overrides: dict[str, Any]
+    config: ml_collections.ConfigDict
+
+
+def _flatten_values(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping of field -> single value as {dotted field: value}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping | ml_collections.ConfigDict) and path != "model.overrides":
+            out.update(_flatten_values(value, f"{path}."))
+        else:
+            out[path] = _plain(value)
+    return out
+
+
+def stages(config: ml_collections.ConfigDict) -> dict[str, Stage]:
+    """The `sweep.pretrain` stages by name, each config validated.
+
+    Raises:
+      ValueError: naming the stage and the bad field or value.
+    """
+    base = base_config(config)
+    out = {}
+    for name, tree in config.sweep.pretrain.items():
+        if not isinstance(tree, Mapping | ml_collections.ConfigDict):
+            raise ValueError(f"sweep.pretrain.{name} must be a dict of overrides, got {tree!r}")
+        overrides = dict(sorted(_flatten_values(tree).items()))
+        for field in overrides:
+            _check_field(base, field, f"sweep.pretrain.{name}")
+        cfg = apply(base, overrides)
+        if str(cfg.transfer.pretrained).startswith(PRETRAIN_PREFIX):
+            raise ValueError(f"sweep.pretrain.{name}: a stage cannot start from another stage")
+        try:
+            config_lib.validate(cfg)
+        except ValueError as e:
+            raise ValueError(f"sweep.pretrain.{name}: {e}") from None
+        out[name] = Stage(name, trial_id(overrides), overrides, cfg)
+    return out
 
 
 def trial_id(overrides: Mapping[str, Any]) -> str:
@@ -224,19 +303,30 @@ def expand(config: ml_collections.ConfigDict) -> list[Trial]:
         chosen = np.random.default_rng(s.sample_seed).choice(len(grid), s.num_samples, False)
         grid = [grid[i] for i in sorted(chosen)]
     base = base_config(config)
+    named = stages(config)
     trials, seen = [], {}
     for point in grid:
         overrides = dict(sorted(point.items()))
-        tid = trial_id(overrides)
+        cfg = apply(base, overrides)
+        stage, checked = "", cfg
+        if str(cfg.transfer.pretrained).startswith(PRETRAIN_PREFIX):
+            stage = cfg.transfer.pretrained[len(PRETRAIN_PREFIX) :]
+            if stage not in named:
+                raise ValueError(
+                    f"trial {overrides}: transfer.pretrained={cfg.transfer.pretrained!r} names "
+                    f"no stage of sweep.pretrain (stages: {', '.join(named) or 'none'})"
+                )
+            checked = apply(cfg, {"transfer.pretrained": ""})  # the stage's folder comes later
+        # A trial's id covers its stage's id: a changed stage means new trials.
+        tid = trial_id({**overrides, "sweep.pretrain": named[stage].id} if stage else overrides)
         if tid in seen:
             continue
-        cfg = apply(base, overrides)
         try:
-            config_lib.validate(cfg)
+            config_lib.validate(checked)
         except ValueError as e:
             raise ValueError(f"trial {overrides}: {e}") from None
         seen[tid] = True
-        trials.append(Trial(tid, len(trials), overrides, cfg))
+        trials.append(Trial(tid, len(trials), overrides, cfg, stage))
     if not trials:
         raise ValueError("the sweep has no trials: set sweep.axes or sweep.grids")
     return trials

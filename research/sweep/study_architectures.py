@@ -1,0 +1,203 @@
+"""Report of the architecture study: accuracy against parameters, FLOPs and speed.
+
+One row per (dataset, model) in `summary.md`/`summary.csv`: test accuracy mean ±
+sample std over seeds, parameter count, FLOPs per example, training examples
+per second and wall time per trial (means over seeds; the first seed's wall
+time includes compilation). FLOPs are XLA's count for one example
+(`jax.jit(model.apply).lower(x).compile().cost_analysis()["flops"]`, batch of
+1, evaluation mode), computed here from each trial's config, so a finished
+sweep can be re-reported on any machine. `accuracy_vs_flops.png` plots test
+accuracy against FLOPs, one panel per dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from research.sweep import aggregate, space
+
+# Input shape of one example per dataset (HWC); other datasets are loaded to find it.
+INPUT_SHAPES = {
+    "digits": (8, 8, 1),
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+}
+
+
+def _input_shape(config) -> tuple[int, ...]:
+    if config.data.name in INPUT_SHAPES:
+        return INPUT_SHAPES[config.data.name]
+    from research import data as data_lib
+
+    raw = data_lib.load(config.data.name, data_dir=config.data.data_dir or None)
+    return tuple(raw.train.images.shape[1:])
+
+
+@functools.cache
+def flops_per_example(name: str, overrides_json: str, shape: tuple, num_classes: int) -> float:
+    """XLA's FLOP count of one forward pass on one example (evaluation mode)."""
+    import jax
+    import jax.numpy as jnp
+
+    from research import models
+
+    model = models.create(name, num_classes=num_classes, **json.loads(overrides_json))
+    x = jnp.zeros((1, *shape), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    cost = jax.jit(lambda x: model.apply(variables, x)).lower(x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def _flops(config) -> float:
+    classes = len(config.data.classes) or 10
+    overrides = json.dumps(dict(config.model.overrides), sort_keys=True)
+    return flops_per_example(config.model.name, overrides, _input_shape(config), classes)
+
+
+def trial_row(workdir: str, trial: space.Trial, flops: bool = True) -> dict[str, Any] | None:
+    """The trial's row, or None if it has not finished."""
+    path = os.path.join(workdir, "trials", trial.id, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        r = json.load(f)
+    c = trial.config
+    return {
+        "trial_id": trial.id,
+        "dataset": c.data.name,
+        "model": c.model.name,
+        "overrides": json.dumps(dict(c.model.overrides), sort_keys=True),
+        "seed": c.seed,
+        "status": r.get("status", "done"),
+        "test_accuracy": r.get("test_accuracy"),
+        "val_accuracy": r.get("val_accuracy"),
+        "params": r.get("params"),
+        "flops": _flops(c) if flops else None,
+        "examples_per_second": r.get("examples_per_second"),
+        "wall_seconds": r.get("wall_seconds"),
+        "train_examples": r.get("train_examples"),
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, model), in order of first appearance; mean ± std over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["model"]), []).append(row)
+    out = []
+    for (dataset, model), mine in groups.items():
+        acc, acc_std = aggregate._mean_std([r["test_accuracy"] for r in mine])
+        out.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "seeds": len(mine),
+                "test_accuracy_mean": acc,
+                "test_accuracy_std": acc_std,
+                "params": mine[0]["params"],
+                "flops": mine[0]["flops"],
+                "examples_per_second": aggregate._mean_std(
+                    [r["examples_per_second"] for r in mine]
+                )[0],
+                "wall_seconds": aggregate._mean_std([r["wall_seconds"] for r in mine])[0],
+                "overrides": mine[0]["overrides"],
+            }
+        )
+    return out
+
+
+def _si(x) -> str:
+    if x is None or not np.isfinite(x):
+        return "—"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def markdown(summary: list[dict], *, finished: int, total: int) -> str:
+    if not summary:
+        return f"No finished trials yet (0/{total}).\n"
+    head = [
+        "dataset",
+        "model",
+        "seeds",
+        "test acc",
+        "params",
+        "FLOPs/example",
+        "train ex/s",
+        "wall s",
+    ]
+    lines = [
+        f"Trials finished: {finished}/{total}. Test accuracy: mean ± std over seeds; "
+        "train ex/s and wall time (per trial, incl. compilation for the first seed): means.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in summary:
+        cells = [
+            r["dataset"],
+            r["model"],
+            str(r["seeds"]),
+            f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}",
+            _si(r["params"]),
+            _si(r["flops"]),
+            f"{r['examples_per_second']:.0f}" if np.isfinite(r["examples_per_second"]) else "—",
+            f"{r['wall_seconds']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], path: str) -> None:
+    """Test accuracy against FLOPs per example (log x), one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for r in (r for r in summary if r["dataset"] == dataset):
+            ax.errorbar(
+                r["flops"], r["test_accuracy_mean"], yerr=r["test_accuracy_std"], fmt="o", capsize=3
+            )
+            ax.annotate(
+                r["model"],
+                (r["flops"], r["test_accuracy_mean"]),
+                fontsize=8,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs per example")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(workdir: str, trials: list[space.Trial], config=None) -> dict:
+    """Writes trials.csv, summary.csv, summary.md and accuracy_vs_flops.png."""
+    rows = [r for t in trials if (r := trial_row(workdir, t)) is not None]
+    aggregate._csv(rows, os.path.join(workdir, "trials.csv"))
+    summary = summarize(rows)
+    aggregate._csv(summary, os.path.join(workdir, "summary.csv"))
+    aggregate._atomic_text(
+        os.path.join(workdir, "summary.md"),
+        markdown(summary, finished=len(rows), total=len(trials)),
+    )
+    if summary:
+        plot(summary, os.path.join(workdir, "accuracy_vs_flops.png"))
+    return {"rows": rows, "summary": summary}

@@ -1,0 +1,186 @@
+"""Report of the freezing study: target accuracy per transfer strategy and target size.
+
+Rows are grouped by (source -> target) pair, strategy and target size. The pair
+is named after the target data (`data.name` and `data.classes`) and the
+`sweep.pretrain` stage its transfer trials start from; the strategy after
+`transfer.strategy` (with N for freeze_first_n), where a linear probe without
+pretrained weights is the "linear_probe_random_init" baseline. Writes
+`summary.md` (one table per pair: strategies x target sizes, test accuracy mean
+± sample std over seeds), `summary.csv` (long form), `trials.csv` and
+`accuracy_vs_target_size.png` (accuracy against target examples, log x, one
+line per strategy, one panel per pair).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from research.sweep import aggregate, space
+
+
+def strategy_label(config) -> str:
+    t = config.transfer
+    if t.strategy == "freeze_first_n":
+        return f"freeze_first_{t.n}"
+    if t.strategy == "linear_probe" and not t.pretrained:
+        return "linear_probe_random_init"
+    return t.strategy
+
+
+def target_label(config) -> str:
+    classes = tuple(config.data.classes)
+    if not classes:
+        return config.data.name
+    return f"{config.data.name}[{','.join(str(c) for c in classes)}]"
+
+
+def pair_labels(trials: list[space.Trial]) -> dict[str, str]:
+    """Target label -> "source -> target", the source being the stage its trials use."""
+    sources: dict[str, list[str]] = {}
+    for t in trials:
+        target = target_label(t.config)
+        names = sources.setdefault(target, [])
+        if t.pretrain and t.pretrain not in names:
+            names.append(t.pretrain)
+    return {k: f"{'+'.join(v) or '(none)'} → {k}" for k, v in sources.items()}
+
+
+def trial_row(workdir: str, trial: space.Trial, pairs: dict[str, str]) -> dict[str, Any] | None:
+    """The trial's row, or None if it has not finished."""
+    path = os.path.join(workdir, "trials", trial.id, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        r = json.load(f)
+    c = trial.config
+    return {
+        "trial_id": trial.id,
+        "pair": pairs[target_label(c)],
+        "strategy": strategy_label(c),
+        "target_size": c.data.train_size,  # 0: all
+        "train_examples": r.get("train_examples"),
+        "seed": c.seed,
+        "status": r.get("status", "done"),
+        "test_accuracy": r.get("test_accuracy"),
+        "val_accuracy": r.get("val_accuracy"),
+        "wall_seconds": r.get("wall_seconds"),
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (pair, strategy, target size), in order of first appearance."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["pair"], row["strategy"], row["target_size"]), []).append(row)
+    out = []
+    for (pair, strategy, size), mine in groups.items():
+        acc = [r["test_accuracy"] if r["status"] == "done" else 0.0 for r in mine]
+        mean, std = aggregate._mean_std(acc)
+        examples = [r["train_examples"] for r in mine if r["train_examples"] is not None]
+        out.append(
+            {
+                "pair": pair,
+                "strategy": strategy,
+                "target_size": size,
+                "train_examples": int(np.mean(examples)) if examples else None,
+                "seeds": len(mine),
+                "test_accuracy_mean": mean,
+                "test_accuracy_std": std,
+            }
+        )
+    return out
+
+
+def _size(row) -> str:
+    if row["target_size"]:
+        return f"{row['target_size']:,}"
+    n = row["train_examples"]
+    return f"all ({n:,})" if n else "all"
+
+
+def markdown(summary: list[dict], *, finished: int, total: int) -> str:
+    """One table per pair: strategies as rows, target sizes as columns."""
+    if not summary:
+        return f"No finished trials yet (0/{total}).\n"
+    lines = [
+        f"Trials finished: {finished}/{total}. Target test accuracy, mean ± std over seeds "
+        "(seeds in brackets when fewer than the rest).",
+    ]
+    for pair in dict.fromkeys(r["pair"] for r in summary):
+        mine = [r for r in summary if r["pair"] == pair]
+        sizes = sorted({r["target_size"] for r in mine}, key=lambda s: s or float("inf"))
+        size_names = {s: _size(next(r for r in mine if r["target_size"] == s)) for s in sizes}
+        most = max(r["seeds"] for r in mine)
+        lines += ["", f"**{pair}**", ""]
+        lines.append(
+            "| strategy | " + " | ".join(f"{size_names[s]} examples" for s in sizes) + " |"
+        )
+        lines.append("|---|" + "---|" * len(sizes))
+        for strategy in dict.fromkeys(r["strategy"] for r in mine):
+            cells = []
+            for s in sizes:
+                r = next(
+                    (r for r in mine if r["strategy"] == strategy and r["target_size"] == s), None
+                )
+                if r is None:
+                    cells.append("—")
+                    continue
+                cell = f"{r['test_accuracy_mean']:.3f} ± {r['test_accuracy_std']:.3f}"
+                cells.append(cell + (f" ({r['seeds']})" if r["seeds"] < most else ""))
+            lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], path: str) -> None:
+    """Accuracy against target examples (log x): one line per strategy, one panel per pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = list(dict.fromkeys(r["pair"] for r in summary))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs, strict=True):
+        mine = [r for r in summary if r["pair"] == pair and r["train_examples"]]
+        for strategy in dict.fromkeys(r["strategy"] for r in mine):
+            pts = sorted(
+                (r for r in mine if r["strategy"] == strategy), key=lambda r: r["train_examples"]
+            )
+            ax.errorbar(
+                [r["train_examples"] for r in pts],
+                [r["test_accuracy_mean"] for r in pts],
+                yerr=[r["test_accuracy_std"] for r in pts],
+                marker="o",
+                capsize=2,
+                label=strategy,
+                linestyle="--" if strategy in ("scratch", "linear_probe_random_init") else "-",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("target training examples")
+        ax.set_title(pair, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("target test accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(workdir: str, trials: list[space.Trial], config=None) -> dict:
+    """Writes trials.csv, summary.csv, summary.md and accuracy_vs_target_size.png."""
+    pairs = pair_labels(trials)
+    rows = [r for t in trials if (r := trial_row(workdir, t, pairs)) is not None]
+    aggregate._csv(rows, os.path.join(workdir, "trials.csv"))
+    summary = summarize(rows)
+    aggregate._csv(summary, os.path.join(workdir, "summary.csv"))
+    aggregate._atomic_text(
+        os.path.join(workdir, "summary.md"),
+        markdown(summary, finished=len(rows), total=len(trials)),
+    )
+    if summary:
+        plot(summary, os.path.join(workdir, "accuracy_vs_target_size.png"))
+    return {"rows": rows, "summary": summary}
