@@ -30,6 +30,19 @@ Frameworks:
 Optional frameworks that are not installed (requirements-bench.txt) are
 skipped with a note. Run time: about 2-4 minutes for the default command on a
 2-core CPU.
+
+Sweep mode (`--mode sweep`): trials run at once against one after another.
+
+    python scripts/bench.py --mode sweep --trials 1,4,16 --steps 5 --repeats 3 --out sweep.json
+
+For each model of `--sweep-models` (LeNet-5 on 28x28x1, batch 128; simple_cnn
+on 8x8x1, batch 64) and each N of `--trials`, the trial-steps per second of
+N trials vmapped into one program (`research.sweep.vmapped.build_group`, trial
+axis sharded over the devices) and of trials run one after another, their
+ratio, and the throughput over one trial vmapped alone (the issue's GPU goal:
+>= 8x at N=16 for LeNet-5). Compile seconds are reported apart. The default N
+are 1,4,16 (a CPU finishes them in a few minutes); ask for the issue's full
+list with `--trials 1,4,16,64`.
 """
 
 from __future__ import annotations
@@ -347,6 +360,10 @@ MODELS = ("lenet5", "lecture_cnn")
 
 def _worker(spec: str, args) -> None:
     """Runs one (model, batch, framework) and prints its result as one JSON line."""
+    if spec.startswith("sweep,"):
+        rows = bench_sweep(spec.split(",")[1], args.trials, args.steps, args.repeats)
+        print("RESULT " + json.dumps(rows))
+        return
     model_name, batch, framework = spec.split(",")
     fn = FRAMEWORKS[framework][1]
     kwargs = {"threads": args.torch_threads} if framework == "torch" else {}
@@ -420,9 +437,181 @@ def run_train(args) -> list[dict]:
     return rows
 
 
-# Benchmark modes: name -> function(args) -> rows. A "sweep" mode (many trials
-# of one model trained at once, vmapped) belongs here too.
-MODES: dict[str, Callable[[argparse.Namespace], list[dict]]] = {"train": run_train}
+# --------------------------------------------------------------------------- sweep mode
+
+# model -> (input shape (H, W, C), batch, config.model.overrides): the shapes the
+# sweeps train on (LeNet-5 on MNIST, simple_cnn on digits).
+SWEEP_MODELS = {
+    "lenet5": ((28, 28, 1), 128, {"padding": 2}),
+    "simple_cnn": ((8, 8, 1), 64, {}),
+}
+SWEEP_TRIALS = (1, 4, 16)  # default N on a CPU; --trials 1,4,16,64 for the issue's full list
+
+
+def _sweep_config(model_name: str):
+    from research.sweep import space
+
+    shape, batch, overrides = SWEEP_MODELS[model_name]
+    config = space.get_sweep_config()
+    config.model.name = model_name
+    config.model.overrides = overrides
+    config.data.name = "digits"  # only validated: the data below are synthetic
+    config.batch_size = batch
+    config.num_epochs = 1
+    config.progress = False
+    config.optim.name = "adam"
+    config.optim.learning_rate = LEARNING_RATE
+    return config
+
+
+def bench_sweep(model_name: str, trials: list[int], steps: int, repeats: int) -> list[dict]:
+    """Trial-steps per second of N trials vmapped (one program) and of one trial alone.
+
+    Runs the real `research.sweep.vmapped` programs (`build_group`: the
+    vmapped `chunk` sharded over the devices' "trials" axis, and the plain
+    `single_chunk`) on random data of the model's shape; trial i has its own
+    seed (init, batch order) and learning rate. Each timed call is a `lax.scan`
+    of `steps` steps; compile is timed apart (`lower().compile()`).
+    Sequential throughput is one trial's: N trials one after another run the
+    same compiled program N times, so their trial-steps/s is the same for all N.
+    """
+    import jax
+    import numpy as np
+
+    from research.data import pipeline
+    from research.layers import conv_algorithms
+    from research.sweep import vmapped
+    from research.train import loop
+
+    shape, batch, _ = SWEEP_MODELS[model_name]
+    rng = np.random.default_rng(0)
+    n = batch * DATA_BATCHES
+
+    def split(count):
+        images = rng.random((count, *shape), dtype=np.float32)
+        return pipeline.Split(images, rng.integers(0, NUM_CLASSES, count).astype(np.int32))
+
+    splits = pipeline.Splits(
+        split(n), split(batch), split(batch), NUM_CLASSES, shape, (0.5,), (0.25,)
+    )
+    config = _sweep_config(model_name)
+    group = vmapped.build_group(config, splits)
+
+    def timed(fn, state, mesh, count):
+        idx = rng.integers(0, n, (count, steps, batch)).astype(np.int32)  # (T, steps, B)
+        data = [loop._on_mesh(a, mesh) for a in (splits.train.images, splits.train.labels, idx)]
+        start = time.perf_counter()
+        compiled = fn.lower(state, *data).compile()
+        compile_s = time.perf_counter() - start
+        state, metrics = compiled(state, *data)  # warm-up
+        jax.block_until_ready((state, metrics))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            state, metrics = compiled(state, *data)
+            # Block on every call (CPU with forced host devices can deadlock otherwise).
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - start)
+        return compile_s, statistics.median(times)
+
+    def configs(count):
+        out = []
+        for i in range(count):
+            c = config.copy_and_resolve_references()
+            c.seed, c.optim.learning_rate = i, LEARNING_RATE * (1 + i % 4)
+            out.append(c)
+        return vmapped.padded(out, group.trial_multiple)
+
+    one = configs(1)[:1]
+    keys = vmapped._keys(one)
+    hps = vmapped.hyperparams(one, group.run.steps_per_epoch)
+    state = group.single_init(keys[0], keys[2], hps)
+    seq_compile, seq_s = timed(group.single_chunk, state, group.steps.mesh, 1)
+    seq_rate = steps / seq_s
+    notes = f"conv={conv_algorithms.resolve_conv_algorithm()}, devices={jax.device_count()}"
+    rows = []
+    for count in trials:
+        members = configs(count)  # padded to a multiple of the device count
+        keys = vmapped._keys(members)
+        hps = vmapped.hyperparams(members, group.run.steps_per_epoch)
+        states = group.init(keys[0], keys[2], hps)
+        vmap_compile, vmap_s = timed(group.chunk, states, group.trials_mesh, len(members))
+        vmap_rate = count * steps / vmap_s  # padding trials are not counted
+        rows.append(
+            {
+                "model": model_name,
+                "input": "x".join(map(str, shape)),
+                "batch": batch,
+                "trials": count,
+                "vmap_compile_s": vmap_compile,
+                "sequential_compile_s": seq_compile,
+                "vmap_trial_steps_per_s": vmap_rate,
+                "sequential_trial_steps_per_s": seq_rate,
+                "speedup": vmap_rate / seq_rate,
+                "vs_one_vmapped": None,  # filled in by run_sweep (N=1 row)
+                "notes": notes,
+            }
+        )
+    return rows
+
+
+def run_sweep(args) -> list[dict]:
+    """The "sweep" mode: one row per (model, N); each model in its own subprocess."""
+    rows = []
+    for model_name in args.sweep_models:
+        print(f"running sweep {model_name} N={args.trials} ...", file=sys.stderr)
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--_worker",
+            f"sweep,{model_name}",
+            "--trials",
+            ",".join(map(str, args.trials)),
+            "--steps",
+            str(args.steps),
+            "--repeats",
+            str(args.repeats),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            raise RuntimeError(
+                f"sweep benchmark {model_name} failed (exit {proc.returncode}):\n"
+                f"{proc.stderr[-3000:]}"
+            )
+        group = json.loads(lines[-1][len("RESULT ") :])
+        base = next((r for r in group if r["trials"] == 1), None)
+        for r in group:
+            # Throughput over one trial run vmapped alone (the issue's GPU goal: >= 8 at N=16).
+            if base:
+                r["vs_one_vmapped"] = r["vmap_trial_steps_per_s"] / base["vmap_trial_steps_per_s"]
+        rows.extend(group)
+    return rows
+
+
+def sweep_table(rows: list[dict], backend: str) -> str:
+    head = (
+        "| model | input | batch | N | vmap trial-steps/s | sequential trial-steps/s | "
+        "vmap / sequential | vs N=1 vmapped | vmap compile s | seq compile s | notes |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
+    lines = [f"backend: {backend}, load average {os.getloadavg()[0]:.1f}", "", head]
+    for r in rows:
+        vs_one = "" if r["vs_one_vmapped"] is None else f"{r['vs_one_vmapped']:.2f}x"
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['batch']} | {r['trials']} | "
+            f"{r['vmap_trial_steps_per_s']:.1f} | {r['sequential_trial_steps_per_s']:.1f} | "
+            f"{r['speedup']:.2f}x | {vs_one} | {r['vmap_compile_s']:.1f} | "
+            f"{r['sequential_compile_s']:.1f} | {r['notes']} |"
+        )
+    return "\n".join(lines)
+
+
+# Benchmark modes: name -> (function(args) -> rows, table(rows, backend) -> markdown).
+MODES: dict[str, tuple[Callable[[argparse.Namespace], list[dict]], Callable]] = {
+    "train": (run_train, None),  # markdown_table, set below
+    "sweep": (run_sweep, sweep_table),
+}
 
 
 def markdown_table(rows: list[dict], backend: str) -> str:
@@ -439,6 +628,9 @@ def markdown_table(rows: list[dict], backend: str) -> str:
             f"{ratio} | {r['notes']} |"
         )
     return "\n".join(lines)
+
+
+MODES["train"] = (run_train, markdown_table)
 
 
 def _csv(kind: Callable[[str], object], valid=None):
@@ -460,6 +652,15 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-sizes", type=_csv(int), default=[128])
     parser.add_argument("--frameworks", type=_csv(str, tuple(FRAMEWORKS)), default=list(FRAMEWORKS))
     parser.add_argument("--mode", choices=sorted(MODES), default="train")
+    parser.add_argument(
+        "--sweep-models", type=_csv(str, tuple(SWEEP_MODELS)), default=list(SWEEP_MODELS)
+    )
+    parser.add_argument(
+        "--trials",
+        type=_csv(int),
+        default=list(SWEEP_TRIALS),
+        help="sweep mode: trials run at once (the issue's list: 1,4,16,64)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats; median reported")
     parser.add_argument(
@@ -471,11 +672,12 @@ def main(argv=None) -> None:
     if args._worker:
         _worker(args._worker, args)
         return
-    rows = MODES[args.mode](args)
+    run, table = MODES[args.mode]
+    rows = run(args)
     import jax
 
     backend = jax.default_backend()
-    print(markdown_table(rows, backend))
+    print(table(rows, backend))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
