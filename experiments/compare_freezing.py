@@ -10,16 +10,18 @@ different + little data -> freeze only the first layers; different + much data
   * different: MNIST (10 digits)  -> Fashion-MNIST (clothes)
 
 Every strategy of `research.optim.freeze` is tried at each target-data size:
-scratch, linear_probe, freeze_first_n with N = 1, 2, 3 (of lecture_cnn's 4
-convolution layers), finetune, finetune_lower_lr, plus a baseline: a linear
-probe on a *randomly initialised* network (linear_probe without pretrained
-weights), which shows what the pretrained features are worth.
+scratch, linear_probe, freeze_first_n (full: N = 1, 2, 3 of lecture_cnn's 4
+convolution layers; small: N = 1, 2 of LeNet-5's 2), finetune, finetune_lower_lr,
+plus a baseline: a linear probe on a *randomly initialised* network
+(linear_probe without pretrained weights), which shows what the pretrained
+features are worth.
 
 The pretraining runs are the sweep's `sweep.pretrain` stages: trained once,
 first, in DIR/pretrain/<id>/, then used by every trial that names them with
 transfer.pretrained = "pretrain:NAME" (see research/sweep/space.py).
 
-Command (small: 2 pairs x 8 strategies x 3 target sizes x 2 seeds = 96 trials + 2 pretrainings):
+Command (small: LeNet-5, 2 pairs x 7 strategies x 100/1,000 target examples x 2 seeds
+= 56 trials + 2 pretrainings on 5,000 source images):
   python scripts/sweep.py --config experiments/compare_freezing.py:small \
       --workdir runs/compare_freezing_small
 Command (full, for a GPU: 100 / 1,000 / all target examples, longer training, 3 seeds):
@@ -31,8 +33,9 @@ random-init linear probe at every size, and with 100 target examples every
 pretrained strategy beats scratch; as the target data grows the gap to scratch
 shrinks, and on the different pair freezing many layers (linear probe) falls
 behind fine-tuning once there is much data.
-Run time on a 2-core CPU: small ~15-25 min (most of it compilation: each
-transfer trial compiles its own program; see README); full: a GPU.
+Run time on a 2-core CPU: small ~15-20 min on a shared (busy) 2-core CPU, most
+of it compilation (each transfer trial compiles its own program; see README);
+full: a GPU.
 The report (research/sweep/study_freezing.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_target_size.png.
 """
@@ -48,24 +51,27 @@ PAIRS = {
     "different": {"data.name": "fashion_mnist", "data.classes": (), "pretrain": "mnist"},
 }
 
-# Strategy label -> transfer fields; "pretrained": False trains from random init.
-STRATEGIES = {
-    "scratch": {"strategy": "scratch", "n": 0, "pretrained": False},
-    "linear_probe_random_init": {"strategy": "linear_probe", "n": 0, "pretrained": False},
-    "linear_probe": {"strategy": "linear_probe", "n": 0, "pretrained": True},
-    "freeze_first_1": {"strategy": "freeze_first_n", "n": 1, "pretrained": True},
-    "freeze_first_2": {"strategy": "freeze_first_n", "n": 2, "pretrained": True},
-    "freeze_first_3": {"strategy": "freeze_first_n", "n": 3, "pretrained": True},
-    "finetune": {"strategy": "finetune", "n": 0, "pretrained": True},
-    "finetune_lower_lr": {"strategy": "finetune_lower_lr", "n": 0, "pretrained": True},
-}
+
+def strategies(freeze_n=(1, 2, 3)) -> dict[str, dict]:
+    """Strategy label -> transfer fields; "pretrained": False trains from random init."""
+    return {
+        "scratch": {"strategy": "scratch", "n": 0, "pretrained": False},
+        "linear_probe_random_init": {"strategy": "linear_probe", "n": 0, "pretrained": False},
+        "linear_probe": {"strategy": "linear_probe", "n": 0, "pretrained": True},
+        **{
+            f"freeze_first_{n}": {"strategy": "freeze_first_n", "n": n, "pretrained": True}
+            for n in freeze_n
+        },
+        "finetune": {"strategy": "finetune", "n": 0, "pretrained": True},
+        "finetune_lower_lr": {"strategy": "finetune_lower_lr", "n": 0, "pretrained": True},
+    }
 
 
-def _grids(sizes: dict[int, dict]):
+def _grids(sizes: dict[int, dict], freeze_n):
     """Every pair x strategy x target size, with the size's batch size and epochs."""
     grids = []
     for pair in PAIRS.values():
-        for s in STRATEGIES.values():
+        for s in strategies(freeze_n).values():
             for size, schedule in sizes.items():
                 grids.append(
                     {
@@ -87,7 +93,6 @@ def _grids(sizes: dict[int, dict]):
 def get_config(arg: str = "small"):
     config = get_sweep_config()
     config.sweep.report = "freezing"
-    config.model.name = "lecture_cnn"  # 4 convolution layers: freeze_first_n up to 3 is meaningful
     config.optim.name = "adam"
     config.optim.learning_rate = 1e-3  # epsilon: the head's rate (and everyone's but the backbone
     config.transfer.backbone_lr_scale = 0.1  # in finetune_lower_lr, which uses 0.1 epsilon)
@@ -97,15 +102,21 @@ def get_config(arg: str = "small"):
     config.checkpoint_every_epochs = 0  # the final checkpoint only (stages need it)
     config.progress = False
     if arg == "small":
-        source = {"data": {"train_size": 10000}, "num_epochs": 2, "batch_size": 128}
+        # LeNet-5 (2 convolution layers: N = 1, 2) is ~10x cheaper than lecture_cnn on a CPU,
+        # where every transfer trial compiles its own program.
+        config.model.name = "lenet5"
+        config.model.overrides.padding = 2  # 28x28 inputs -> the paper's 28x28 C1 maps
+        freeze_n = (1, 2)
+        source = {"data": {"train_size": 5000}, "num_epochs": 1, "batch_size": 64}
         # target examples -> schedule; about 40-80 steps each, so small sizes still train.
         sizes = {
             100: {"batch_size": 25, "num_epochs": 10},  # 40 steps
             1000: {"batch_size": 50, "num_epochs": 3},  # 60 steps
-            10000: {"batch_size": 128, "num_epochs": 1},  # 78 steps ("much data" on a CPU)
         }
         seeds = (0, 1)
     elif arg == "full":
+        config.model.name = "lecture_cnn"  # 4 convolution layers: freeze_first_n N = 1, 2, 3
+        freeze_n = (1, 2, 3)
         source = {"num_epochs": 5, "batch_size": 128}
         sizes = {
             100: {"batch_size": 25, "num_epochs": 50},
@@ -122,7 +133,7 @@ def get_config(arg: str = "small"):
         },
         "mnist": {**source, "data": {**source.get("data", {}), "name": "mnist"}},
     }
-    config.sweep.grids = _grids(sizes)
+    config.sweep.grids = _grids(sizes, freeze_n)
     config.sweep.axes = {"seed": seeds}
     config.sweep.parallel = "sequential"
     return config
