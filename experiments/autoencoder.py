@@ -17,13 +17,16 @@ Command (full, for a GPU: widths 32/64, all 55,000 training images, 20 epochs, l
 Writes summary.md/.csv (per dataset × latent size), trials.csv and
 reconstructions.png into the workdir (research/sweep/study_autoencoder.py).
 
-Expected: the reconstruction error falls steeply from latent 2 to 8 and
-flattens towards 32 (blurry prototypes at 2, recognisable digits and garments
-at 8 and up); Fashion-MNIST has the larger pixel MSE. The probe's test accuracy
-rises with the latent size, well above chance (0.10) even at 2 and around
-0.8-0.9 at 32 for MNIST, a little lower for Fashion-MNIST: the codes, learned
-without labels, separate the classes nearly linearly.
-Run time on a 2-core CPU: small ~5 min (measured in README); full: hours, use a GPU.
+Expected: the reconstruction error falls steadily from latent 2 to 8 to 32
+(blurry class averages at 2, recognisable digits and garments at 32), and the
+probe's test accuracy rises with the latent size, far above chance (0.10): the
+codes, learned without labels, separate the classes nearly linearly. Small run
+(README): MNIST pixel MSE 0.063 / 0.053 / 0.038 and probe 0.30 / 0.68 / 0.86
+for latent 2 / 8 / 32; Fashion-MNIST 0.060 / 0.043 / 0.034 and 0.43 / 0.69 /
+0.76 (only 62 steps per trial: the full run's errors are far lower).
+Run time on a 2-core CPU: small 18.5 min wall on a machine shared with other
+jobs (5 min of CPU time; most of it compilation, once per latent size and
+dataset); full: hours on a CPU, use a GPU.
 """
 
 from research.sweep import get_sweep_config
