@@ -20,7 +20,12 @@ the most parameters of all. The small variant trains on 2,000 images for 2
 epochs, so its accuracies are low and the deep models (few steps, narrow) are
 not at their best: read it for parameters, FLOPs and throughput, and for the
 MLP-vs-CNN gap on CIFAR-10.
-Run time on a 2-core CPU: small ~10 min (see README); full: hours (GPU).
+Run time on a 2-core CPU: measured on a *shared* 2-core CPU (load ~10, so each
+process had ~1/5 of it): the first 10 trials (MNIST: mlp, lenet5, lecture_cnn,
+vgg11, resnet18, 2 seeds each) took 25 min: mlp 8 s, lenet5 26 s, vgg11 90 s,
+lecture_cnn 164 s, resnet18 269 s per trial, compilation included. The whole
+small variant is ~1.5-2 h under that load (expect ~5x less on an idle 2-core
+machine; not measured). Full: hours, on a GPU.
 The report (research/sweep/study_architectures.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_flops.png.
 """

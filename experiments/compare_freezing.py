@@ -33,9 +33,11 @@ random-init linear probe at every size, and with 100 target examples every
 pretrained strategy beats scratch; as the target data grows the gap to scratch
 shrinks, and on the different pair freezing many layers (linear probe) falls
 behind fine-tuning once there is much data.
-Run time on a 2-core CPU: small ~15-20 min on a shared (busy) 2-core CPU, most
-of it compilation (each transfer trial compiles its own program; see README);
-full: a GPU.
+Run time on a 2-core CPU: measured on a *shared* 2-core CPU (load ~10): each
+pretraining stage ~80 s, each transfer trial ~100 s (most of it compilation:
+every transfer trial compiles its own program), so the 56 trials take ~1.5 h
+under that load (expect several times less on an idle machine; not measured).
+Full: a GPU.
 The report (research/sweep/study_freezing.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_target_size.png.
 """
