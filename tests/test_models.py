@@ -26,6 +26,16 @@ PUBLISHED = {
     "alexnet": (61_100_840, "torchvision alexnet docs, 224x224x3, 1000 classes"),
     "vgg11": (132_863_336, "torchvision vgg11 docs, 224x224x3, 1000 classes"),
     "vgg16": (138_357_544, "torchvision vgg16 docs, 224x224x3, 1000 classes"),
+    # torchvision docs (GoogLeNet_Weights / ResNet*_Weights.IMAGENET1K_V1 "num_params"),
+    # 224x224x3: GoogLeNet without the auxiliary classifiers; BN scale and bias count,
+    # running statistics do not (they are buffers in PyTorch, "batch_stats" here).
+    "googlenet": (6_624_904, "torchvision googlenet docs, 224x224x3, 1000 classes"),
+    "resnet18": (11_689_512, "torchvision resnet18 docs, 224x224x3, 1000 classes"),
+    "resnet34": (21_797_672, "torchvision resnet34 docs, 224x224x3, 1000 classes"),
+    "resnet50": (25_557_032, "torchvision resnet50 docs, 224x224x3, 1000 classes"),
+    # Keras Applications Xception, model.summary() at 299x299x3, 1000 classes: total
+    # 22,910,480 = trainable 22,855,952 + 54,528 BN moving means/variances (non-trainable).
+    "xception": (22_855_952, "Keras Applications Xception summary: trainable params"),
 }
 
 # name -> (input shape, classes, count computed by hand below)
@@ -37,6 +47,8 @@ BY_FORMULA = {
     # decoder dense1 32*(7*7*64)+7*7*64 = 103,488, conv1 3*3*64*32+32 = 18,464 (14x14),
     # conv2 3*3*32*1+1 = 289 (28x28).
     "conv_autoencoder": ((28, 28, 1), 10, 320 + 18_496 + 100_384 + 103_488 + 18_464 + 289),
+    # conv1 3*3*1*32+32, conv2 3*3*32*64+64, dense1 (2*2*64)*128+128, head 128*10+10
+    "simple_cnn": ((8, 8, 1), 10, 320 + 18_496 + 32_896 + 1_290),
 }
 
 SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]
@@ -46,7 +58,8 @@ def _init(name, input_shape, num_classes=10, *, batch=2, **extra):
     spec = models.spec(name)
     model = models.create(name, num_classes=num_classes, **{**spec.small_overrides, **extra})
     x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *input_shape)), jnp.float32)
-    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+    # jit: one compilation instead of one per operation (deep models have hundreds).
+    variables = jax.jit(model.init)({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
     return spec, model, variables, x
 
 
@@ -93,7 +106,7 @@ def test_parameter_count_matches_formula(name):
 @pytest.mark.parametrize("name", models.names())
 def test_small_inputs_init_apply_shape(name, input_shape):
     spec, model, variables, x = _init(name, input_shape, num_classes=7)
-    out = model.apply(variables, x, train=False)
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     expected = x.shape if spec.task == "reconstruct" else (x.shape[0], 7)
     assert out.shape == expected
     assert out.dtype == jnp.float32
@@ -124,13 +137,15 @@ def test_gradient_step_lowers_loss_on_fixed_batch(name):
 
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
-    before, grads = jax.value_and_grad(loss_fn)(params)
+    # Compiled once: op-by-op dispatch of a deep model's backward pass costs far more.
+    value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
+    before, grads = value_and_grad(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
     for _ in range(3):
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        loss, grads = value_and_grad(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-    after = loss_fn(params)
+    after, _ = value_and_grad(params)
     assert float(after) < float(before)
 
 
@@ -198,3 +213,63 @@ def test_autoencoder_codes_adaptive_pooling_and_vgg_variants():
         x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
         shapes = jax.eval_shape(build().init, jax.random.key(0), x)
         assert models.param_count(shapes) == count
+
+
+def test_googlenet_resnet_xception_shapes_follow_their_references():
+    # Shapes traced with jax.eval_shape (nothing computed) against the shape comments of
+    # torchvision's googlenet.py / resnet.py and Keras's Xception summary.
+    from research.models.googlenet import _ceil_mode_padding
+
+    def shapes(name, input_shape, depth=1, **overrides):
+        model = models.create(name, num_classes=1000, **overrides)
+        return {
+            r["path"]: r["output_shape"]
+            for r in models.layer_table(model, input_shape, depth=depth)
+        }
+
+    # GoogLeNet: PyTorch ceil_mode pools, out = ceil((n - f) / s) + 1: 112 -> 56 -> 28 -> 14 -> 7.
+    assert _ceil_mode_padding((112, 7), 3, 2) == ((0, 1), (0, 0))  # 56 and 3 windows
+    assert _ceil_mode_padding((14,), 2, 2) == ((0, 0),)
+    g = shapes("googlenet", (224, 224, 3))
+    assert [g[k][1] for k in ("conv1", "pool1", "pool2", "pool3", "pool4")] == [112, 56, 28, 14, 7]
+    assert g["inception3a"] == (1, 28, 28, 256) and g["inception4e"] == (1, 14, 14, 832)
+    assert g["inception5b"] == (1, 7, 7, 1024) and g["head"] == (1, 1000)
+    # torchvision's "5x5" branch is a 3x3; the paper's 5x5 adds 16 * ch5x5red * ch5x5 per block.
+    paper = models.create("googlenet", num_classes=1000, branch3_kernel_size=5)
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    count = models.param_count(jax.eval_shape(lambda x: paper.init(jax.random.key(0), x), x))
+    reductions = [(16, 32), (32, 96), (16, 48), (24, 64), (24, 64), (32, 64), (32, 128)]
+    reductions += [(32, 128), (48, 128)]
+    assert count == 6_624_904 + 16 * sum(r * c for r, c in reductions) == 7_005_832
+
+    # ResNet-50 v1.5: in a downsampling bottleneck the stride is on the 3x3 conv (conv2).
+    r = shapes("resnet50", (224, 224, 3), depth=2)
+    assert r["stage1_block1/conv1"] == (1, 56, 56, 64)  # after the 7x7/2 stem and 3x3/2 pool
+    assert r["stage2_block1/conv1"] == (1, 56, 56, 128)
+    assert r["stage2_block1/conv2"] == (1, 28, 28, 128)
+    assert r["stage2_block1/proj_conv"] == (1, 28, 28, 512)
+    assert r["stage4_block3/conv3"] == (1, 7, 7, 2048)
+    assert shapes("resnet18", (32, 32, 3), cifar_stem=True)["stage4_block2"] == (1, 4, 4, 512)
+
+    # Xception at 299x299: VALID entry convs, then SAME 3x3/2 pools: 149, 147, 74, 37, 19, 10.
+    xc = shapes("xception", (299, 299, 3))
+    sizes = [xc[k][1] for k in ("block1_conv1", "block1_conv2", "block2", "block3", "block4")]
+    assert sizes == [149, 147, 74, 37, 19]
+    assert xc["block12"] == (1, 19, 19, 728) and xc["block13"] == (1, 10, 10, 1024)
+    assert xc["block14_sepconv2"] == (1, 10, 10, 2048)
+    # Keras's 22,910,480 total = 22,855,952 trainable + 54,528 BN moving means and variances.
+    xception = models.create("xception", num_classes=1000)
+    x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: xception.init(jax.random.key(0), x), x)
+    assert models.param_count(variables["batch_stats"]) == 54_528
+
+    # Feature maps are sown per block, and the pooled penultimate features as "features".
+    model = models.create("resnet18", num_classes=10, cifar_stem=True)
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    _, state = jax.eval_shape(
+        lambda x: model.init_with_output(jax.random.key(0), x, mutable=True), x
+    )
+    features = {k: v[0].shape for k, v in state["features"].items()}
+    assert features["stem_out"] == (2, 32, 32, 64)
+    assert features["stage3_block1_out"] == (2, 8, 8, 256)
+    assert features["features"] == (2, 512)

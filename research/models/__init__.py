@@ -32,7 +32,18 @@ from typing import Any
 
 import flax.linen as nn
 
-from research.models import alexnet, autoencoder, lecture_cnn, lenet, mlp, vgg
+from research.models import (
+    alexnet,
+    autoencoder,
+    googlenet,
+    lecture_cnn,
+    lenet,
+    mlp,
+    resnet,
+    simple_cnn,
+    vgg,
+    xception,
+)
 from research.models.summary import layer_table, summary
 from research.registry import Registry
 
@@ -63,11 +74,21 @@ MODELS: Registry[ModelSpec] = Registry(
         "mlp": ModelSpec(mlp.MLP, (28, 28, 1), 10),
         "lenet5": ModelSpec(lenet.LeNet5, (32, 32, 1), 10, small_overrides={"padding": 2}),
         "lecture_cnn": ModelSpec(lecture_cnn.LectureCNN, (28, 28, 1), 10),
+        "simple_cnn": ModelSpec(simple_cnn.SimpleCNN, (8, 8, 1), 10),
         # -- more families: one line each below this marker --
         "alexnet": ModelSpec(alexnet.AlexNet, (224, 224, 3), small_overrides=alexnet.SMALL_INPUTS),
         "vgg11": ModelSpec(vgg.VGG11, (224, 224, 3), small_overrides=vgg.SMALL_INPUTS),
         "vgg16": ModelSpec(vgg.VGG16, (224, 224, 3), small_overrides=vgg.SMALL_INPUTS),
         "conv_autoencoder": ModelSpec(autoencoder.ConvAutoencoder, (28, 28, 1), task="reconstruct"),
+        "googlenet": ModelSpec(
+            googlenet.GoogLeNet, (224, 224, 3), small_overrides=googlenet.SMALL_INPUTS
+        ),
+        "resnet18": ModelSpec(resnet.ResNet18, (224, 224, 3), small_overrides=resnet.SMALL_INPUTS),
+        "resnet34": ModelSpec(resnet.ResNet34, (224, 224, 3), small_overrides=resnet.SMALL_INPUTS),
+        "resnet50": ModelSpec(resnet.ResNet50, (224, 224, 3), small_overrides=resnet.SMALL_INPUTS),
+        "xception": ModelSpec(
+            xception.Xception, (299, 299, 3), small_overrides=xception.SMALL_INPUTS
+        ),
     },
 )
 

@@ -1,0 +1,191 @@
+"""ResNet (He, Zhang, Ren and Sun, 2016, "Deep Residual Learning for Image Recognition").
+
+Follows torchvision's `ResNet` (torchvision/models/resnet.py), i.e. "ResNet
+v1.5": in a bottleneck block the stride sits on the 3x3 convolution (the paper
+put it on the first 1x1). Layer for layer:
+
+  stem_conv 7x7/2 (no bias) -> stem_bn -> ReLU -> stem_pool 3x3/2 (pad 1)
+  -> stage1 .. stage4 (widths 64, 128, 256, 512; stages 2-4 start with stride 2)
+  -> global average pool -> head
+
+Convolutions have no bias and are followed by BatchNorm (eps 1e-5, PyTorch
+momentum 0.1 = Flax momentum 0.9). A block's shortcut is the identity, or a 1x1
+strided conv + BatchNorm (`proj_conv`, `proj_bn`) where the shape changes
+(torchvision's `downsample`, option B of the paper). Conv kernels use
+torchvision's init, He normal with fan_out; the head uses Flax's Dense defaults.
+
+Size variants are partials, as in the Flax ImageNet example:
+`ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.layers import BatchNorm, Conv2D, Dense, GlobalAvgPool, MaxPool2D
+
+# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
+_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_BN_EPSILON = 1e-5  # PyTorch BatchNorm2d default
+_BN_MOMENTUM = 0.9  # PyTorch's default momentum 0.1, in Flax's convention (1 - 0.1)
+
+# Overrides for 28x28x1 / 32x32x3 inputs (the registry's tests, MNIST/CIFAR experiments):
+# the CIFAR stem (3x3/1 conv, no max pool, as in He et al. 2016's CIFAR networks and the
+# common CIFAR ResNet-18: 11,173,962 parameters at 10 classes). Widths stay the published
+# ones: the eager-mode registry tests are bound by per-layer XLA compilation, and `width=16`
+# made no measurable difference for ResNet-18. Paper-size defaults unchanged.
+SMALL_INPUTS = {"cifar_stem": True}
+
+
+def _norm(train: bool, dtype, zero_scale: bool = False, **kwargs) -> BatchNorm:
+    return BatchNorm(
+        use_running_average=not train,
+        momentum=_BN_MOMENTUM,
+        epsilon=_BN_EPSILON,
+        scale_init=nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init(),
+        dtype=dtype,
+        **kwargs,
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34): conv1 (stride) -> bn1 -> ReLU -> conv2 -> bn2, + shortcut."""
+
+    expansion: ClassVar[int] = 1
+
+    features: int
+    stride: int = 1
+    zero_init_residual: bool = False
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        conv = partial(Conv2D, use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype)
+        y = conv(self.features, 3, stride=self.stride, padding=1, name="conv1")(x)
+        y = nn.relu(_norm(train, self.dtype, name="bn1")(y))
+        y = conv(self.features, 3, padding=1, name="conv2")(y)
+        y = _norm(train, self.dtype, self.zero_init_residual, name="bn2")(y)
+        return nn.relu(y + _shortcut(self, x, self.features, train))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 (stride, v1.5) -> 1x1 expand x4 (ResNet-50/101/152), + shortcut."""
+
+    expansion: ClassVar[int] = 4
+
+    features: int
+    stride: int = 1
+    zero_init_residual: bool = False
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        conv = partial(Conv2D, use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype)
+        out = self.features * self.expansion
+        y = conv(self.features, 1, name="conv1")(x)
+        y = nn.relu(_norm(train, self.dtype, name="bn1")(y))
+        y = conv(self.features, 3, stride=self.stride, padding=1, name="conv2")(y)
+        y = nn.relu(_norm(train, self.dtype, name="bn2")(y))
+        y = conv(out, 1, name="conv3")(y)
+        y = _norm(train, self.dtype, self.zero_init_residual, name="bn3")(y)
+        return nn.relu(y + _shortcut(self, x, out, train))
+
+
+def _shortcut(block: nn.Module, x: jax.Array, out: int, train: bool) -> jax.Array:
+    """Identity, or 1x1 strided conv + BN when the stride or the width changes."""
+    if block.stride == 1 and x.shape[-1] == out:
+        return x
+    # Called from the block's compact __call__, so these become the block's submodules.
+    x = Conv2D(
+        out,
+        1,
+        stride=block.stride,
+        use_bias=False,
+        kernel_init=_CONV_INIT,
+        dtype=block.dtype,
+        name="proj_conv",
+    )(x)
+    return _norm(train, block.dtype, name="proj_bn")(x)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet (v1.5); see the module docstring.
+
+    Trainable parameters at 224x224x3 with 1000 classes (torchvision's
+    published counts): ResNet-18 11,689,512; ResNet-34 21,797,672; ResNet-50
+    25,557,032. Running BatchNorm statistics live in "batch_stats".
+
+    Submodules in network order: `stem_conv`, `stem_bn`, `stem_pool` (not with
+    `cifar_stem`), `stage{i}_block{j}` (i = 1..4, j = 1..stage_sizes[i-1]),
+    `avgpool`, `head`. Sown features: `stem_out`, `stage{i}_block{j}_out` (the
+    last block of a stage is the stage's output) and the pooled "features".
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      block: `BasicBlock` or `Bottleneck`.
+      num_classes: outputs of the head.
+      width: channels of the stem and of stage 1's 3x3 convs (64 in the
+        paper); stage i uses `width * 2**(i-1)`.
+      cifar_stem: a 3x3/1 stem conv and no max pool (He et al. 2016's CIFAR
+        networks), for 28x28 and 32x32 inputs.
+      zero_init_residual: initialize the last BatchNorm scale of every block to
+        zero, so each block starts as the identity (Goyal et al. 2017; the
+        `zero_init_residual` option of torchvision, off by default there too).
+      dtype: compute dtype (parameters stay float32).
+    """
+
+    stage_sizes: Sequence[int]
+    block: Any  # BasicBlock or Bottleneck
+    num_classes: int = 1000
+    width: int = 64
+    cifar_stem: bool = False
+    zero_init_residual: bool = False
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.block not in (BasicBlock, Bottleneck):
+            raise ValueError(f"block must be BasicBlock or Bottleneck, got {self.block!r}")
+        if not isinstance(self.width, int) or self.width < 1:
+            raise ValueError(f"width must be an int >= 1, got {self.width!r}")
+        if not self.stage_sizes or min(self.stage_sizes) < 1:
+            raise ValueError(f"stage_sizes must be non-empty ints >= 1, got {self.stage_sizes!r}")
+
+        conv = partial(Conv2D, use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype)
+        if self.cifar_stem:
+            x = conv(self.width, 3, padding=1, name="stem_conv")(x)
+        else:
+            x = conv(self.width, 7, stride=2, padding=3, name="stem_conv")(x)
+        x = nn.relu(_norm(train, self.dtype, name="stem_bn")(x))
+        if not self.cifar_stem:
+            x = MaxPool2D(3, stride=2, padding=1, name="stem_pool")(x)
+        self.sow("features", "stem_out", x)
+
+        for i, size in enumerate(self.stage_sizes, start=1):
+            for j in range(1, size + 1):
+                name = f"stage{i}_block{j}"
+                x = self.block(
+                    features=self.width * 2 ** (i - 1),
+                    stride=2 if i > 1 and j == 1 else 1,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    name=name,
+                )(x, train=train)
+                self.sow("features", f"{name}_out", x)
+
+        x = GlobalAvgPool(name="avgpool")(x)  # (N, width * 2**(stages-1) * expansion)
+        self.sow("features", "features", x)
+        return Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+
+
+ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+ResNet34 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
+ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
+ResNet101 = partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottleneck)
+ResNet152 = partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck)
