@@ -11,9 +11,42 @@ per-epoch batch order `fold_in(data_key, epoch)`) is what `research.train.fit`
 does, so trial `i` of a group computes what `train_and_evaluate` computes for
 it alone, up to float rounding of the batched convolutions.
 
-On a CPU, XLA lowers a vmapped convolution with per-trial kernels to a grouped
-convolution, which is slower per trial than the plain one; `probe` times both
-so the runner can choose.
+Devices: the vmapped programs run on a ("trials", "data") mesh of shape
+(devices, 1) (`trials_mesh`) and vmap with `spmd_axis_name="trials"`, so the
+stacked state (parameters, optimizer state, keys) and the per-trial batch
+indices are sharded `P("trials")` and each device runs its share of whole
+trials (no all-reduce between trials; the dataset is replicated). The trial
+axis is padded to a multiple of the device count by repeating the last trial
+(`padded`; the repeats are computed and dropped), rather than falling back to
+replication. The sequential path keeps the run's "data" mesh (data parallel).
+On CPU with forced host devices, sharded programs dispatched back to back can
+deadlock in a collective, so `train_group` blocks on every chunk.
+
+On a CPU: with XLA's own convolution ("xla"), vmap over per-trial kernels
+becomes a grouped convolution (`feature_group_count = T`, forward and
+gradients), a slow path. With the CPU default "im2col"
+(`research.layers.conv_algorithms`) the lowered program has no convolution
+left: each conv is one batched `dot_general` (batch dimension = trials) of the
+patches `(T, N, H', W', f_h f_w C)` with the kernels `(T, f_h f_w C, C_out)`.
+That makes the vmapped LeNet-5 step 2.8x faster than with "xla" at N=16, but it
+does not make the trial axis faster than running trials in turn: measured
+(`scripts/bench.py --mode sweep`, trial-steps/s, shared 2-core CPU at load
+~12.7, noisy):
+
+    LeNet-5 28x28x1 b128   sequential   vmap N=1   N=4         N=16
+    im2col (default)        8.1          3.5       3.5 (0.43x)  2.8 (0.35x)
+    xla                     2.5          2.1       1.3 (0.51x)  1.0 (0.39x)
+    simple_cnn 8x8x1 b64
+    im2col (default)       57.9        178.8      76.7 (1.32x) 69.0 (1.19x)
+
+The loss is there at N=1 already (one trial through the vmapped program is
+~2.3x slower than the plain one), so it is a cost of the batched formulation
+on XLA:CPU (batched dots and the batched patch/gather layouts), not of the
+number of trials; N=16 costs only 0.8x per trial against N=1. Small models
+(simple_cnn on digits, where per-step overhead dominates) gain from vmap.
+Hence `probe` stays: it times both on the sweep's own model and the runner
+picks the faster (`sweep.parallel="auto"`). On GPUs the batched matmuls are
+what the hardware wants (not measured here: no GPU in this session).
 """
 
 from __future__ import annotations
