@@ -127,6 +127,41 @@ def prepare(
     )
 
 
+def from_config(data_cfg, cache: dict | None = None) -> Splits:
+    """Loads `data_cfg.name` and prepares its splits from the `config.data` fields.
+
+    Args:
+      data_cfg: a config's `data` section (name, data_dir, cache_dir, val_size,
+        split_seed, train_size, classes).
+      cache: optional dict; runs with the same data fields share one `Splits`.
+    """
+    from research import data as data_lib  # the sources; imported here to keep this module light
+
+    d = data_cfg
+    key = (
+        d.name,
+        d.data_dir,
+        d.cache_dir,
+        d.val_size,
+        d.split_seed,
+        d.train_size,
+        tuple(d.classes),
+    )
+    if cache is not None and key in cache:
+        return cache[key]
+    raw = data_lib.load(d.name, data_dir=d.data_dir or None, cache_dir=d.cache_dir or None)
+    splits = prepare(
+        raw,
+        val_size=d.val_size,
+        split_seed=d.split_seed,
+        train_size=d.train_size,
+        classes=tuple(d.classes),
+    )
+    if cache is not None:
+        cache[key] = splits
+    return splits
+
+
 def _select_classes(x, y, classes):
     keep = np.isin(y, classes)
     remap = np.full(max(int(y.max()) + 1, max(classes) + 1), -1, np.int32)

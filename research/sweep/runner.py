@@ -40,7 +40,6 @@ from typing import Any
 import jax
 import ml_collections
 
-from research import data as data_lib
 from research.data import pipeline
 from research.sweep import claims, reports, space, vmapped
 from research.train import outputs
@@ -118,26 +117,7 @@ def _run_plain(workdir, trial, config, splits) -> dict[str, Any]:
 
 
 def _splits(config: ml_collections.ConfigDict, cache: dict) -> pipeline.Splits:
-    d = config.data
-    key = (
-        d.name,
-        d.data_dir,
-        d.cache_dir,
-        d.val_size,
-        d.split_seed,
-        d.train_size,
-        tuple(d.classes),
-    )
-    if key not in cache:
-        raw = data_lib.load(d.name, data_dir=d.data_dir or None, cache_dir=d.cache_dir or None)
-        cache[key] = pipeline.prepare(
-            raw,
-            val_size=d.val_size,
-            split_seed=d.split_seed,
-            train_size=d.train_size,
-            classes=tuple(d.classes),
-        )
-    return cache[key]
+    return pipeline.from_config(config.data, cache)
 
 
 def _groups(trials: list[space.Trial]) -> list[list[space.Trial]]:

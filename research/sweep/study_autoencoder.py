@@ -32,7 +32,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from research import data as data_lib
 from research import models
 from research.data import pipeline
 from research.sweep import aggregate
@@ -43,27 +42,7 @@ PROBE_MAX_ITER = 500  # L-BFGS iterations of the logistic-regression probe
 
 def load_splits(config, cache: dict | None = None) -> pipeline.Splits:
     """The prepared splits of a trial's `config.data` (cached by its fields in `cache`)."""
-    d = config.data
-    key = (
-        d.name,
-        d.data_dir,
-        d.cache_dir,
-        d.val_size,
-        d.split_seed,
-        d.train_size,
-        tuple(d.classes),
-    )
-    cache = {} if cache is None else cache
-    if key not in cache:
-        raw = data_lib.load(d.name, data_dir=d.data_dir or None, cache_dir=d.cache_dir or None)
-        cache[key] = pipeline.prepare(
-            raw,
-            val_size=d.val_size,
-            split_seed=d.split_seed,
-            train_size=d.train_size,
-            classes=tuple(d.classes),
-        )
-    return cache[key]
+    return pipeline.from_config(config.data, cache)
 
 
 def restore_params(run_dir: str) -> dict:

@@ -33,7 +33,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research import config as config_lib
-from research import data as data_lib
 from research import models, optim
 from research.data import pipeline
 from research.optim import freeze as freeze_lib
@@ -83,18 +82,7 @@ def build_run(config: ml_collections.ConfigDict, *, splits: pipeline.Splits | No
     """
     config_lib.validate(config)
     if splits is None:
-        raw = data_lib.load(
-            config.data.name,
-            data_dir=config.data.data_dir or None,
-            cache_dir=config.data.cache_dir or None,
-        )
-        splits = pipeline.prepare(
-            raw,
-            val_size=config.data.val_size,
-            split_seed=config.data.split_seed,
-            train_size=config.data.train_size,
-            classes=tuple(config.data.classes),
-        )
+        splits = pipeline.from_config(config.data)
     n_train = len(splits.train)
     if config.batch_size > n_train:
         raise ValueError(
