@@ -40,9 +40,14 @@ does not make the trial axis faster than running trials in turn: measured
     im2col (default)       57.9        178.8      76.7 (1.32x) 69.0 (1.19x)
 
 The loss is there at N=1 already (one trial through the vmapped program is
-~2.3x slower than the plain one), so it is a cost of the batched formulation
-on XLA:CPU (batched dots and the batched patch/gather layouts), not of the
-number of trials; N=16 costs only 0.8x per trial against N=1. Small models
+~2.3x slower than the plain one), so it is a cost of the batched formulation,
+not of the number of trials; N=16 costs only 0.8x per trial against N=1. Most
+of it is the "reshape" max-pool (the CPU default, a custom VJP) under vmap:
+with RESEARCH_POOL_ALGORITHM=reduce_window the vmapped LeNet-5 runs
+6.3 / 6.2 / 5.1 trial-steps/s at N = 1 / 4 / 16 against 7.3-9.6 sequential
+(0.85x / 0.84x / 0.53x, load ~10), i.e. ~1.8x the default's vmapped speed,
+while the sequential step prefers "reshape". Choosing the pool algorithm per
+path (reduce_window inside the vmapped programs) is the next step. Small models
 (simple_cnn on digits, where per-step overhead dominates) gain from vmap.
 Hence `probe` stays: it times both on the sweep's own model and the runner
 picks the faster (`sweep.parallel="auto"`). On GPUs the batched matmuls are
