@@ -98,6 +98,9 @@ def get_config(arg: str = "small"):
     config.optim.name = "adam"
     config.optim.learning_rate = 1e-3  # epsilon: the head's rate (and everyone's but the backbone
     config.transfer.backbone_lr_scale = 0.1  # in finetune_lower_lr, which uses 0.1 epsilon)
+    # The target's labels mean something else than the source's (digits 5-9 vs 0-4, or
+    # clothes vs digits), even where the class count matches: start from a fresh head.
+    config.transfer.reset_head = True
     config.optim.schedule = "constant"
     config.data.val_size = 1000  # validation images carved from each training set
     config.log_every_steps = 0  # one log line per epoch

@@ -72,6 +72,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # them fixed (as in evaluation); "update" = keep using and updating batch statistics.
     c.transfer.batch_norm = "frozen"
     c.transfer.head = "head"  # name of the classification layer (the zoo's models: "head")
+    # Re-initialise the head even when its shape matches: the target's labels mean
+    # something else (e.g. digits 0-4 -> 5-9). A changed class count always resets it.
+    c.transfer.reset_head = False
     # Explicit (regex, rule) pairs, first match wins; used instead of `strategy` when set.
     c.transfer.rules = ()
     return c

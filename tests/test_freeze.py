@@ -213,3 +213,16 @@ def test_mismatched_shape_names_path_and_both_shapes(pretrained):
         train.transfer.load_pretrained(
             str(pretrained), variables["params"], variables["batch_stats"]
         )
+
+
+def test_reset_head_keeps_fresh_head_when_shapes_match(pretrained):
+    model = models.create("simple_cnn", num_classes=5, batch_norm=True)
+    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 1)))
+    args = (str(pretrained), variables["params"], variables["batch_stats"])
+    kept, _, report = train.transfer.load_pretrained(*args)
+    assert report.replaced == []  # same shape: the source head is loaded by default
+    assert not np.array_equal(kept["head"]["kernel"], variables["params"]["head"]["kernel"])
+    reset, _, report = train.transfer.load_pretrained(*args, reset_head=True)
+    assert report.replaced == ["params/head/bias", "params/head/kernel"]
+    np.testing.assert_array_equal(reset["head"]["kernel"], variables["params"]["head"]["kernel"])
+    np.testing.assert_array_equal(reset["conv1"]["kernel"], kept["conv1"]["kernel"])

@@ -313,7 +313,7 @@ def _start_from_pretrained(run: Run, state: TrainState, workdir: str) -> TrainSt
     """Loads the pretrained parameters and writes transfer.json (what was loaded/frozen)."""
     cfg = run.config.transfer
     params, batch_stats, report = transfer_lib.load_pretrained(
-        cfg.pretrained, state.params, state.batch_stats, head=cfg.head
+        cfg.pretrained, state.params, state.batch_stats, head=cfg.head, reset_head=cfg.reset_head
     )
     for d in run.freeze_decisions:
         {"freeze": report.frozen, "train": report.trained}.get(d.rule, report.scaled).append(d.path)

@@ -62,7 +62,12 @@ def _read_checkpoint(workdir: str) -> tuple[dict, int]:
 
 
 def load_pretrained(
-    workdir: str, params: Mapping, batch_stats: Mapping, *, head: str = "head"
+    workdir: str,
+    params: Mapping,
+    batch_stats: Mapping,
+    *,
+    head: str = "head",
+    reset_head: bool = False,
 ) -> tuple[Any, Any, TransferReport]:
     """Copies matching parameters from `workdir`'s newest checkpoint into `params`.
 
@@ -70,6 +75,8 @@ def load_pretrained(
       workdir: a finished run's workdir (its `checkpoints/` is read).
       params, batch_stats: the new model's freshly initialised variables.
       head: the classification layer's name; its parameters may change shape.
+      reset_head: keep the head freshly initialised even when its shape matches
+        (a new label set with the same number of classes, e.g. digits 0-4 -> 5-9).
 
     Returns:
       `(params, batch_stats, report)`.
@@ -91,6 +98,9 @@ def load_pretrained(
             name = param_path(path)
             old = old_flat.get(name)
             is_head = bool(head_re.search(name))
+            if is_head and reset_head:
+                report.replaced.append(f"{collection}/{name}")
+                return fresh
             if old is None or np.shape(old) != fresh.shape:
                 if is_head:
                     report.replaced.append(f"{collection}/{name}")
