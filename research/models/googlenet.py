@@ -56,8 +56,8 @@ _POOL_AFTER = {"3": (3, "pool3"), "4": (2, "pool4")}  # stage -> (window, name);
 # Overrides for 28x28x1 / 32x32x3 inputs (the registry's tests, MNIST/CIFAR experiments):
 # a 3x3/1 conv1 and no pool1/pool2, so the inception stages see 28x28 / 32x32 maps (as in
 # common CIFAR GoogLeNets) rather than 4x4 / 1x1 ones. Widths stay the published ones: the
-# registry's eager-mode tests are bound by per-layer XLA compilation, not FLOPs, and
-# `width_multiplier=0.25` saved only ~6% of their CPU time. Paper-size defaults unchanged.
+# registry tests' CPU time goes to initializing and compiling ~60 distinct layers, and
+# `width_multiplier=0.25` saved only a few percent of it. Paper-size defaults unchanged.
 SMALL_INPUTS = {"small_input": True}
 
 

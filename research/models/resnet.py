@@ -38,8 +38,8 @@ _BN_MOMENTUM = 0.9  # PyTorch's default momentum 0.1, in Flax's convention (1 - 
 # Overrides for 28x28x1 / 32x32x3 inputs (the registry's tests, MNIST/CIFAR experiments):
 # the CIFAR stem (3x3/1 conv, no max pool, as in He et al. 2016's CIFAR networks and the
 # common CIFAR ResNet-18: 11,173,962 parameters at 10 classes). Widths stay the published
-# ones: the eager-mode registry tests are bound by per-layer XLA compilation, and `width=16`
-# made no measurable difference for ResNet-18. Paper-size defaults unchanged.
+# ones: the registry tests' CPU time goes to initializing and compiling the layers, and
+# `width=16` saved only a few percent of it for ResNet-18. Paper-size defaults unchanged.
 SMALL_INPUTS = {"cifar_stem": True}
 
 
