@@ -270,7 +270,17 @@ BAD_INPUTS = [
     (["--config.batch_size=5000"], "config.batch_size=5000", "1294"),
     (["--config.optim.learnig_rate=0.1"], "--config.optim.learnig_rate", "learning_rate"),
     (["--config.batch_size=abc"], "--config.batch_size", "int"),
-    (["--config.data.name=mnist", "--config.data.data_dir=/nonexistent/data"], "/nonexistent", ""),
+    # An empty cache dir, so the loader must read the (missing) data folder: prepared
+    # data already in the default cache would be used without looking at data_dir.
+    (
+        [
+            "--config.data.name=mnist",
+            "--config.data.data_dir=/nonexistent/data",
+            "--config.data.cache_dir=/tmp/research-test-empty-cache",
+        ],
+        "/nonexistent",
+        "",
+    ),
 ]
 
 
