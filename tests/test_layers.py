@@ -39,6 +39,7 @@ from research.layers import (
     conv_algorithms,
     conv_param_count,
     filters,
+    functional,
     max_pool,
     output_size,
 )
@@ -1091,6 +1092,7 @@ LAYER_EXAMPLES = {
     "separable_conv2d": (dict(features=5, kernel_size=3, padding="SAME"), {}, (2, 6, 6, 5)),
     "max_pool2d": (dict(window=2), {}, (2, 3, 3, 4)),
     "avg_pool2d": (dict(window=3, stride=2, padding=1), {}, (2, 3, 3, 4)),
+    "adaptive_avg_pool2d": (dict(output_size=(2, 5)), {}, (2, 2, 5, 4)),
     "global_avg_pool": ({}, {}, (2, 4)),
     "flatten": ({}, {}, (2, 6 * 6 * 4)),
     "dense": (dict(features=7), {}, (2, 6, 6, 7)),
@@ -1126,3 +1128,16 @@ def test_unknown_layer_name_lists_known_names():
         LAYERS.get("conv_2d")
     for name in LAYERS.names():
         assert name in str(err.value)
+
+
+def test_adaptive_avg_pool_bins_and_errors():
+    # 4x2 -> 2x1: each output is the mean of a 2x2 block (bins divide evenly).
+    x = np.arange(8, dtype=np.float32).reshape(4, 2, 1)  # (H, W, C), 3-D in -> 3-D out
+    y = functional.adaptive_avg_pool(x, (2, 1))
+    np.testing.assert_allclose(np.asarray(y)[..., 0], [[1.5], [5.5]])
+    # 3 -> 2 overlaps: bins [0, 2) and [1, 3), as PyTorch's AdaptiveAvgPool2d.
+    np.testing.assert_allclose(functional.adaptive_bins(3, 2), [[0.5, 0.5, 0], [0, 0.5, 0.5]])
+    with pytest.raises(ValueError, match="output_size"):
+        functional.adaptive_avg_pool(x, 0)
+    with pytest.raises(ValueError, match="adaptive_avg_pool expects x of shape"):
+        functional.adaptive_avg_pool(np.zeros((2, 2), np.float32), 1)

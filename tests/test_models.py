@@ -187,7 +187,7 @@ def test_autoencoder_codes_adaptive_pooling_and_vgg_variants():
 
     # AdaptiveAvgPool2D has PyTorch's bins [floor(i*n/m), ceil((i+1)*n/m)): overlapping
     # when m does not divide n, repeated pixels when m > n.
-    from research.models.alexnet import AdaptiveAvgPool2D
+    from research.layers import AdaptiveAvgPool2D
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 5, 3, 4)).astype(np.float32)

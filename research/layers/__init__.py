@@ -8,6 +8,7 @@ parametrized over `LAYERS` pick it up.
 
 from research.layers import filters, functional
 from research.layers.functional import (
+    adaptive_avg_pool,
     avg_pool,
     conv2d,
     conv_param_count,
@@ -15,6 +16,7 @@ from research.layers.functional import (
     output_size,
 )
 from research.layers.modules import (
+    AdaptiveAvgPool2D,
     AvgPool2D,
     BatchNorm,
     Conv2D,
@@ -36,6 +38,7 @@ LAYERS = Registry(
         "separable_conv2d": SeparableConv2D,
         "max_pool2d": MaxPool2D,
         "avg_pool2d": AvgPool2D,
+        "adaptive_avg_pool2d": AdaptiveAvgPool2D,
         "global_avg_pool": GlobalAvgPool,
         "flatten": Flatten,
         "dense": Dense,
@@ -46,6 +49,7 @@ LAYERS = Registry(
 
 __all__ = [
     "LAYERS",
+    "AdaptiveAvgPool2D",
     "AvgPool2D",
     "BatchNorm",
     "Conv2D",
@@ -56,6 +60,7 @@ __all__ = [
     "GlobalAvgPool",
     "MaxPool2D",
     "SeparableConv2D",
+    "adaptive_avg_pool",
     "avg_pool",
     "conv2d",
     "conv_param_count",

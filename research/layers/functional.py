@@ -378,3 +378,42 @@ def avg_pool(
         counts = lax.reduce_window(ones, zero, lax.add, (1, *win, 1), (1, *strides, 1), full_pads)
         y = total / counts
     return y[0] if squeeze else y
+
+
+def adaptive_bins(n_in: int, n_out: int) -> np.ndarray:
+    """The `(n_out, n_in)` matrix that averages PyTorch's adaptive pooling bins along one axis.
+
+    Bin `i` covers `[floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))`, so bins
+    overlap when `n_out` does not divide `n_in`, and repeat pixels when `n_out > n_in`.
+
+    >>> adaptive_bins(3, 2)
+    array([[0.5, 0.5, 0. ],
+           [0. , 0.5, 0.5]], dtype=float32)
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"adaptive pooling needs sizes >= 1, got input {n_in}, output {n_out}")
+    matrix = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: IntOrPair) -> jax.Array:
+    """Average pooling to a fixed `output_size`, with PyTorch's `AdaptiveAvgPool2d` bins.
+
+    The mean over a rectangular bin is separable, so the whole pooling is one
+    einsum with the two bin matrices of `adaptive_bins`. Identity when the input
+    already has `output_size`.
+
+    Args:
+      x: `(N, H, W, C)` or `(H, W, C)`.
+      output_size: int or `(out_h, out_w)`, each >= 1.
+    """
+    x, squeeze = _as_nhwc(x, "adaptive_avg_pool")
+    out_h, out_w = _pair(output_size, "output_size", minimum=1, shape=x.shape)
+    if x.shape[1:3] != (out_h, out_w):
+        rows = jnp.asarray(adaptive_bins(x.shape[1], out_h), x.dtype)  # (out_h, H)
+        cols = jnp.asarray(adaptive_bins(x.shape[2], out_w), x.dtype)  # (out_w, W)
+        x = jnp.einsum("ih,jw,nhwc->nijc", rows, cols, x)  # (N, out_h, out_w, C)
+    return x[0] if squeeze else x

@@ -201,6 +201,19 @@ class AvgPool2D(nn.Module):
         )
 
 
+class AdaptiveAvgPool2D(nn.Module):
+    """Average pooling to a fixed `output_size` (PyTorch's `AdaptiveAvgPool2d`); no parameters.
+
+    AlexNet and VGG use it to give their classifier a fixed input size whatever
+    the image size.
+    """
+
+    output_size: F.IntOrPair
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return F.adaptive_avg_pool(x, self.output_size)
+
+
 class GlobalAvgPool(nn.Module):
     """Mean over the spatial axes: `(N, H, W, C) -> (N, C)`."""
 

@@ -1,57 +1,12 @@
-"""AlexNet, as in torchvision: the one-GPU variant of Krizhevsky's "One weird trick" (2014).
-
-Also holds `AdaptiveAvgPool2D` (PyTorch's `AdaptiveAvgPool2d`), which AlexNet and
-VGG use to give their classifier a fixed input size whatever the image size.
-"""
+"""AlexNet, as in torchvision: the one-GPU variant of Krizhevsky's "One weird trick" (2014)."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from research.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, functional
-
-
-def adaptive_bins(n_in: int, n_out: int) -> np.ndarray:
-    """The `(n_out, n_in)` matrix that averages PyTorch's adaptive pooling bins along one axis.
-
-    Bin `i` covers `[floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))`, so bins
-    overlap when `n_out` does not divide `n_in`, and repeat pixels when `n_out > n_in`.
-
-    >>> adaptive_bins(3, 2)
-    array([[0.5, 0.5, 0. ],
-           [0. , 0.5, 0.5]], dtype=float32)
-    """
-    if n_in < 1 or n_out < 1:
-        raise ValueError(f"adaptive pooling needs sizes >= 1, got input {n_in}, output {n_out}")
-    matrix = np.zeros((n_out, n_in), np.float32)
-    for i in range(n_out):
-        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
-
-
-class AdaptiveAvgPool2D(nn.Module):
-    """Average pooling to a fixed `output_size`, with PyTorch's `AdaptiveAvgPool2d` bins.
-
-    The mean over a rectangular bin is separable, so the whole pooling is one
-    einsum with the two bin matrices of `adaptive_bins`. Identity when the input
-    already has `output_size`. No parameters.
-    """
-
-    output_size: functional.IntOrPair
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"AdaptiveAvgPool2D expects (N, H, W, C), got shape {x.shape}")
-        out_h, out_w = functional._pair(self.output_size, "output_size", minimum=1, shape=x.shape)
-        if x.shape[1:3] == (out_h, out_w):
-            return x
-        rows = jnp.asarray(adaptive_bins(x.shape[1], out_h), x.dtype)  # (out_h, H)
-        cols = jnp.asarray(adaptive_bins(x.shape[2], out_w), x.dtype)  # (out_w, W)
-        return jnp.einsum("ih,jw,nhwc->nijc", rows, cols, x)  # (N, out_h, out_w, C)
+from research.layers import AdaptiveAvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
 
 class AlexNet(nn.Module):

@@ -9,8 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
-from research.models.alexnet import AdaptiveAvgPool2D
+from research.layers import AdaptiveAvgPool2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
 # torchvision's initialization: Kaiming normal (fan_out, ReLU gain) for convolutions,
 # N(0, 0.01) for dense layers, zero biases. Without batch norm, a 16-layer VGG trains
