@@ -22,7 +22,7 @@ from research.sweep import get_sweep_config
 
 # Learning rates ε on a log grid per optimizer, centred on the usual values.
 LEARNING_RATES = {
-    "sgd": (0.01, 0.03, 0.1, 0.3),
+    "sgd": (0.03, 0.1, 0.3, 1.0),  # the digits sweep found 0.3 at the top of (0.01..0.3)
     "momentum": (0.003, 0.01, 0.03, 0.1),  # alpha = 0.9 (base config)
     "nesterov": (0.003, 0.01, 0.03, 0.1),
     "adagrad": (0.003, 0.01, 0.03, 0.1),
