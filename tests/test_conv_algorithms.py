@@ -26,8 +26,10 @@ CONV_CASES = [
     ((1, 11, 9, 2), (2, 3, 2, 3), 3, 1, 2, 1),
     ((3, 28, 28, 1), (5, 5, 1, 6), 1, 2, 1, 1),  # LeNet-5 C1 at 28x28
     ((2, 6, 6, 4), (1, 1, 4, 3), 1, "VALID", 1, 1),  # pointwise: one tap
-    ((2, 6, 6, 4), (3, 3, 2, 6), 1, "SAME", 1, 2),  # groups: falls back to "xla"
-    ((2, 6, 6, 4), (3, 3, 1, 8), 2, 1, 1, 4),  # depthwise, multiplier 2
+    ((2, 6, 6, 4), (3, 3, 2, 6), 1, "SAME", 1, 2),  # 2 groups: a batched contraction per group
+    ((2, 6, 6, 4), (3, 3, 1, 8), 2, 1, 1, 4),  # depthwise, multiplier 2: multiply-adds
+    ((2, 7, 7, 6), (3, 3, 2, 6), 2, "SAME", 2, 3),  # 3 groups, strided and dilated
+    ((2, 5, 5, 3), (3, 3, 1, 3), 1, "SAME", 1, 3),  # depthwise, multiplier 1 (Xception)
 ]
 
 
