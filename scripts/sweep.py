@@ -25,27 +25,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the trials, tables a
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _setup_environment(config) -> None:
-    """As in scripts/train.py: deterministic GPU ops before the first use of a device."""
-    flags_env = os.environ.get("XLA_FLAGS", "")
-    if config.deterministic and "xla_gpu_deterministic_ops" not in flags_env:
-        os.environ["XLA_FLAGS"] = (flags_env + " --xla_gpu_deterministic_ops=true").strip()
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        import jax
-
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
-
-
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config, workdir = _CONFIG.value, _WORKDIR.value
     absl_logging.set_verbosity(absl_logging.WARNING)
-    _setup_environment(config)
+    from research.cli import setup_environment
+
+    setup_environment(config)
     from research.sweep import expand, run_sweep
 
     if "sweep" not in config:

@@ -26,30 +26,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def setup_environment(config) -> None:
-    """Process-wide settings that must precede the first use of a device."""
-    if config.deterministic and "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
-        # Deterministic reductions and convolutions on GPU (CPU is deterministic already).
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
-        ).strip()
-    import jax
-
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        # Multi-host: the usual environment (one process per host, or per group of devices).
-        if jax.config.jax_platforms in (None, "", "cpu"):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
-
-
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from research.cli import load_config
+    from research.cli import load_config, setup_environment
 
     config, workdir = load_config(_CONFIG), _WORKDIR.value
     absl_logging.set_verbosity(absl_logging.WARNING)  # no INFO lines from jax/absl
