@@ -42,13 +42,16 @@ def _models(small: bool) -> dict[str, dict]:
             "mlp": {},
             "lenet5": {},  # padding set per dataset below
             "lecture_cnn": {},
+            # No dropout and 1/8 width: at 1/16 width with dropout 0.5 VGG11 stayed at
+            # chance after 62 steps.
             "vgg11": {
                 "pool_padding": "SAME",
                 "pooled_size": None,
-                "fc_width": 64,
-                "width_multiplier": 0.0625,
+                "fc_width": 128,
+                "width_multiplier": 0.125,
+                "dropout": 0.0,
             },
-            "resnet18": {"cifar_stem": True, "width": 4},
+            "resnet18": {"cifar_stem": True, "width": 8},
             "googlenet": {"small_input": True, "width_multiplier": 0.0625},
             "xception": {"small_input": True, "middle_blocks": 1, "width_multiplier": 0.0625},
         }
@@ -91,7 +94,7 @@ def get_config(arg: str = "small"):
         config.data.train_size = 2000  # training images kept after the split
         config.data.val_size = 500  # validation images carved from train
         config.batch_size = 64  # 31 steps per epoch
-        config.num_epochs = 2
+        config.num_epochs = 3
         config.log_every_steps = 0  # log once per epoch (fewer host syncs)
         config.sweep.grids = _grids(small=True)
         config.sweep.axes = {"seed": (0, 1)}
