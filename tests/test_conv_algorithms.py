@@ -100,6 +100,31 @@ def test_algorithm_selection_keyword_over_env_over_default(monkeypatch):
     assert CA.resolve_pool_algorithm("reshape") == "reshape"
 
 
+def test_override_block_sits_between_keyword_and_environment(monkeypatch):
+    monkeypatch.setenv(CA.POOL_ENV_VAR, "reshape")
+    monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
+    x = jnp.ones((1, 4, 4, 1))
+    # A new function object each time: JAX caches traces per function, and the
+    # block is not part of that cache's key.
+    traced = lambda: str(jax.make_jaxpr(lambda x: F.max_pool(x, 2))(x))  # noqa: E731
+    assert "reduce_window_max" not in traced()
+    with CA.override(pool="reduce_window"):
+        assert CA.resolve_pool_algorithm() == "reduce_window"
+        assert CA.resolve_pool_algorithm("reshape") == "reshape"  # the keyword still wins
+        with CA.override(conv="taps"):  # nested blocks add to the outer one
+            assert CA.resolve_conv_algorithm() == "taps"
+            assert CA.resolve_pool_algorithm() == "reduce_window"
+        assert CA.resolve_conv_algorithm() == CA.DEFAULT_CONV_ALGORITHM.get(
+            jax.default_backend(), "xla"
+        )
+        # It acts where the layer is traced.
+        assert "reduce_window_max" in traced()
+    assert CA.resolve_pool_algorithm() == "reshape"
+    block = CA.override(pool="strided")
+    with pytest.raises(ValueError, match="override gives unknown pool algorithm 'strided'"):
+        block.__enter__()
+
+
 def test_unknown_algorithm_names_raise_value_error(monkeypatch):
     x, kernel, _ = _conv_inputs((1, 5, 5, 1), (3, 3, 1, 1))
     with pytest.raises(ValueError, match=r"algorithm=.*'winograd'.*known: im2col"):

@@ -6,9 +6,11 @@ the backend. `functional.conv2d(..., algorithm=None)` picks one this way, first
 match wins:
 
   1. the `algorithm=` keyword of the call;
-  2. the environment variable `RESEARCH_CONV_ALGORITHM` (read at trace time);
-  3. `DEFAULT_CONV_ALGORITHM[jax.default_backend()]` (measured, see below);
-  4. "xla".
+  2. an enclosing `with override(conv=..., pool=...)` block, active while a
+     function is traced (the sweep's vmapped programs use it);
+  3. the environment variable `RESEARCH_CONV_ALGORITHM` (read at trace time);
+  4. `DEFAULT_CONV_ALGORITHM[jax.default_backend()]` (measured, see below);
+  5. "xla".
 
 Conv algorithms (`CONV_ALGORITHMS`), each `f(x, kernel, strides, pads,
 dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
@@ -63,8 +65,10 @@ gradient would split it equally among the ties.)
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -182,8 +186,8 @@ DEFAULT_CONV_ALGORITHM: dict[str, str] = {"cpu": "im2col", "gpu": "xla", "tpu": 
 
 
 def resolve_conv_algorithm(algorithm: str | None = None) -> str:
-    """The conv algorithm a call uses: keyword, else env variable, else backend default."""
-    return _resolve(algorithm, CONV_ENV_VAR, DEFAULT_CONV_ALGORITHM, CONV_ALGORITHMS, "xla")
+    """The conv algorithm a call uses: keyword, else `override`, else env variable, else default."""
+    return _resolve(algorithm, "conv", CONV_ENV_VAR, DEFAULT_CONV_ALGORITHM, CONV_ALGORITHMS, "xla")
 
 
 def conv(x, kernel, strides, pads, dilations, groups: int, algorithm: str | None = None):
@@ -262,9 +266,9 @@ DEFAULT_POOL_ALGORITHM: dict[str, str] = {"cpu": "reshape"}  # others: "reduce_w
 
 
 def resolve_pool_algorithm(algorithm: str | None = None) -> str:
-    """The max-pool algorithm a call uses: keyword, else env variable, else backend default."""
+    """The max-pool algorithm a call uses: keyword, `override`, env variable, default."""
     return _resolve(
-        algorithm, POOL_ENV_VAR, DEFAULT_POOL_ALGORITHM, POOL_ALGORITHMS, "reduce_window"
+        algorithm, "pool", POOL_ENV_VAR, DEFAULT_POOL_ALGORITHM, POOL_ALGORITHMS, "reduce_window"
     )
 
 
@@ -275,12 +279,50 @@ def max_pool(x, window, strides, pads, algorithm: str | None = None):
 # --------------------------------------------------------------------------- selection
 
 
-def _resolve(algorithm, env_var, defaults, registry, fallback) -> str:
-    if algorithm is None:
-        algorithm = os.environ.get(env_var) or defaults.get(jax.default_backend(), fallback)
-        source = f"environment variable {env_var}" if os.environ.get(env_var) else "default"
-    else:
+# An immutable mapping ("conv"/"pool" -> algorithm name) per context.
+_OVERRIDE: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "conv_algorithm_override", default=()
+)
+
+
+@contextlib.contextmanager
+def override(*, conv: str | None = None, pool: str | None = None) -> Iterator[None]:
+    """Within the block, calls without `algorithm=` use these algorithms.
+
+    Takes effect where the layers run in Python, i.e. while a function is traced:
+    wrap the traced body, not the call of an already compiled function. JAX
+    caches traces per function object and the block is not part of that key, so
+    trace inside it only functions that are not also traced outside it.
+
+        with conv_algorithms.override(pool="reduce_window"):
+            y = jax.vmap(step)(...)  # traced here, pooled with reduce_window
+    """
+    for name, registry in ((conv, CONV_ALGORITHMS), (pool, POOL_ALGORITHMS)):
+        if name is not None and name not in registry:
+            raise ValueError(
+                f"override gives unknown {registry.kind} {name!r}; "
+                f"known: {', '.join(registry.names())}"
+            )
+    current = dict(_OVERRIDE.get())
+    current.update({k: v for k, v in (("conv", conv), ("pool", pool)) if v is not None})
+    token = _OVERRIDE.set(tuple(current.items()))
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def _resolve(algorithm, key, env_var, defaults, registry, fallback) -> str:
+    """keyword, else `override` block, else environment variable, else backend default."""
+    overridden = dict(_OVERRIDE.get()).get(key)
+    if algorithm is not None:
         source = "algorithm="
+    elif overridden is not None:
+        algorithm, source = overridden, "override"
+    elif os.environ.get(env_var):
+        algorithm, source = os.environ[env_var], f"environment variable {env_var}"
+    else:
+        algorithm, source = defaults.get(jax.default_backend(), fallback), "default"
     if algorithm not in registry:
         raise ValueError(
             f"{source} gives unknown {registry.kind} {algorithm!r}; "

@@ -46,8 +46,9 @@ of it is the "reshape" max-pool (the CPU default, a custom VJP) under vmap:
 with RESEARCH_POOL_ALGORITHM=reduce_window the vmapped LeNet-5 runs
 6.3 / 6.2 / 5.1 trial-steps/s at N = 1 / 4 / 16 against 7.3-9.6 sequential
 (0.85x / 0.84x / 0.53x, load ~10), i.e. ~1.8x the default's vmapped speed,
-while the sequential step prefers "reshape". Choosing the pool algorithm per
-path (reduce_window inside the vmapped programs) is the next step. Small models
+while the sequential step prefers "reshape". So the vmapped programs are traced
+with "reduce_window" on CPU (`VMAPPED_POOL_ALGORITHM`, through
+`conv_algorithms.override`); the sequential ones keep "reshape". Small models
 (simple_cnn on digits, where per-step overhead dominates) gain from vmap.
 Hence `probe` stays: it times both on the sweep's own model and the runner
 picks the faster (`sweep.parallel="auto"`). On GPUs the batched matmuls are
@@ -72,6 +73,7 @@ from jax.sharding import Mesh
 
 from research import models, optim
 from research.data import pipeline
+from research.layers import conv_algorithms
 from research.train import loop, outputs
 from research.train.checkpoint import Checkpointer, tree_sha256
 from research.train.steps import Steps, make_steps
@@ -200,14 +202,39 @@ def build_group(
     return Group(
         run=run,
         steps=steps,
-        chunk=jax.jit(vmap(on_trials.train_chunk, in_axes=(0, None, None, 0)), donate_argnums=0),
-        evaluate=jax.jit(vmap(on_trials.evaluate, in_axes=(0, 0, None, None, None, None))),
+        chunk=jax.jit(
+            _vmapped_pooling(vmap(on_trials.train_chunk, in_axes=(0, None, None, 0))),
+            donate_argnums=0,
+        ),
+        evaluate=jax.jit(
+            _vmapped_pooling(vmap(on_trials.evaluate, in_axes=(0, 0, None, None, None, None)))
+        ),
         single_chunk=jax.jit(single_chunk, donate_argnums=0),
         single_evaluate=jax.jit(single_evaluate),
         init=init_with(on_trials, vmap),
         single_init=init_with(steps, jax.vmap),
         trials_mesh=mesh,
     )
+
+
+# Max-pool algorithm inside the vmapped programs, by backend: on CPU the "reshape"
+# default of the sequential step is ~1.8x slower than "reduce_window" under vmap
+# (see the module docstring). None: the backend's default.
+VMAPPED_POOL_ALGORITHM: dict[str, str] = {"cpu": "reduce_window"}
+
+
+def _vmapped_pooling(fn):
+    """`fn` traced with `VMAPPED_POOL_ALGORITHM` (same values: the algorithms are equal)."""
+
+    @functools.wraps(fn)
+    def traced(*args):
+        pool = VMAPPED_POOL_ALGORITHM.get(jax.default_backend())
+        if pool is None or os.environ.get(conv_algorithms.POOL_ENV_VAR):
+            return fn(*args)  # an explicit RESEARCH_POOL_ALGORITHM wins
+        with conv_algorithms.override(pool=pool):
+            return fn(*args)
+
+    return traced
 
 
 def padded(configs: list, multiple: int) -> list:
