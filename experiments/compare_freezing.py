@@ -20,24 +20,24 @@ The pretraining runs are the sweep's `sweep.pretrain` stages: trained once,
 first, in DIR/pretrain/<id>/, then used by every trial that names them with
 transfer.pretrained = "pretrain:NAME" (see research/sweep/space.py).
 
-Command (small: LeNet-5, 2 pairs x 7 strategies x 100/1,000 target examples x 2 seeds
-= 56 trials + 2 pretrainings on 5,000 source images):
+Command (small: LeNet-5, 2 pairs x 7 strategies x 100 / 1,000 / all target examples
+x 2 seeds = 84 trials + 2 pretrainings on 10,000 source images):
   python scripts/sweep.py --config experiments/compare_freezing.py:small \
       --workdir runs/compare_freezing_small
 Command (full, for a GPU: 100 / 1,000 / all target examples, longer training, 3 seeds):
   python scripts/sweep.py --config experiments/compare_freezing.py:full \
       --workdir runs/compare_freezing
 
-Expected: on the similar pair the pretrained linear probe is far above the
-random-init linear probe at every size, and with 100 target examples every
-pretrained strategy beats scratch; as the target data grows the gap to scratch
-shrinks, and on the different pair freezing many layers (linear probe) falls
-behind fine-tuning once there is much data.
-Run time on a 2-core CPU: measured on a *shared* 2-core CPU (load ~10): each
-pretraining stage ~80 s, each transfer trial ~100 s (most of it compilation:
-every transfer trial compiles its own program), so the 56 trials take ~1.5 h
-under that load (expect several times less on an idle machine; not measured).
-Full: a GPU.
+Expected: on the similar pair the pretrained linear probe is well above the
+random-init linear probe at every size; on the different pair the pretrained
+features are worth little to a probe and the strategies that retrain layers
+(freeze_first_n, finetune) pull ahead as target data grows. Measured (small):
+similar, probe pretrained vs random init 0.83 / 0.88 / 0.92 vs 0.76 / 0.81 /
+0.86 at 100 / 1,000 / all examples; different, 0.54 / 0.61 / 0.73 vs 0.56 /
+0.65 / 0.72; freeze_first_1 = finetune within 0.01 everywhere; LeNet-5 from
+scratch is as good as any transfer at this scale (0.91 with 100 digits 5-9).
+Run time on a 2-core CPU: small 50 min (84 trials + 2 pretrainings, ~20-35 s
+per trial, measured while two other sweeps shared the CPU, load 5-6). Full: a GPU.
 The report (research/sweep/study_freezing.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_target_size.png.
 """
@@ -48,6 +48,10 @@ SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 
 # (source -> target): the target's data fields and the stage it starts from.
+LR = 1e-3  # Adam's ε for strategies that train convolution layers (the head's in
+# finetune_lower_lr, whose backbone gets transfer.backbone_lr_scale = 0.1 of it)
+PROBE_LR = 1e-2  # ε for the linear probes (see `strategies`)
+
 PAIRS = {
     "similar": {"data.name": "mnist", "data.classes": TARGET_CLASSES, "pretrain": "mnist_0to4"},
     "different": {"data.name": "fashion_mnist", "data.classes": (), "pretrain": "mnist"},
@@ -55,17 +59,39 @@ PAIRS = {
 
 
 def strategies(freeze_n=(1, 2, 3)) -> dict[str, dict]:
-    """Strategy label -> transfer fields; "pretrained": False trains from random init."""
+    """Strategy label -> transfer fields and ε; "pretrained": False trains from random init.
+
+    A linear probe trains one linear layer on fixed features, a convex problem
+    that wants a larger step than training convolutions: at ε = 1e-3 both probes
+    were still far from converged after 80-100 steps (pretrained probe 0.57 test
+    accuracy on digits 5-9 with 100 examples, vs 0.84 at ε = 1e-2), so probes use
+    `PROBE_LR` and every strategy that trains convolution layers `LR`.
+    """
     return {
-        "scratch": {"strategy": "scratch", "n": 0, "pretrained": False},
-        "linear_probe_random_init": {"strategy": "linear_probe", "n": 0, "pretrained": False},
-        "linear_probe": {"strategy": "linear_probe", "n": 0, "pretrained": True},
+        "scratch": {"strategy": "scratch", "n": 0, "pretrained": False, "lr": LR},
+        "linear_probe_random_init": {
+            "strategy": "linear_probe",
+            "n": 0,
+            "pretrained": False,
+            "lr": PROBE_LR,
+        },
+        "linear_probe": {"strategy": "linear_probe", "n": 0, "pretrained": True, "lr": PROBE_LR},
         **{
-            f"freeze_first_{n}": {"strategy": "freeze_first_n", "n": n, "pretrained": True}
+            f"freeze_first_{n}": {
+                "strategy": "freeze_first_n",
+                "n": n,
+                "pretrained": True,
+                "lr": LR,
+            }
             for n in freeze_n
         },
-        "finetune": {"strategy": "finetune", "n": 0, "pretrained": True},
-        "finetune_lower_lr": {"strategy": "finetune_lower_lr", "n": 0, "pretrained": True},
+        "finetune": {"strategy": "finetune", "n": 0, "pretrained": True, "lr": LR},
+        "finetune_lower_lr": {
+            "strategy": "finetune_lower_lr",
+            "n": 0,
+            "pretrained": True,
+            "lr": LR,
+        },
     }
 
 
@@ -82,6 +108,7 @@ def _grids(sizes: dict[int, dict], freeze_n):
                         "data.train_size": (size,),
                         "batch_size": (schedule["batch_size"],),
                         "num_epochs": (schedule["num_epochs"],),
+                        "optim.learning_rate": (s["lr"],),
                         "transfer.strategy": (s["strategy"],),
                         "transfer.n": (s["n"],),
                         "transfer.pretrained": (
@@ -96,8 +123,8 @@ def get_config(arg: str = "small"):
     config = get_sweep_config()
     config.sweep.report = "freezing"
     config.optim.name = "adam"
-    config.optim.learning_rate = 1e-3  # epsilon: the head's rate (and everyone's but the backbone
-    config.transfer.backbone_lr_scale = 0.1  # in finetune_lower_lr, which uses 0.1 epsilon)
+    config.optim.learning_rate = LR  # per strategy in the grids (`strategies`)
+    config.transfer.backbone_lr_scale = 0.1
     # The target's labels mean something else than the source's (digits 5-9 vs 0-4, or
     # clothes vs digits), even where the class count matches: start from a fresh head.
     config.transfer.reset_head = True
@@ -112,11 +139,14 @@ def get_config(arg: str = "small"):
         config.model.name = "lenet5"
         config.model.overrides.padding = 2  # 28x28 inputs -> the paper's 28x28 C1 maps
         freeze_n = (1, 2)
-        source = {"data": {"train_size": 5000}, "num_epochs": 1, "batch_size": 64}
-        # target examples -> schedule; about 40-80 steps each, so small sizes still train.
+        # ~310 steps on 10,000 source images: 0.99 test accuracy on digits 0-4.
+        source = {"data": {"train_size": 10000}, "num_epochs": 2, "batch_size": 64}
+        # target examples -> schedule: at least 80 steps, so small sizes still train;
+        # "all" (0) is one epoch over every target image (~28,000 digits 5-9, 59,000 clothes).
         sizes = {
-            100: {"batch_size": 25, "num_epochs": 10},  # 40 steps
-            1000: {"batch_size": 50, "num_epochs": 3},  # 60 steps
+            100: {"batch_size": 25, "num_epochs": 20},  # 80 steps
+            1000: {"batch_size": 50, "num_epochs": 5},  # 100 steps
+            0: {"batch_size": 128, "num_epochs": 1},  # ~220 / ~450 steps
         }
         seeds = (0, 1)
     elif arg == "full":
