@@ -274,3 +274,20 @@ def test_googlenet_resnet_xception_shapes_follow_their_references():
     assert features["stem_out"] == (2, 32, 32, 64)
     assert features["stage3_block1_out"] == (2, 8, 8, 256)
     assert features["features"] == (2, 512)
+
+
+def test_xception_bn_momentum_sets_the_running_average_update():
+    # One training step from the initial statistics (mean 0): the new running
+    # mean is (1 - momentum) * batch mean, for the field's value, in every BN layer.
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1)) + 3.0
+    kw = dict(num_classes=3, small_input=True, middle_blocks=0, width_multiplier=0.0625)
+    means = {}
+    for momentum in (0.99, 0.9):
+        model = models.create("xception", bn_momentum=momentum, **kw)
+        variables = model.init(jax.random.key(1), x)
+        _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        means[momentum] = np.asarray(updated["batch_stats"]["block1_conv1_bn"]["mean"])
+    np.testing.assert_allclose(means[0.9], means[0.99] * 10.0, rtol=1e-4)
+    assert np.abs(means[0.9]).max() > 0
+    with pytest.raises(ValueError, match=r"bn_momentum must be in \[0, 1\), got 1.5"):
+        models.create("xception", bn_momentum=1.5, **kw).init(jax.random.key(1), x)
