@@ -87,7 +87,8 @@ def _num(value) -> float:
     return float("nan") if value is None or isinstance(value, str) else float(value)
 
 
-def _mean_std(values: list) -> tuple[float, float]:
+def mean_std(values: list) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value, NaN for none; None counts as NaN)."""
     x = np.array([_num(v) for v in values], dtype=np.float64)
     if x.size == 0:
         return math.nan, math.nan
@@ -127,8 +128,8 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> list[dict[s
 
         best = max(sorted(by_lr), key=val_score)  # ties: the smallest learning rate
         chosen = by_lr[best]
-        test_mean, test_std = _mean_std([r["test_accuracy"] for r in chosen])
-        loss_mean, loss_std = _mean_std([r["final_train_loss"] for r in chosen])
+        test_mean, test_std = mean_std([r["test_accuracy"] for r in chosen])
+        loss_mean, loss_std = mean_std([r["final_train_loss"] for r in chosen])
         reached = [r["steps_to_target"] for r in chosen if r["steps_to_target"] is not None]
         out.append(
             {
@@ -149,7 +150,8 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> list[dict[s
     return out
 
 
-def _csv(rows: list[dict], path: str) -> None:
+def write_csv(rows: list[dict], path: str) -> None:
+    """Rows as CSV (columns in order of first appearance, None as empty), atomically."""
     fields: list[str] = []
     for row in rows:
         fields.extend(k for k in row if k not in fields)
@@ -158,14 +160,22 @@ def _csv(rows: list[dict], path: str) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    _atomic_text(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())
 
 
-def _atomic_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
+    """Writes `text` to a temporary file and renames it: readers never see half a table."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def save_tables(workdir: str, rows: list[dict], summary: list[dict], summary_md: str) -> None:
+    """A study's tables: trials.csv (one row per trial), summary.csv and summary.md."""
+    write_csv(rows, os.path.join(workdir, "trials.csv"))
+    write_csv(summary, os.path.join(workdir, "summary.csv"))
+    write_text(os.path.join(workdir, "summary.md"), summary_md)
 
 
 def markdown(summary: list[dict], target_accuracy: float, *, finished: int, total: int) -> str:
@@ -223,11 +233,11 @@ _SUMMARY_KEYS = (
 def write_tables(workdir: str, trials: list[space.Trial], *, target_accuracy: float) -> dict:
     """Writes trials.csv, summary.csv, summary.md and the two plots from finished trials."""
     rows = [r for t in trials if (r := trial_row(workdir, t, target_accuracy)) is not None]
-    _csv(rows, os.path.join(workdir, "trials.csv"))
     summary = summarize(rows, target_accuracy)
-    _csv(summary, os.path.join(workdir, "summary.csv"))
-    _atomic_text(
-        os.path.join(workdir, "summary.md"),
+    save_tables(
+        workdir,
+        rows,
+        summary,
         markdown(summary, target_accuracy, finished=len(rows), total=len(trials)),
     )
     if rows:
@@ -254,6 +264,6 @@ def _plots(workdir: str, rows: list[dict], summary: list[dict]) -> None:
         label = _label(s)
         mine = [r for r in rows if all(r[f] == s[f] for f in setting_fields)]
         lrs = sorted({r[LR_FIELD] for r in mine})
-        stats = [_mean_std([r["val_accuracy"] for r in mine if r[LR_FIELD] == lr]) for lr in lrs]
+        stats = [mean_std([r["val_accuracy"] for r in mine if r[LR_FIELD] == lr]) for lr in lrs]
         lines[label] = (lrs, [m for m, _ in stats], [sd for _, sd in stats])
     sweep_plots.plot_accuracy_vs_lr(lines, os.path.join(workdir, "val_accuracy_vs_lr.png"))

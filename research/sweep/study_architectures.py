@@ -93,7 +93,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((row["dataset"], row["model"]), []).append(row)
     out = []
     for (dataset, model), mine in groups.items():
-        acc, acc_std = aggregate._mean_std([r["test_accuracy"] for r in mine])
+        acc, acc_std = aggregate.mean_std([r["test_accuracy"] for r in mine])
         out.append(
             {
                 "dataset": dataset,
@@ -103,10 +103,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test_accuracy_std": acc_std,
                 "params": mine[0]["params"],
                 "flops": mine[0]["flops"],
-                "examples_per_second": aggregate._mean_std(
-                    [r["examples_per_second"] for r in mine]
-                )[0],
-                "wall_seconds": aggregate._mean_std([r["wall_seconds"] for r in mine])[0],
+                "examples_per_second": aggregate.mean_std([r["examples_per_second"] for r in mine])[
+                    0
+                ],
+                "wall_seconds": aggregate.mean_std([r["wall_seconds"] for r in mine])[0],
                 "overrides": mine[0]["overrides"],
             }
         )
@@ -159,44 +159,27 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
 
 def plot(summary: list[dict], path: str) -> None:
     """Test accuracy against FLOPs per example (log x), one panel per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from research.viz import sweep_plots
 
     datasets = list(dict.fromkeys(r["dataset"] for r in summary))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        for r in (r for r in summary if r["dataset"] == dataset):
-            ax.errorbar(
-                r["flops"], r["test_accuracy_mean"], yerr=r["test_accuracy_std"], fmt="o", capsize=3
-            )
-            ax.annotate(
-                r["model"],
-                (r["flops"], r["test_accuracy_mean"]),
-                fontsize=8,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("FLOPs per example")
-        ax.set_title(dataset)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with sweep_plots.panels(
+        path, datasets, size=(4.2, 3.6), xlabel="FLOPs per example", ylabel="test accuracy"
+    ) as axes:
+        for ax, dataset in zip(axes, datasets, strict=True):
+            for r in (r for r in summary if r["dataset"] == dataset):
+                x, y = r["flops"], r["test_accuracy_mean"]
+                ax.errorbar(x, y, yerr=r["test_accuracy_std"], fmt="o", capsize=3)
+                ax.annotate(
+                    r["model"], (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points"
+                )
 
 
 def write_report(workdir: str, trials: list[space.Trial], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_flops.png."""
     rows = [r for t in trials if (r := trial_row(workdir, t)) is not None]
-    aggregate._csv(rows, os.path.join(workdir, "trials.csv"))
     summary = summarize(rows)
-    aggregate._csv(summary, os.path.join(workdir, "summary.csv"))
-    aggregate._atomic_text(
-        os.path.join(workdir, "summary.md"),
-        markdown(summary, finished=len(rows), total=len(trials)),
+    aggregate.save_tables(
+        workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )
     if summary:
         plot(summary, os.path.join(workdir, "accuracy_vs_flops.png"))

@@ -137,7 +137,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (dataset, latent), members in groups.items():
         entry = {"dataset": dataset, "latent_dim": latent, "seeds": len(members)}
         for metric in ("test_loss", "test_mse_pixels", "probe_test_accuracy"):
-            mean, std = aggregate._mean_std([m[metric] for m in members])
+            mean, std = aggregate.mean_std([m[metric] for m in members])
             entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean, std
         entry["params"] = members[0]["params"]
         entry["trial_ids"] = " ".join(m["trial_id"] for m in members)
@@ -229,11 +229,8 @@ def report(workdir: str, trials, config) -> dict:
     cache: dict = {}
     rows = [r for t in trials if (r := trial_row(workdir, t, cache)) is not None]
     summary = summarize(rows)
-    aggregate._csv(rows, os.path.join(workdir, "trials.csv"))
-    aggregate._csv(summary, os.path.join(workdir, "summary.csv"))
-    aggregate._atomic_text(
-        os.path.join(workdir, "summary.md"),
-        markdown(summary, finished=len(rows), total=len(trials)),
+    aggregate.save_tables(
+        workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )
     if rows:
         plot_reconstructions(

@@ -161,7 +161,7 @@ def write_report(workdir: str, trials, config, *, natural_dataset: str | None) -
     """The report, with a test image of `natural_dataset` beside the trial's (None: none)."""
     trial, results = _first_finished(workdir, trials)
     if trial is None:
-        aggregate._atomic_text(os.path.join(workdir, "summary.md"), "No finished trials yet.\n")
+        aggregate.write_text(os.path.join(workdir, "summary.md"), "No finished trials yet.\n")
         return {}
     splits = load_splits(trial.config)
     raw = data_lib.load(
@@ -202,7 +202,7 @@ def write_report(workdir: str, trials, config, *, natural_dataset: str | None) -
         for img_label, per_filter in responses.items():
             row[img_label] = float(np.mean(np.abs(per_filter[name])))
         rows.append(row)
-    aggregate._csv(rows, os.path.join(workdir, "filters.csv"))
+    aggregate.write_csv(rows, os.path.join(workdir, "filters.csv"))
     summary = [
         {
             "trial_id": trial.id,
@@ -215,7 +215,7 @@ def write_report(workdir: str, trials, config, *, natural_dataset: str | None) -
             "feature_maps": " ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in maps.items()),
         }
     ]
-    aggregate._csv(summary, os.path.join(workdir, "summary.csv"))
+    aggregate.write_csv(summary, os.path.join(workdir, "summary.csv"))
     s = summary[0]
     lines = [
         f"{s['model']} on {s['dataset']} ({s['train_examples']} training images, "
@@ -230,7 +230,7 @@ def write_report(workdir: str, trials, config, *, natural_dataset: str | None) -
     for row in rows:
         values = " | ".join(f"{row[k]:.3f}" for k in responses)
         lines.append(f"| {row['filter']} | {values} |")
-    aggregate._atomic_text(os.path.join(workdir, "summary.md"), "\n".join(lines) + "\n")
+    aggregate.write_text(os.path.join(workdir, "summary.md"), "\n".join(lines) + "\n")
     return {"responses": responses, "kernels": kernels, "maps": maps, "rows": rows}
 
 

@@ -79,7 +79,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (pair, strategy, size), mine in groups.items():
         acc = [r["test_accuracy"] if r["status"] == "done" else 0.0 for r in mine]
-        mean, std = aggregate._mean_std(acc)
+        mean, std = aggregate.mean_std(acc)
         examples = [r["train_examples"] for r in mine if r["train_examples"] is not None]
         out.append(
             {
@@ -137,49 +137,42 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
 
 def plot(summary: list[dict], path: str) -> None:
     """Accuracy against target examples (log x): one line per strategy, one panel per pair."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from research.viz import sweep_plots
 
     pairs = list(dict.fromkeys(r["pair"] for r in summary))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
-    for ax, pair in zip(axes[0], pairs, strict=True):
-        mine = [r for r in summary if r["pair"] == pair and r["train_examples"]]
-        for strategy in dict.fromkeys(r["strategy"] for r in mine):
-            pts = sorted(
-                (r for r in mine if r["strategy"] == strategy), key=lambda r: r["train_examples"]
-            )
-            ax.errorbar(
-                [r["train_examples"] for r in pts],
-                [r["test_accuracy_mean"] for r in pts],
-                yerr=[r["test_accuracy_std"] for r in pts],
-                marker="o",
-                capsize=2,
-                label=strategy,
-                linestyle="--" if strategy in ("scratch", "linear_probe_random_init") else "-",
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("target training examples")
-        ax.set_title(pair, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("target test accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with sweep_plots.panels(
+        path,
+        pairs,
+        size=(5.5, 4),
+        xlabel="target training examples",
+        ylabel="target test accuracy",
+    ) as axes:
+        for ax, pair in zip(axes, pairs, strict=True):
+            mine = [r for r in summary if r["pair"] == pair and r["train_examples"]]
+            for strategy in dict.fromkeys(r["strategy"] for r in mine):
+                pts = sorted(
+                    (r for r in mine if r["strategy"] == strategy),
+                    key=lambda r: r["train_examples"],
+                )
+                ax.errorbar(
+                    [r["train_examples"] for r in pts],
+                    [r["test_accuracy_mean"] for r in pts],
+                    yerr=[r["test_accuracy_std"] for r in pts],
+                    marker="o",
+                    capsize=2,
+                    label=strategy,
+                    linestyle="--" if strategy in ("scratch", "linear_probe_random_init") else "-",
+                )
+        axes[-1].legend(fontsize=7, loc="lower right")
 
 
 def write_report(workdir: str, trials: list[space.Trial], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_target_size.png."""
     pairs = pair_labels(trials)
     rows = [r for t in trials if (r := trial_row(workdir, t, pairs)) is not None]
-    aggregate._csv(rows, os.path.join(workdir, "trials.csv"))
     summary = summarize(rows)
-    aggregate._csv(summary, os.path.join(workdir, "summary.csv"))
-    aggregate._atomic_text(
-        os.path.join(workdir, "summary.md"),
-        markdown(summary, finished=len(rows), total=len(trials)),
+    aggregate.save_tables(
+        workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )
     if summary:
         plot(summary, os.path.join(workdir, "accuracy_vs_target_size.png"))

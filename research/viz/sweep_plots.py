@@ -5,8 +5,38 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
+import contextlib  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+@contextlib.contextmanager
+def panels(
+    path: str, titles: list[str], *, size: tuple[float, float], xlabel: str, ylabel: str
+) -> Iterator[list]:
+    """A row of log-x panels, one per title, saved to `path` when the block ends.
+
+    with panels(path, datasets, size=(4.2, 3.6), xlabel="FLOPs", ylabel="accuracy") as axes:
+        for ax, dataset in zip(axes, datasets):
+            ax.plot(...)
+    """
+    fig, axes = plt.subplots(
+        1, len(titles), figsize=(size[0] * len(titles), size[1]), squeeze=False
+    )
+    try:
+        for ax, title in zip(axes[0], titles, strict=True):
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ylabel)
+        yield list(axes[0])
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def plot_loss_curves(
