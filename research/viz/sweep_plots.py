@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import contextlib  # noqa: E402
@@ -28,6 +29,8 @@ def panels(
     try:
         for ax, title in zip(axes[0], titles, strict=True):
             ax.set_xscale("log")
+            # A panel spanning less than a decade would label its minor ticks, overlapping.
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(xlabel)
             ax.set_title(title, fontsize=10)
             ax.grid(alpha=0.3)
