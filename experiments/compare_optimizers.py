@@ -10,12 +10,15 @@ Command (small: simple_cnn on digits, 6 x 3 x 3 = 54 trials):
   python scripts/sweep.py --config experiments/compare_optimizers.py:digits --workdir DIR
 
 Expected: every optimizer reaches about the same test accuracy at its own best
-learning rate (MNIST: ~0.99; digits: ~0.95-0.98 after 5 epochs); the adaptive
-ones (rmsprop, adam) and the momentum ones reach the target accuracy in fewer
-steps than plain sgd, and their best ε is 1-2 decades smaller than sgd's.
-Run time on a 2-core CPU: digits ~3-6 min (most of it compilation, once per
-optimizer); MNIST ~2-4 h (not yet measured; use a GPU). The README shows the
-digits table and plots.
+learning rate, and the adaptive and momentum ones reach the target accuracy in
+fewer steps than plain sgd, with best ε 1-2 decades smaller than sgd's.
+Measured (MNIST, 3 epochs): 0.984-0.987 test accuracy for all six; best ε sgd
+0.1, momentum/nesterov/adagrad 0.03, rmsprop/adam 0.003 (the top of their
+grids: extend them upward); nesterov first to 0.98 validation accuracy (858
+steps). Digits: 0.93-0.98, momentum/nesterov/adam reach 0.9 in half of sgd's steps.
+Run time on a 2-core CPU (shared, load 5-6): digits 225 s (the timing probe
+chose sequential); MNIST with --config.num_epochs=3: 1 h 45 min (72 trials,
+50-90 s each). The README shows both tables and plots.
 """
 
 from research.sweep import get_sweep_config
