@@ -187,7 +187,9 @@ DEFAULT_CONV_ALGORITHM: dict[str, str] = {"cpu": "im2col", "gpu": "xla", "tpu": 
 
 def resolve_conv_algorithm(algorithm: str | None = None) -> str:
     """The conv algorithm a call uses: keyword, else `override`, else env variable, else default."""
-    return _resolve(algorithm, "conv", CONV_ENV_VAR, DEFAULT_CONV_ALGORITHM, CONV_ALGORITHMS, "xla")
+    return _resolve(
+        algorithm, _CONV_OVERRIDE, CONV_ENV_VAR, DEFAULT_CONV_ALGORITHM, CONV_ALGORITHMS, "xla"
+    )
 
 
 def conv(x, kernel, strides, pads, dilations, groups: int, algorithm: str | None = None):
@@ -268,7 +270,12 @@ DEFAULT_POOL_ALGORITHM: dict[str, str] = {"cpu": "reshape"}  # others: "reduce_w
 def resolve_pool_algorithm(algorithm: str | None = None) -> str:
     """The max-pool algorithm a call uses: keyword, `override`, env variable, default."""
     return _resolve(
-        algorithm, "pool", POOL_ENV_VAR, DEFAULT_POOL_ALGORITHM, POOL_ALGORITHMS, "reduce_window"
+        algorithm,
+        _POOL_OVERRIDE,
+        POOL_ENV_VAR,
+        DEFAULT_POOL_ALGORITHM,
+        POOL_ALGORITHMS,
+        "reduce_window",
     )
 
 
@@ -279,9 +286,12 @@ def max_pool(x, window, strides, pads, algorithm: str | None = None):
 # --------------------------------------------------------------------------- selection
 
 
-# An immutable mapping ("conv"/"pool" -> algorithm name) per context.
-_OVERRIDE: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
-    "conv_algorithm_override", default=()
+# The algorithm an enclosing `override` block chose, per kind (None: no block).
+_CONV_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "conv_override", default=None
+)
+_POOL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "pool_override", default=None
 )
 
 
@@ -303,18 +313,22 @@ def override(*, conv: str | None = None, pool: str | None = None) -> Iterator[No
                 f"override gives unknown {registry.kind} {name!r}; "
                 f"known: {', '.join(registry.names())}"
             )
-    current = dict(_OVERRIDE.get())
-    current.update({k: v for k, v in (("conv", conv), ("pool", pool)) if v is not None})
-    token = _OVERRIDE.set(tuple(current.items()))
+    # A kind the block does not name keeps the enclosing block's choice.
+    tokens = [
+        var.set(name)
+        for var, name in ((_CONV_OVERRIDE, conv), (_POOL_OVERRIDE, pool))
+        if name is not None
+    ]
     try:
         yield
     finally:
-        _OVERRIDE.reset(token)
+        for token in reversed(tokens):
+            token.var.reset(token)
 
 
-def _resolve(algorithm, key, env_var, defaults, registry, fallback) -> str:
+def _resolve(algorithm, override_var, env_var, defaults, registry, fallback) -> str:
     """keyword, else `override` block, else environment variable, else backend default."""
-    overridden = dict(_OVERRIDE.get()).get(key)
+    overridden = override_var.get()
     if algorithm is not None:
         source = "algorithm="
     elif overridden is not None:

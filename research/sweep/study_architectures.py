@@ -94,6 +94,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (dataset, model), mine in groups.items():
         acc, acc_std = aggregate.mean_std([r["test_accuracy"] for r in mine])
+        speed, _ = aggregate.mean_std([r["examples_per_second"] for r in mine])
+        wall, _ = aggregate.mean_std([r["wall_seconds"] for r in mine])
         out.append(
             {
                 "dataset": dataset,
@@ -103,10 +105,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test_accuracy_std": acc_std,
                 "params": mine[0]["params"],
                 "flops": mine[0]["flops"],
-                "examples_per_second": aggregate.mean_std([r["examples_per_second"] for r in mine])[
-                    0
-                ],
-                "wall_seconds": aggregate.mean_std([r["wall_seconds"] for r in mine])[0],
+                "examples_per_second": speed,
+                "wall_seconds": wall,
                 "overrides": mine[0]["overrides"],
             }
         )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")
-import contextlib  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
