@@ -57,6 +57,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import _checkout  # noqa: F401  (first: `research` from this checkout)
+
 INPUT_SHAPE = (28, 28, 1)  # (H, W, C) of one example, as MNIST
 NUM_CLASSES = 10
 LEARNING_RATE = 1e-3  # Adam's step size, the same in every framework

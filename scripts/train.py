@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
+import _checkout  # noqa: F401  (first: `research` from this checkout)
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
