@@ -1,15 +1,88 @@
-"""Test-session settings shared by every test module."""
+"""Test-session settings and fixtures shared by every test module.
+
+Two tiers (README, "Development"):
+  * `make test`: `pytest -m "not slow"`, the fast tier (under 5 minutes on 2 cores).
+  * `make test-all`: everything, including tests marked `slow` and those that need
+    the optional frameworks of `requirements-test.txt` (torch, torchvision, keras).
+
+Real datasets come from `data_root`: $RESEARCH_DATA_DIR, else `../shared/data`
+beside the repository. Where neither exists, a test that needs them is skipped
+with one line saying how to get them, unless the network can reach the original
+files (the loaders download them then). Under `CI=true` nothing is skipped for
+missing data or missing optional packages: those fail.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+import socket
 import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR_ENV = "RESEARCH_DATA_DIR"  # the same name as research.data.sources.DATA_DIR_ENV
+DATA_HELP = (
+    "set RESEARCH_DATA_DIR to a folder laid out like shared/data (mnist/, fashion_mnist/, "
+    "cifar10/cifar-10-batches-bin/), or run where the original files can be downloaded"
+)
+
+
+def in_ci() -> bool:
+    """True under CI (`CI=true`): missing data or optional packages fail instead of skipping."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_configure(config):
     # Scripts run as subprocesses (tests/test_train.py, test_sweep.py) keep their
     # compiled programs in one cache for this session, not in the user's
     # ~/.cache: a rerun or resume of the same run then loads instead of compiling.
-    os.environ.setdefault(
+    cache = os.environ.setdefault(
         "RESEARCH_COMPILATION_CACHE", tempfile.mkdtemp(prefix="research-test-xla-")
     )
+    # The pytest process itself shares the same cache: the same program built by
+    # two tests (two `make_steps` closures of one model, say) compiles once.
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def find_data_root() -> Path:
+    """$RESEARCH_DATA_DIR, else ../shared/data relative to the repo root."""
+    return Path(os.environ.get(DATA_DIR_ENV) or REPO_ROOT.parent / "shared" / "data")
+
+
+def _network_reaches(host: str = "ossci-datasets.s3.amazonaws.com", port: int = 443) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path | None:
+    """The dataset folder; None where the loaders will download instead; else a skip."""
+    root = find_data_root()
+    if (root / "mnist").is_dir():
+        return root
+    if in_ci():
+        # Fail, not skip: a CI without the data folder must not pass as green skips.
+        pytest.fail(f"no dataset folder at {root} under CI=true: {DATA_HELP}")
+    if _network_reaches():
+        return None
+    pytest.skip(f"no dataset folder at {root} and no network: {DATA_HELP}")
+
+
+def requires(module: str):
+    """`import module`, or skip (fail under CI=true) with one line naming what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        message = f"{module} is not installed ({err}); `make setup-test` installs it"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)

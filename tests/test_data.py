@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import http.server
 import lzma
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -26,26 +25,10 @@ from research.data.tfds_builders import Cifar10, FashionMnist, Mnist, cifar10, f
 from research.data.tfds_builders import mnist as mnist_lib
 from research.registry import Registry, UnknownNameError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 CIFAR_TRAIN_MEAN_RGB = (125.30691805, 122.95039414, 113.86538318)
 CIFAR_TEST1000_COUNTS = [103, 89, 100, 103, 90, 86, 112, 102, 106, 109]
-
-
-def find_data_root() -> Path:
-    """$RESEARCH_DATA_DIR, else ../shared/data relative to the repo root."""
-    return Path(os.environ.get(sources.DATA_DIR_ENV) or REPO_ROOT.parent / "shared" / "data")
-
-
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    root = find_data_root()
-    if not (root / "mnist").is_dir():
-        # Fail, not skip: a CI without the data folder must not pass as green skips.
-        pytest.fail(f"no dataset folder at {root}: set {sources.DATA_DIR_ENV} to shared/data")
-    return root
 
 
 @pytest.fixture(autouse=True)
