@@ -15,7 +15,7 @@ Command (full, for a GPU: widths 32/64, all 55,000 training images, 20 epochs, l
   python scripts/sweep.py --config experiments/autoencoder.py:full --workdir runs/autoencoder
 
 Writes summary.md/.csv (per dataset × latent size), trials.csv and
-reconstructions.png into the workdir (research/sweep/study_autoencoder.py).
+reconstructions.png into the workdir (research/studies/autoencoder.py).
 
 Expected: the reconstruction error falls steadily from latent 2 to 8 to 32
 (blurry class averages at 2, recognisable digits and garments at 32), and the
@@ -34,7 +34,7 @@ from research.sweep import get_sweep_config
 
 def get_config(arg: str = "small"):
     config = get_sweep_config()
-    config.sweep.report = "autoencoder"
+    config.sweep.report = "research.studies.autoencoder:report"
     config.model.name = "conv_autoencoder"
     config.model.overrides.latent_dim = 32  # size of the code; swept below
     # The pipeline standardizes pixels (mean 0, std 1), outside a sigmoid's [0, 1].

@@ -24,7 +24,7 @@ lenet5 0.362 (62k), lecture_cnn 0.378; VGG11 and GoogLeNet far from converged.
 Run time on a 2-core CPU: small ~55 min (42 trials, shared CPU at load 5-6;
 GoogLeNet's first compile ~6 min, Xception's ~1-2 min; seeds, and MNIST and
 Fashion-MNIST, share compiled programs). Full: hours, on a GPU.
-The report (research/sweep/study_architectures.py) writes summary.md/.csv,
+The report (research/studies/architectures.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_flops.png.
 """
 
@@ -91,7 +91,7 @@ def _grids(small: bool):
 
 def get_config(arg: str = "small"):
     config = get_sweep_config()
-    config.sweep.report = "architectures"
+    config.sweep.report = "research.studies.architectures:report"
     config.optim.name = "adam"  # one optimizer that works for every model without tuning
     config.optim.learning_rate = 1e-3  # epsilon
     config.optim.schedule = "constant"

@@ -38,7 +38,7 @@ similar, probe pretrained vs random init 0.83 / 0.88 / 0.92 vs 0.76 / 0.81 /
 scratch is as good as any transfer at this scale (0.91 with 100 digits 5-9).
 Run time on a 2-core CPU: small 50 min (84 trials + 2 pretrainings, ~20-35 s
 per trial, measured while two other sweeps shared the CPU, load 5-6). Full: a GPU.
-The report (research/sweep/study_freezing.py) writes summary.md/.csv,
+The report (research/studies/freezing.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_target_size.png.
 """
 
@@ -121,7 +121,7 @@ def _grids(sizes: dict[int, dict], freeze_n):
 
 def get_config(arg: str = "small"):
     config = get_sweep_config()
-    config.sweep.report = "freezing"
+    config.sweep.report = "research.studies.freezing:report"
     config.optim.name = "adam"
     config.optim.learning_rate = LR  # per strategy in the grids (`strategies`)
     config.transfer.backbone_lr_scale = 0.1

@@ -11,7 +11,7 @@ MNIST (one trial, seed 0, through the sweep machinery); the report then draws
   feature_maps.png     conv1 (6 maps, 28x28) and conv2 (16 maps, 10x10) for one test digit
 
 and summary.md: the model's test accuracy and, per classic filter, the mean
-absolute response on each image (research/sweep/study_filters.py).
+absolute response on each image (research/studies/filters.py).
 
 Command (small: 6,000 training images, 2 epochs):
   python scripts/sweep.py --config experiments/filters_and_features.py:small \
@@ -35,7 +35,7 @@ from research.sweep import get_sweep_config
 
 def get_config(arg: str = "small"):
     config = get_sweep_config()
-    config.sweep.report = "filters_and_features"
+    config.sweep.report = "research.studies.filters:report"
     config.model.name = "lenet5"
     config.model.overrides.padding = 2  # 28x28 MNIST -> the paper's 28x28 C1 maps
     config.data.name = "mnist"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -50,9 +51,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.decay = 0.9  # rho: RMSProp's moving-average decay of squared gradients
     c.optim.b1 = 0.9  # rho_1: Adam's first-moment decay
     c.optim.b2 = 0.999  # rho_2: Adam's second-moment decay
-    # delta: the small constant of AdaGrad/RMSProp/Adam. A negative value means the
+    # delta: the small constant of AdaGrad/RMSProp/Adam (>= 0). None (the default) means the
     # optimizer's own default from the lecture's source (1e-7 AdaGrad, 1e-6 RMSProp, 1e-8 Adam).
-    c.optim.eps = -1.0
+    c.optim.eps = config_dict.placeholder(float)
     c.optim.weight_decay = 0.0  # lambda: L2 penalty lambda/2 * sum(W^2) over weights, not biases
     c.optim.schedule = "constant"  # constant | step | cosine | warmup_cosine
     c.optim.warmup_epochs = 0.0  # linear warmup length for warmup_cosine (epochs)

@@ -6,7 +6,9 @@ Override any config field on the command line, e.g. `--config.sweep.parallel=vma
 Running the same command again resumes: finished trials are not run again.
 Several processes may run the same command on the same DIR at once.
 
-Exit codes: 0 done; 2 bad input (a message names the field).
+Exit codes: 0 done; 2 bad input (a message names the field or path); 74 the
+operating system refused a write (disk full, read-only folder: the message
+names the path; finished trials are kept and the same command resumes).
 """
 
 from __future__ import annotations
@@ -29,30 +31,22 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    from research.cli import setup_environment
+    from research.cli import EXIT_OS_ERROR, describe_os_error, fail, load_config, setup_environment
 
+    config, workdir = load_config(_CONFIG), _WORKDIR.value
+    absl_logging.set_verbosity(absl_logging.WARNING)
     setup_environment(config)
     from research.sweep import expand, run_sweep
 
     if "sweep" not in config:
-        print(
-            "error: the config has no `sweep` section; start from "
-            "research.sweep.get_sweep_config()",
-            file=sys.stderr,
-        )
-        return 2
+        fail("the config has no `sweep` section; start from research.sweep.get_sweep_config()")
     try:  # Every input error surfaces here, before the workdir is touched.
         expand(config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
         done = run_sweep(config, workdir, echo=lambda line: print(line, flush=True))
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        fail(err)
+    except OSError as err:
+        fail(describe_os_error(err) + "; finished trials are kept", EXIT_OS_ERROR)
     print(
         f"ran {len(done['ran'])}, skipped {len(done['skipped'])} finished, of {done['trials']} "
         f"trials ({done['parallel']}) in {done['seconds']:.0f} s"
@@ -64,4 +58,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from research.cli import parse_flags
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

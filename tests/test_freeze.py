@@ -76,7 +76,7 @@ def test_strategy_rules(strategy, n, frozen, scaled):
 
 
 def test_freeze_first_n_too_many_names_the_field():
-    with pytest.raises(ValueError, match=r"freeze.n=3 must be in \[0, 2\].*conv1, conv2"):
+    with pytest.raises(ValueError, match=r"transfer.n=3 must be in \[0, 2\].*conv1, conv2"):
         freeze.strategy_rules("freeze_first_n", lenet_params(), n=3)
 
 

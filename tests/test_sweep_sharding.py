@@ -28,8 +28,8 @@ SCRIPT = textwrap.dedent(
 
     from research import data
     from research.data import pipeline
-    from research.sweep import space, vmapped
-    from research.train import loop
+    from research.sweep import space
+    from research.train import engine, loop
 
     config = space.get_sweep_config()
     config.model.name = "simple_cnn"
@@ -41,22 +41,24 @@ SCRIPT = textwrap.dedent(
     config.optim.name = "momentum"
     config.sweep.axes = {"optim": {"learning_rate": (0.05, 0.1)}, "seed": (0, 1)}
     configs = [t.config for t in space.expand(config)]  # 4 trials
-    # 320 training examples: one epoch is one chunk of 5 steps, so train_group
+    # 320 training examples: one epoch is one chunk of 5 steps, so engine.train
     # reuses the chunk compiled below (the same shapes), which keeps this short.
     splits = pipeline.prepare(data.load("digits"), val_size=0.1, train_size=320)
+    run = loop.build_run(configs[0], splits=splits)
     out = {"devices": jax.device_count()}
 
-    def chunk(group, count=4, steps=5):
+    def chunk(programs, count=4, steps=5):
         # Per-trial losses of `steps` steps, and the state's sharding.
         members = configs[:count]
-        init_keys, data_keys, train_keys = vmapped._keys(members)
-        hps = vmapped.hyperparams(members, group.run.steps_per_epoch)
-        states = group.init(init_keys, train_keys, hps)
-        rows = vmapped._epoch_rows(data_keys, 0, len(splits.train), members[0])
+        init_keys, data_keys, train_keys = engine.trial_keys(members)
+        hps = engine.hyperparams(members, run.steps_per_epoch)
+        states = programs.init(init_keys, train_keys, hps)
+        rows = [engine.epoch_rows(k, 0, len(splits.train), members[0]) for k in data_keys]
         idx = np.stack([np.stack(r[:steps]) for r in rows])  # (T, steps, B)
-        on = lambda x: loop._on_mesh(x, group.trials_mesh)
-        states, metrics = group.chunk(
-            states, on(splits.train.images), on(splits.train.labels), on(idx)
+        on = lambda x: engine.on_mesh(x, programs.mesh)
+        states, alive, metrics = programs.chunk(
+            states, on(np.ones(count, bool)), on(splits.train.images), on(splits.train.labels),
+            on(idx),
         )
         jax.block_until_ready((states, metrics))
         leaf = jax.tree_util.tree_leaves(states.params)[0]
@@ -67,18 +69,19 @@ SCRIPT = textwrap.dedent(
             "shard_rows": sorted({s.data.shape[0] for s in leaf.addressable_shards}),
         }
 
-    sharded = vmapped.build_group(configs[0], splits)
-    single = vmapped.build_group(configs[0], splits, devices=jax.devices()[:1])
+    sharded = engine.build_programs(run, "vmap")
+    single = engine.build_programs(run, "vmap", devices=jax.devices()[:1])
     out["sharded"], out["single"] = chunk(sharded), chunk(single)
-    # train_group end to end: 3 trials padded to 4 on 2 devices, against the
+    # engine.train end to end: 3 trials padded to 4 on 2 devices, against the
     # first 3 of 4 on one device (4: the shapes compiled above).
     results = {}
-    for name, group, count in (("sharded", sharded, 3), ("single", single, 4)):
-        states, res = vmapped.train_group(configs[:count], splits, group=group, vmap=True)
+    for name, programs, count in (("sharded", sharded, 3), ("single", single, 4)):
+        members = [engine.Member(c) for c in configs[:count]]
+        outcomes = engine.train(run, members, programs=programs)
         results[name] = {
-            "test_loss": [r["test_loss"] for r in res],
-            "train_steps": [r["steps"] for r in res],
-            "trials": int(jax.tree_util.tree_leaves(states.params)[0].shape[0]),
+            "test_loss": [o.results["test_loss"] for o in outcomes],
+            "train_steps": [o.results["steps"] for o in outcomes],
+            "trials": len(outcomes),
         }
     out["train_group"] = results
     print("RESULT " + json.dumps(out))
@@ -123,7 +126,7 @@ def test_sharded_trials_compute_what_one_device_computes(result):
     assert len({round(x, 6) for x in a[:, -1]}) == 4  # the trials really differ
 
 
-def test_train_group_pads_to_the_device_count_and_drops_the_padding(result):
+def test_a_group_pads_to_the_device_count_and_drops_the_padding(result):
     sharded, single = result["train_group"]["sharded"], result["train_group"]["single"]
     assert sharded["trials"] == 3 and single["trials"] == 4
     np.testing.assert_allclose(sharded["test_loss"], single["test_loss"][:3], atol=1e-5, rtol=1e-5)

@@ -1,11 +1,15 @@
-"""The training engine: end to end on `digits`, determinism, resume, devices, faults, bad input.
+"""Training one run: end to end on `digits`, determinism, resume, devices, faults, bad input.
 
 Runs that need their own process (forced host devices, two processes, kill and
-resume, the command line) go through `scripts/train.py` in a subprocess.
+resume, the command line) go through `scripts/train.py` in a subprocess. The
+fast tier keeps one CLI run with its outputs, one kill-and-resume, init
+determinism, donation and the bad-input messages; the rest is `slow`.
+Groups of trials (vmapped, diverging members, killed groups) are in test_engine.py.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -88,6 +92,13 @@ def test_end_to_end_outputs(reference_run):
     res = results(reference_run)
     for key in ("test_accuracy", "test_loss", "val_accuracy", "steps", "epochs", "wall_seconds"):
         assert key in res
+    # What ran is recorded: path, algorithms, backend, device, versions.
+    assert res["status"] == "done" and res["parallel"] == "sequential" and res["group_size"] == 1
+    assert res["conv_algorithm"] == "im2col" and res["pool_algorithm"] == "reshape"
+    assert res["backend"] == "cpu" and res["device_kind"] == "cpu"
+    assert set(res["versions"]) == {"jax", "jaxlib", "flax", "optax"}
+    assert res["versions"]["jax"] == jax.__version__
+    assert res["resumed_from_step"] == 0
     # digits: 1,797 images = 1,438 train + 359 test (stratified 20%); 10% of train is validation.
     assert res["test_examples"] == 359
     assert res["val_examples"] == 144 and res["train_examples"] == 1294
@@ -109,6 +120,24 @@ def test_end_to_end_outputs(reference_run):
     assert [r["step"] for r in records if "train_loss" in r][:6] == [5, 10, 15, 20, 25, 30]
 
 
+def test_initialisation_is_deterministic_and_seeded():
+    run = train.build_run(fast_config())
+    programs = train.engine.build_programs(run)
+
+    def init(seed):
+        configs = [fast_config(seed=seed)]
+        init_keys, _, train_keys = train.engine.trial_keys(configs)
+        hps = train.engine.hyperparams(configs, run.steps_per_epoch)
+        return programs.init(init_keys, train_keys, hps)
+
+    a, b, c = init(0), init(0), init(1)
+    assert train.tree_sha256(a.params) == train.tree_sha256(b.params)
+    assert train.tree_sha256(a.params) != train.tree_sha256(c.params)
+    np.testing.assert_array_equal(a.key, b.key)
+    assert not np.array_equal(a.key, c.key)
+
+
+@pytest.mark.slow
 def test_same_config_and_seed_is_bit_identical(reference_run, tmp_path):
     proc = run_script(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -116,6 +145,7 @@ def test_same_config_and_seed_is_bit_identical(reference_run, tmp_path):
     assert losses(tmp_path) == losses(reference_run)
 
 
+@pytest.mark.slow
 def test_another_seed_differs(reference_run, tmp_path):
     config = fast_config(seed=1)
     res = train.train_and_evaluate(config, str(tmp_path))
@@ -138,10 +168,13 @@ def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path):
     assert not (tmp_path / "results.json").exists()
     resumed = run_script(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert results(tmp_path)["params_sha256"] == results(reference_run)["params_sha256"]
+    res = results(tmp_path)
+    assert res["params_sha256"] == results(reference_run)["params_sha256"]
+    assert res["resumed_from_step"] > 0
     assert losses(tmp_path) == losses(reference_run)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_checkpoint_then_resume_matches(reference_run, tmp_path):
     args = [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={tmp_path}", *FAST]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -162,15 +195,22 @@ def test_sigterm_writes_checkpoint_then_resume_matches(reference_run, tmp_path):
     assert results(tmp_path)["params_sha256"] == results(reference_run)["params_sha256"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 4])
 def test_forced_host_devices_match_one_device(reference_run, tmp_path, devices):
+    # eval_batch_size 100 over 144 validation and 359 test examples: the last batch of
+    # each split has padded slots on 2 and on 4 devices (batches rounded up to 100 and
+    # 100; 359 = 3 * 100 + 59), which evaluation must mask out exactly.
     flags = f"--xla_force_host_platform_device_count={devices}"
-    proc = run_script(tmp_path, env={"XLA_FLAGS": flags})
+    proc = run_script(tmp_path, "--config.eval_batch_size=100", env={"XLA_FLAGS": flags})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = results(tmp_path)
+    res, ref = results(tmp_path), results(reference_run)
     assert res["devices"] == devices
     np.testing.assert_allclose(losses(tmp_path), losses(reference_run), rtol=1e-5, atol=1e-5)
-    assert res["test_accuracy"] == pytest.approx(results(reference_run)["test_accuracy"], abs=1e-2)
+    # Every test example counted once, the padding not at all: the same mean loss.
+    assert res["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-5, abs=1e-5)
+    assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5, abs=1e-5)
+    assert res["test_accuracy"] == pytest.approx(ref["test_accuracy"], abs=1e-2)
 
 
 def _free_port() -> int:
@@ -179,6 +219,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model(reference_run, tmp_path):
     port = _free_port()
     procs = []
@@ -206,6 +247,7 @@ def test_two_processes_train_one_model(reference_run, tmp_path):
     assert printed == [True, False]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     import dataclasses
 
@@ -230,15 +272,21 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(train.TrainingDiverged) as err:
         train.train_and_evaluate(config, str(tmp_path), splits=splits)
     message = str(err.value)
-    assert f"loss became nan at step {expected_step} (epoch 2)" in message
+    assert f"loss became non-finite at step {expected_step} (epoch 2)" in message
     assert "Last good checkpoint: step 20" in message
     assert "optim.learning_rate" in message
-    assert not (tmp_path / "results.json").exists()
     kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == [20]
+    # results.json records the divergence: the step, no metrics, valid JSON (no bare NaN).
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text
+    res = json.loads(text)
+    assert res["status"] == "diverged" and res["diverged_step"] == expected_step
+    assert "test_accuracy" not in res and res["steps"] == expected_step - 1
 
 
-def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+@pytest.mark.slow
+def test_damaged_newest_checkpoint_is_set_aside_and_written_again(tmp_path):
     config = fast_config(num_epochs=2, keep_checkpoints=3)
     first = train.train_and_evaluate(config, str(tmp_path))
     ckpts = tmp_path / "checkpoints"
@@ -258,8 +306,17 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     os.remove(tmp_path / "results.json")
     with pytest.warns(RuntimeWarning, match="checkpoint .*40.* damaged"):
         again = train.train_and_evaluate(config, str(tmp_path))
-    # It restored step 20 and retrained the second epoch: the same parameters.
+    # It restored step 20, retrained the second epoch (the same parameters) and wrote
+    # step 40 again; the damaged copy is kept aside for inspection.
     assert again["params_sha256"] == first["params_sha256"]
+    assert again["resumed_from_step"] == 20
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [20, 40]
+    assert os.listdir(tmp_path / "checkpoints.damaged") == ["40-0"]
+    # A second resume finds the good step 40: nothing is retrained.
+    os.remove(tmp_path / "results.json")
+    third = train.train_and_evaluate(config, str(tmp_path))
+    assert third["resumed_from_step"] == 40
+    assert third["params_sha256"] == first["params_sha256"]
 
 
 BAD_INPUTS = [
@@ -270,6 +327,8 @@ BAD_INPUTS = [
     (["--config.batch_size=5000"], "config.batch_size=5000", "1294"),
     (["--config.optim.learnig_rate=0.1"], "--config.optim.learnig_rate", "learning_rate"),
     (["--config.batch_size=abc"], "--config.batch_size", "int"),
+    (["--config.transfer.strategy=freeze_all"], "config.transfer.strategy", "linear_probe"),
+    (["--config.model.overrides.widht=3"], "'widht'", "widths"),
     # An empty cache dir, so the loader must read the (missing) data folder: prepared
     # data already in the default cache would be used without looking at data_dir.
     (
@@ -284,6 +343,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,field,valid", BAD_INPUTS, ids=lambda v: str(v)[:40])
 def test_bad_input_is_one_clear_message_and_workdir_untouched(reference_run, args, field, valid):
     before = {
@@ -291,8 +351,9 @@ def test_bad_input_is_one_clear_message_and_workdir_untouched(reference_run, arg
     }
     res_before = (reference_run / "results.json").read_text()
     proc = run_script(reference_run, *args, env={"RESEARCH_DATA_DIR": ""})
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert field in proc.stderr
     assert valid in proc.stderr
     after = {p: os.path.getmtime(os.path.join(reference_run, p)) for p in os.listdir(reference_run)}
@@ -313,39 +374,132 @@ def test_missing_config_file_is_one_clear_message(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_bad_inputs_in_process_name_the_field():
+    """The fast tier's share of the bad-input messages: build_run's checks, no process."""
+    for changes, message in (
+        ({"model.name": "lenet"}, r"config.model.name='lenet' is invalid: known models: .*lenet5"),
+        ({"optim.learning_rate": -0.1}, r"optim.learning_rate.*> 0"),
+        ({"batch_size": 5000}, r"config.batch_size=5000 is larger than the training split \(1294"),
+        ({"data.remainder": "pad"}, r"config.data.remainder='pad' is invalid: must be 'drop'"),
+        ({"optim.eps": -1.0}, r"optim.eps"),
+        ({"transfer.strategy": "x"}, r"config.transfer.strategy='x' is invalid"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            train.build_run(fast_config(**changes))
+
+
 def test_resume_with_different_config_is_refused(reference_run):
     proc = run_script(reference_run, "--config.optim.learning_rate=0.5")
     assert proc.returncode == 2
     assert "different config" in proc.stderr and "optim.learning_rate" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_train_step_is_pure_and_donates(tmp_path):
-    """The step is a pure function of (state, batch): the same inputs give the same outputs."""
-    run = train.build_run(fast_config())
-    state = run.steps.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
-    images = jax.numpy.asarray(run.splits.train.images)
-    labels = jax.numpy.asarray(run.splits.train.labels)
-    idx = jax.numpy.arange(128, dtype=jax.numpy.int32).reshape(2, 64)
+@pytest.mark.slow
+def test_two_processes_on_one_workdir_second_is_refused(tmp_path):
+    args = [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={tmp_path}", *FAST]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lock = tmp_path / ".lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.05)
+    second = run_script(tmp_path)
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err.decode()[-2000:]
+    assert second.returncode == 2
+    assert second.stderr.startswith(f"error: workdir {tmp_path} is in use by process {first.pid}")
+    assert len(second.stderr.strip().splitlines()) == 1
+    # The run that held the lock wrote its metrics once: 3 epochs of 5-step chunks.
+    records = outputs.read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records if "val_accuracy" in r] == [20, 40, 60]
+    assert len(records) == len({(r["step"], "val_accuracy" in r) for r in records})
+    # The lock of a finished (or killed) process does not block the next run.
+    again = run_script(tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert results(tmp_path)["resumed_from_step"] == 60
+
+
+def _mount_tmpfs(path, size_kb: int) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+        capture_output=True,
+    )
+    return proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_line_keeps_the_checkpoint_and_resumes_bit_identically(
+    reference_run, tmp_path
+):
+    disk = tmp_path / "disk"
+    # A small disk: room for the config, the metrics and one or two checkpoints of
+    # simple_cnn (~0.7 MB each), not for the whole run.
+    if not _mount_tmpfs(disk, 1600):
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk case is untested")
+    try:
+        workdir = disk / "run"
+        proc = run_script(workdir)
+        assert proc.returncode == 74, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert str(disk) in proc.stderr and "No space left on device" in proc.stderr
+        # No temporary files left behind; an earlier checkpoint is intact.
+        leftovers = [p for p in workdir.rglob("*") if "tmp" in p.name]
+        assert leftovers == []
+        kept = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+        assert kept and max(kept) < 60
+        # Room again: the same command resumes and ends bit-identical to the reference.
+        saved = tmp_path / "saved"
+        subprocess.run(["cp", "-a", str(workdir), str(saved)], check=True)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    resumed = run_script(saved)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert results(saved)["params_sha256"] == results(reference_run)["params_sha256"]
+
+
+def _one_chunk(run, programs, states, steps: int = 2):
+    images, labels = run.splits.train.images, run.splits.train.labels
+    idx = np.arange(64 * steps, dtype=np.int32).reshape(1, steps, 64) % len(labels)
+    on = functools.partial(train.engine.on_mesh, mesh=programs.mesh)
+    return programs.chunk(states, on(np.ones(1, bool)), on(images), on(labels), on(idx))
+
+
+def _init(run, programs, config):
+    init_keys, _, train_keys = train.engine.trial_keys([config])
+    return programs.init(init_keys, train_keys, train.engine.hyperparams([config], 20))
+
+
+def test_train_chunk_is_pure_and_donates_its_state():
+    """A pure function of (state, batch): the same inputs give the same outputs; the
+    input state's buffers are donated (reused for the output), not copied."""
+    config = fast_config()
+    run = train.build_run(config)
+    programs = train.engine.build_programs(run)
+    state = _init(run, programs, config)
     copy = jax.tree_util.tree_map(lambda a: a.copy(), state)
-    s1, m1 = run.steps.train_chunk(state, images, labels, idx)
-    s2, m2 = run.steps.train_chunk(copy, images, labels, idx)
+    s1, alive, m1 = _one_chunk(run, programs, state)
+    assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state.params))
+    assert not any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(copy.params))
+    s2, _, m2 = _one_chunk(run, programs, copy)
     assert train.tree_sha256(s1.params) == train.tree_sha256(s2.params)
     np.testing.assert_array_equal(m1["loss"], m2["loss"])
-    assert m1["loss"].shape == (2,)
-    assert int(s1.step) == 2
+    assert m1["loss"].shape == (1, 2)  # (trials, steps)
+    assert int(s1.step[0]) == 2 and bool(alive[0])
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters():
-    run = train.build_run(fast_config(compute_dtype="bfloat16"))
-    state = run.steps.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
-    images = jax.numpy.asarray(run.splits.train.images)
-    labels = jax.numpy.asarray(run.splits.train.labels)
-    idx = jax.numpy.arange(64 * 10, dtype=jax.numpy.int32).reshape(10, 64) % len(labels)
-    state, metrics = run.steps.train_chunk(state, images, labels, idx)
+    config = fast_config(compute_dtype="bfloat16")
+    run = train.build_run(config)
+    programs = train.engine.build_programs(run)
+    state, _, metrics = _one_chunk(run, programs, _init(run, programs, config), steps=10)
     dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)}
     assert dtypes == {jax.numpy.dtype("float32")}
-    losses = np.asarray(metrics["loss"])
+    losses = np.asarray(metrics["loss"][0])
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     # The forward pass really runs in bfloat16.
-    out = run.model.apply({"params": state.params}, images[:2])
+    params = jax.tree_util.tree_map(lambda x: x[0], state.params)
+    out = run.model.apply({"params": params}, run.splits.train.images[:2])
     assert out.dtype == jax.numpy.bfloat16

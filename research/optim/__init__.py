@@ -203,37 +203,54 @@ def set_hyperparams(state: optax.OptState, **values: Any) -> optax.OptState:
     """Returns `state` with injected hyperparameters replaced.
 
     Works under `jax.vmap`, so each trial of a sweep can get its own values:
-    `jax.vmap(lambda lr: set_hyperparams(state, learning_rate=lr))(lrs)`.
+    `jax.vmap(lambda lr: set_hyperparams(state, learning_rate=lr))(lrs)`. The
+    injected state may sit anywhere in `state` (freezing rules wrap the
+    optimizer in `optax.multi_transform`, with one copy per rule): every copy is
+    set.
 
     Args:
-      state: the state of an optimizer made with `inject=True`.
+      state: the state of an optimizer made with `inject=True`, or a tree holding such states.
       **values: new values, by hyperparameter name (as in `state.hyperparams`).
 
     Returns:
       The new state; values are cast to the dtype of the ones they replace.
 
     Raises:
-      ValueError: the state was not made with `inject=True`, a name is not an
-        injected hyperparameter, a name is driven by a schedule (it would be
-        overwritten on the next step), or a concrete value is out of range.
+      ValueError: no injected state in `state`, a name is not an injected
+        hyperparameter, a name is driven by a schedule (it would be overwritten
+        on the next step), or a concrete value is out of range.
     """
-    if not isinstance(state, optax.InjectStatefulHyperparamsState):
+
+    def is_injected(node) -> bool:
+        return isinstance(node, optax.InjectStatefulHyperparamsState)
+
+    found = [leaf for leaf in jax.tree_util.tree_leaves(state, is_leaf=is_injected)]
+    if not any(is_injected(leaf) for leaf in found):
         raise ValueError(
             f"set_hyperparams needs the state of an optimizer made with inject=True, "
             f"got {type(state).__name__}"
         )
-    hyperparams = dict(state.hyperparams)
     for key, value in values.items():
-        if key not in hyperparams:
-            raise ValueError(
-                f"{key!r} is not an injected hyperparameter; injected: {', '.join(hyperparams)}"
-            )
-        if key in state.hyperparams_states:
-            raise ValueError(f"{key!r} follows a schedule and cannot be set; rebuild the optimizer")
         if key in RANGES:
             _check(key, value, RANGES[key])
-        hyperparams[key] = jnp.asarray(value, dtype=hyperparams[key].dtype)
-    return state._replace(hyperparams=hyperparams)
+
+    def set_one(node):
+        if not is_injected(node):
+            return node
+        hyperparams = dict(node.hyperparams)
+        for key, value in values.items():
+            if key not in hyperparams:
+                raise ValueError(
+                    f"{key!r} is not an injected hyperparameter; injected: {', '.join(hyperparams)}"
+                )
+            if key in node.hyperparams_states:
+                raise ValueError(
+                    f"{key!r} follows a schedule and cannot be set; rebuild the optimizer"
+                )
+            hyperparams[key] = jnp.asarray(value, dtype=hyperparams[key].dtype)
+        return node._replace(hyperparams=hyperparams)
+
+    return jax.tree_util.tree_map(set_one, state, is_leaf=is_injected)
 
 
 # The optim fields of research/config.py that from_config reads.
@@ -271,11 +288,9 @@ def _read_config(optim_cfg, steps_per_epoch: int, num_epochs: int) -> dict[str, 
         except UnknownNameError as e:
             raise UnknownNameError(f"optim.{field}: {e}") from None
     for field, value in c.items():
-        if field == "eps":
-            # A negative eps means "the optimizer's default", so any finite number goes.
-            if not np.isfinite(value):
-                raise ValueError(f"optim.eps must be finite (< 0: the default), got {value!r}")
-        elif field in RANGES:
+        if field == "eps" and value is None:
+            continue  # the optimizer's own default
+        if field in RANGES:
             _check(f"optim.{field}", value, RANGES[field])
     return c
 
@@ -330,7 +345,7 @@ def from_config(
     2. `optim.weight_decay` = λ > 0: add λW to the gradient of every weight
        (`add_l2`, `weight_mask`), the gradient of the lecture's λ/2 Σ W².
     3. The optimizer `optim.name`, given only the hyperparameters it takes
-       (`defaults(name)`), with `optim.eps` < 0 meaning its default, and
+       (`defaults(name)`), with `optim.eps` None meaning its default, and
        `learning_rate_schedule(...)` as its learning rate.
 
     Args:
@@ -356,7 +371,7 @@ def from_config(
     schedule, steps = _schedule(c, steps_per_epoch, num_epochs)
     hparams = {"learning_rate": c["learning_rate"]}
     for key, default in defaults(c["name"]).items():
-        hparams[key] = default if key == "eps" and c[key] < 0 else c[key]
+        hparams[key] = default if key == "eps" and c[key] is None else c[key]
     if c["weight_decay"] > 0 or inject:
         hparams["weight_decay"] = c["weight_decay"]
     if c["clip_norm"] > 0:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -50,12 +51,17 @@ def param_path(path) -> str:
 def _check_rule(rule: str) -> str:
     if rule in ("train", "freeze"):
         return rule
-    match = re.fullmatch(r"scale:([0-9.eE+-]+)", rule)
+    match = re.fullmatch(r"scale:(.+)", rule)
     if match:
-        factor = float(match.group(1))
-        if factor > 0:
+        try:
+            factor = float(match.group(1))
+        except ValueError:
+            factor = math.nan
+        if factor > 0 and math.isfinite(factor):
             return rule
-    raise ValueError(f"freezing rule {rule!r} must be 'train', 'freeze' or 'scale:F' with F > 0")
+    raise ValueError(
+        f"transfer.rules: rule {rule!r} must be 'train', 'freeze' or 'scale:F' with a number F > 0"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +143,7 @@ def batch_norm_interceptor(frozen: set[str], policy: str = "frozen") -> Callable
     None when nothing needs intercepting (policy "update", or no frozen layers).
     """
     if policy not in BATCH_NORM_POLICIES:
-        raise ValueError(f"freeze.batch_norm={policy!r} must be one of {BATCH_NORM_POLICIES}")
+        raise ValueError(f"transfer.batch_norm={policy!r} must be one of {BATCH_NORM_POLICIES}")
     if policy == "update" or not frozen:
         return None
 
@@ -209,14 +215,14 @@ def strategy_rules(
         return [(head_pattern, "train"), (".*", "freeze")]
     if strategy == "finetune_lower_lr":
         if not 0 < backbone_scale <= 1:
-            raise ValueError(f"freeze.backbone_lr_scale={backbone_scale} must be in (0, 1]")
+            raise ValueError(f"transfer.backbone_lr_scale={backbone_scale} must be in (0, 1]")
         return [(head_pattern, "train"), (".*", f"scale:{backbone_scale}")]
     if strategy == "freeze_first_n":
         convs = conv_layer_paths(params)
         if not 0 <= n <= len(convs):
             raise ValueError(
-                f"freeze.n={n} must be in [0, {len(convs)}]: the model has {len(convs)} "
+                f"transfer.n={n} must be in [0, {len(convs)}]: the model has {len(convs)} "
                 f"convolution layers ({', '.join(convs[:6])}{' ...' if len(convs) > 6 else ''})"
             )
         return [(rf"^{re.escape(p)}/", "freeze") for p in convs[:n]] + [(".*", "train")]
-    raise ValueError(f"freeze.strategy={strategy!r} must be one of {', '.join(STRATEGIES)}")
+    raise ValueError(f"transfer.strategy={strategy!r} must be one of {', '.join(STRATEGIES)}")

@@ -245,6 +245,11 @@ def write_tables(workdir: str, trials: list[space.Trial], *, target_accuracy: fl
     return {"rows": rows, "summary": summary}
 
 
+def report(workdir: str, trials: list[space.Trial], config) -> dict:
+    """The generic "optimizers" report: `write_tables` at `sweep.target_accuracy`."""
+    return write_tables(workdir, trials, target_accuracy=config.sweep.target_accuracy)
+
+
 def _label(summary_row: dict) -> str:
     parts = [str(v) for k, v in summary_row.items() if k not in _SUMMARY_KEYS]
     return " ".join(parts) or "all"

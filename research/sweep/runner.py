@@ -2,8 +2,8 @@
 
 Layout of the sweep folder `DIR`:
 
-  DIR/sweep.json              the config, every trial (id, overrides), the
-                              parallel mode chosen and the probe's timings
+  DIR/sweep.json              the config, every trial (id, overrides) and the
+                              path ("vmap" or "sequential") fixed on the first run
   DIR/trials/<id>/            one training workdir per trial: config.json,
                               metrics.jsonl, curves.png, results.json (written
                               last and atomically: its presence = finished)
@@ -19,17 +19,25 @@ killed leaves locks of a dead process, which the next run takes over (and any
 partial trial folders, which are overwritten). Under `jax.distributed`, trial i
 goes to process `i % jax.process_count()`.
 
-Transfer trials (a `transfer.strategy` other than scratch, `transfer.rules` or
-`transfer.pretrained` set) run one at a time through the plain training loop
-(`train.train_and_evaluate`: pretrained weights, freezing rules and BatchNorm
-policy, a final checkpoint); the vmapped groups are for trials that differ in
-seed and optimizer hyperparameters only. Pretraining stages (`sweep.pretrain`)
-are trained first, each once, under a lock every process waits on.
+Every trial is trained by the engine (`research.train.engine`), in groups of
+trials that differ only in seed and optimizer hyperparameters
+(`engine.group_key`), transfer trials included. The path is fixed once per
+sweep: `vmapped.resolve_parallel` on the first run, written to sweep.json and
+reused by every later process and resume, so a sweep never mixes paths and its
+table never depends on how busy the machine was. Pretraining stages
+(`sweep.pretrain`) are trained first, each once, under a lock every process
+waits on.
+
+The report (`sweep.report`) is a generic name ("optimizers": the tables of
+`aggregate`) or a "module:function" path of a study's report (e.g.
+"research.studies.freezing:report"), called as `report(workdir, trials, config)`.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
+import json
 import logging
 import os
 import socket
@@ -41,8 +49,8 @@ import jax
 import ml_collections
 
 from research.data import pipeline
-from research.sweep import claims, reports, space, vmapped
-from research.train import outputs
+from research.sweep import claims, space, vmapped
+from research.train import engine, loop, outputs
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +71,6 @@ def stage_dir(workdir: str, stage: space.Stage) -> str:
     return os.path.join(workdir, "pretrain", stage.id)
 
 
-def is_transfer(config: ml_collections.ConfigDict) -> bool:
-    """True when a trial needs the plain loop: pretrained weights or freezing rules."""
-    t = config.transfer
-    return bool(t.pretrained) or bool(t.rules) or t.strategy != "scratch"
-
-
 def resolved_config(workdir: str, trial: space.Trial, named: dict) -> ml_collections.ConfigDict:
     """The trial's config with "pretrain:NAME" replaced by the stage's folder."""
     if not trial.pretrain:
@@ -80,8 +82,6 @@ def resolved_config(workdir: str, trial: space.Trial, named: dict) -> ml_collect
 
 def run_stages(workdir, stages, splits_of, echo) -> list[str]:
     """Trains each unfinished stage once; waits while another process trains it."""
-    from research.train import loop
-
     ran = []
     for stage in stages:
         folder = stage_dir(workdir, stage)
@@ -93,7 +93,10 @@ def run_stages(workdir, stages, splits_of, echo) -> list[str]:
             if os.path.exists(done):  # another process trained it meanwhile
                 continue
             echo(f"pretrain {stage.name} ({stage.id}) {_overrides_line(stage.overrides)}")
-            r = loop.train_and_evaluate(stage.config, folder, splits=splits_of(stage.config))
+            try:
+                r = loop.train_and_evaluate(stage.config, folder, splits=splits_of(stage.config))
+            except loop.TrainingDiverged as err:
+                raise ValueError(f"sweep.pretrain.{stage.name}: {err}") from None
             ran.append(stage.id)
             echo(
                 f"pretrain {stage.name}: val_accuracy={_fmt(r.get('val_accuracy'))} "
@@ -102,29 +105,15 @@ def run_stages(workdir, stages, splits_of, echo) -> list[str]:
     return ran
 
 
-def _run_plain(workdir, trial, config, splits) -> dict[str, Any]:
-    """One trial through the plain loop; a divergence is recorded, not raised."""
-    from research.train import loop
-
-    folder = trial_dir(workdir, trial)
-    t0 = time.perf_counter()
-    try:
-        return loop.train_and_evaluate(config, folder, splits=splits)
-    except loop.TrainingDiverged as err:
-        r = {"status": "diverged", "error": str(err), "wall_seconds": time.perf_counter() - t0}
-        outputs.atomic_write_json(os.path.join(folder, "results.json"), r)
-        return r
-
-
 def _splits(config: ml_collections.ConfigDict, cache: dict) -> pipeline.Splits:
     return pipeline.from_config(config.data, cache)
 
 
 def _groups(trials: list[space.Trial]) -> list[list[space.Trial]]:
-    """Trials by `vmapped.group_key`, in order of first appearance."""
+    """Trials by `engine.group_key`, in order of first appearance."""
     groups: dict[str, list[space.Trial]] = collections.OrderedDict()
     for t in trials:
-        groups.setdefault(vmapped.group_key(t.config), []).append(t)
+        groups.setdefault(engine.group_key(t.config), []).append(t)
     return list(groups.values())
 
 
@@ -132,42 +121,46 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def choose_parallel(
-    config: ml_collections.ConfigDict, groups: list[list[space.Trial]], splits_of: Callable
-) -> tuple[str, dict[str, Any]]:
-    """ "vmap" or "sequential": the setting, or for "auto" the faster by a timing probe.
+REPORTS = {"optimizers": "research.sweep.aggregate:report"}  # generic reports, by name
 
-    The probe runs `sweep.probe_steps` steps of the largest group (at most
-    `sweep.group_size` trials) both ways and estimates the whole sweep's time
-    each way: compile time per compiled program plus trial-steps over throughput.
+
+def resolve_report(name: str) -> Callable:
+    """The report function named by `sweep.report`: a generic name or "module:function"."""
+    path = REPORTS.get(name, name)
+    module, _, attr = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr) if attr else None
+    except ImportError:
+        fn = None
+    if not callable(fn):
+        raise ValueError(
+            f"config.sweep.report={name!r} is invalid: give a generic report "
+            f"({', '.join(REPORTS)}) or a 'module:function' path, e.g. "
+            f"'research.studies.freezing:report'"
+        )
+    return fn
+
+
+def fixed_parallel(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
+    """The sweep's path: the one in DIR/sweep.json if the sweep ran before, else the rule.
+
+    Raises:
+      ValueError: `sweep.parallel` names a path other than the one the sweep started with.
     """
-    setting = config.sweep.parallel
-    largest = max(groups, key=len)
-    if setting != "auto":
-        return setting, {"reason": "set by sweep.parallel"}
-    if len(largest) < 2:
-        return "sequential", {"reason": "no two trials can share a program"}
-    members = largest[: config.sweep.group_size]
-    p = vmapped.probe(
-        [t.config for t in members], splits_of(members[0].config), steps=config.sweep.probe_steps
-    )
-    total_steps = 0
-    seq_s = vmap_s = 0.0
-    for g in groups:
-        run = members[0].config
-        steps = len(g) * run.num_epochs * _steps_per_epoch(g[0].config, splits_of)
-        total_steps += steps
-        seq_s += p["sequential_compile_seconds"] + steps / p["sequential_trial_steps_per_s"]
-        n_programs = -(-len(g) // config.sweep.group_size)
-        vmap_s += n_programs * p["vmap_compile_seconds"] + steps / p["vmap_trial_steps_per_s"]
-    p.update(estimated_sequential_seconds=seq_s, estimated_vmap_seconds=vmap_s)
-    p["reason"] = "timing probe"
-    return ("vmap" if vmap_s < seq_s else "sequential"), p
-
-
-def _steps_per_epoch(config, splits_of) -> int:
-    n = len(splits_of(config).train)
-    return pipeline.steps_per_epoch(n, config.batch_size, config.data.remainder)
+    path, reason = vmapped.resolve_parallel(config.sweep.parallel)
+    manifest = os.path.join(workdir, "sweep.json")
+    if os.path.exists(manifest):
+        with open(manifest) as f:
+            first = json.load(f).get("parallel")
+        if first in engine.PARALLEL_PATHS:
+            if config.sweep.parallel not in ("auto", first):
+                raise ValueError(
+                    f"config.sweep.parallel={config.sweep.parallel!r}: {workdir} ran its trials "
+                    f"with {first!r}, and one comparison must not mix paths; keep "
+                    f"{first!r} (or 'auto') or choose a new --workdir"
+                )
+            return first, f"fixed by the sweep's first run ({manifest})"
+    return path, reason
 
 
 def run_sweep(
@@ -192,11 +185,7 @@ def run_sweep(
       ValueError: a bad sweep or trial config (the message names the field).
     """
     t0 = time.perf_counter()
-    if config.sweep.report not in reports.REPORTS:
-        raise ValueError(
-            f"config.sweep.report={config.sweep.report!r} is invalid: known reports: "
-            f"{', '.join(reports.REPORTS.names())}"
-        )
+    report = resolve_report(config.sweep.report)
     trials = space.expand(config)
     os.makedirs(workdir, exist_ok=True)
     cache: dict = {}
@@ -209,38 +198,18 @@ def run_sweep(
     skipped = [t.id for t in mine if finished(workdir, t)]
     pending = [t for t in mine if not finished(workdir, t)]
     named = space.stages(config)
-    plain = [t for t in pending if is_transfer(t.config)]
-    pending = [t for t in pending if not is_transfer(t.config)]
     groups = _groups(pending)
-    mode, probe = ("sequential", {"reason": "nothing left to run"})
-    if groups:
-        mode, probe = choose_parallel(config, groups, splits_of)
+    mode, reason = fixed_parallel(config, workdir)
     echo(
-        f"{len(trials)} trials: {len(skipped)} finished before, "
-        f"{len(pending) + len(plain)} to run here "
-        f"({mode}{', probe ' + _probe_line(probe) if 'vmap_trial_steps_per_s' in probe else ''})"
+        f"{len(trials)} trials: {len(skipped)} finished before, {len(pending)} to run here "
+        f"({mode}: {reason})"
     )
-    _write_manifest(config, workdir, trials, mode, probe)
-    needed = {t.pretrain for t in plain if t.pretrain}
+    _write_manifest(config, workdir, trials, mode, reason)
+    needed = {t.pretrain for t in pending if t.pretrain}
     stages_ran = run_stages(workdir, [named[n] for n in named if n in needed], splits_of, echo)
     ran: list[str] = []
-    for t in plain:
-        if finished(workdir, t) or not claims.try_claim(lock_path(workdir, t)):
-            continue
-        try:
-            if finished(workdir, t):
-                continue
-            r = _run_plain(workdir, t, resolved_config(workdir, t, named), splits_of(t.config))
-        finally:
-            claims.release(lock_path(workdir, t))
-        ran.append(t.id)
-        echo(
-            f"trial {t.id} {_overrides_line(t.overrides)}: {r.get('status', 'done')} "
-            f"val_accuracy={_fmt(r.get('val_accuracy'))} "
-            f"test_accuracy={_fmt(r.get('test_accuracy'))} ({r['wall_seconds']:.1f} s)"
-        )
     for group in groups:
-        built = None
+        run, programs = None, None
         size = config.sweep.group_size if mode == "vmap" else 1
         for members in _chunks(group, size):
             claimed = [
@@ -256,19 +225,19 @@ def run_sweep(
             if not ours:
                 continue
             try:
-                splits = splits_of(ours[0].config)
-                if built is None:
-                    built = vmapped.build_group(ours[0].config, splits)
-                dirs = [trial_dir(workdir, t) for t in ours]
-                for d in dirs:
-                    _clear(d)
-                _, results = vmapped.train_group(
-                    [t.config for t in ours], splits, dirs, group=built, vmap=mode == "vmap"
-                )
+                configs = [resolved_config(workdir, t, named) for t in ours]
+                if run is None:
+                    run = loop.build_run(configs[0], splits=splits_of(configs[0]))
+                    programs = engine.build_programs(run, mode)
+                members = [
+                    engine.Member(c, trial_dir(workdir, t))
+                    for c, t in zip(configs, ours, strict=True)
+                ]
+                outcomes = engine.train(run, members, programs=programs)
             finally:
                 for t in ours:
                     claims.release(lock_path(workdir, t))
-            for t, r in zip(ours, results, strict=True):
+            for t, r in zip(ours, [o.results for o in outcomes], strict=True):
                 ran.append(t.id)
                 echo(
                     f"trial {t.id} {_overrides_line(t.overrides)}: {r['status']} "
@@ -277,24 +246,15 @@ def run_sweep(
                     f"({r['wall_seconds']:.1f} s)"
                 )
     with claims.held(os.path.join(workdir, "locks", "tables.lock")):
-        reports.REPORTS.get(config.sweep.report)(workdir, trials, config)
+        report(workdir, trials, config)
     return {
         "trials": len(trials),
         "ran": ran,
         "skipped": skipped,
         "stages": stages_ran,
         "parallel": mode,
-        "probe": probe,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _clear(directory: str) -> None:
-    """Removes what a killed earlier attempt left in a trial folder (never a results.json)."""
-    for name in ("metrics.jsonl", "config.json", "curves.png"):
-        path = os.path.join(directory, name)
-        if os.path.exists(path):
-            os.unlink(path)
 
 
 def _fmt(value) -> str:
@@ -305,18 +265,9 @@ def _overrides_line(overrides: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in overrides.items())
 
 
-def _probe_line(p: dict) -> str:
-    return (
-        f"{p['sequential_trial_steps_per_s']:.0f} vs {p['vmap_trial_steps_per_s']:.0f} "
-        f"trial-steps/s sequential vs vmap x{p['trials']}"
-    )
-
-
-def _write_manifest(config, workdir, trials, mode, probe) -> None:
+def _write_manifest(config, workdir, trials, mode, reason) -> None:
     """DIR/sweep.json, per process (process 0's name is sweep.json)."""
     name = "sweep.json" if jax.process_index() == 0 else f"sweep.{jax.process_index()}.json"
-    import json
-
     outputs.atomic_write_json(
         os.path.join(workdir, name),
         {
@@ -330,7 +281,7 @@ def _write_manifest(config, workdir, trials, mode, probe) -> None:
                 for s in space.stages(config).values()
             ],
             "parallel": mode,
-            "probe": probe,
+            "parallel_reason": reason,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "git_commit": outputs.git_commit(),

@@ -74,7 +74,9 @@ def get_sweep_config() -> ml_collections.ConfigDict:
     """The base config plus the `sweep` section, every field at its default."""
     config = config_lib.get_base_config()
     s = config.sweep = ml_collections.ConfigDict()
-    s.report = "optimizers"  # tables/plots written after the trials: a research.sweep.reports name
+    # Tables/plots written after the trials: "optimizers" (the generic tables of
+    # research.sweep.aggregate) or a study's "module:function" (research.studies).
+    s.report = "optimizers"
     s.mode = "grid"  # "grid": every point; "random": num_samples points of the grid
     s.axes = ml_collections.ConfigDict()  # nested like the config; leaves: lists of values
     s.grids = ()  # tuple of sub-grids (dicts field -> values); their union x axes
@@ -82,10 +84,10 @@ def get_sweep_config() -> ml_collections.ConfigDict:
     s.sample_seed = 0  # random mode: seed of the draw
     # How trials that differ only in numeric optimizer hyperparameters and seed run:
     # "vmap" as one compiled program over a trial axis, "sequential" one after another,
-    # "auto" whichever a short timing probe finds faster (recorded in sweep.json).
+    # "auto" by the engine's rule: vmap on GPU/TPU, sequential on CPU (research.sweep.vmapped).
+    # The path is fixed in DIR/sweep.json on the first run and reused by every later run.
     s.parallel = "auto"
     s.group_size = 8  # most trials in one vmapped program (memory grows with it)
-    s.probe_steps = 10  # steps timed per variant by the "auto" probe
     s.target_accuracy = 0.9  # "steps to target": first validation with accuracy >= this
     # Named pretraining stages (name -> overrides, one value per leaf), trained before the
     # trials; a trial uses one with transfer.pretrained = "pretrain:NAME".

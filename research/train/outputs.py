@@ -1,20 +1,33 @@
-"""What a run writes in its workdir: config.json, metrics.jsonl, TensorBoard events, results.json.
+"""A run's workdir: its lock, config.json, metrics.jsonl, TensorBoard events, results.json.
 
 Only process 0 writes (`jax.process_index() == 0`); the other processes of a
 multi-host run get a writer that does nothing. Files that a reader may see
-half-written (results.json, config.json) are written atomically.
+half-written (results.json, config.json) are written atomically, and a failed
+write leaves no temporary file behind.
+
+A workdir is locked while a run uses it (`lock_workdir`): a second process
+that tries to train in it is refused with a message naming the holder. The
+lock is an `fcntl.flock` on `<workdir>/.lock`, which the operating system
+releases when its process dies, so a lock left by a killed run is simply taken.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import socket
 import subprocess
 import tempfile
+import time
 from typing import Any
 
 import jax
+
+# Fields that change how a run is displayed or stored, not what it computes:
+# a resumed run may change them.
+COSMETIC_FIELDS = ("progress", "log_every_steps", "checkpoint_every_epochs", "keep_checkpoints")
 
 
 def is_writer() -> bool:
@@ -26,10 +39,26 @@ def atomic_write_json(path: str, obj: Any) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(finite(obj), f, indent=2, sort_keys=True, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, Inf) replaced by None: valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def _json_default(value):
@@ -106,5 +135,109 @@ def _clean(value):
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file; a last line cut short (a full disk) is dropped."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i + 1 < len(lines):
+                raise
+    return records
+
+
+class WorkdirBusy(ValueError):
+    """Another live process holds the workdir's lock; the message names it."""
+
+
+_HELD: dict[str, list] = {}  # workdir -> [open lock file, reference count], this process
+
+
+def lock_workdir(workdir: str) -> None:
+    """Takes the lock of `workdir` for this process (re-entrant; see `unlock_workdir`).
+
+    Only process 0 of a multi-host run locks (the others write nothing).
+
+    Raises:
+      WorkdirBusy: a live process holds it (the message names its pid, host and start).
+    """
+    if not is_writer():
+        return
+    key = os.path.abspath(workdir)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return
+    os.makedirs(key, exist_ok=True)
+    f = open(os.path.join(key, ".lock"), "a+")  # noqa: SIM115 - held until unlock_workdir
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise WorkdirBusy(
+            f"workdir {workdir} is in use by {holder}; wait for it to finish or choose "
+            f"another --workdir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(
+        f"process {os.getpid()} on {socket.gethostname()} "
+        f"(since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+    )
+    f.flush()
+    _HELD[key] = [f, 1]
+
+
+def unlock_workdir(workdir: str) -> None:
+    """Releases one `lock_workdir` of this process; the last one frees the lock."""
+    key = os.path.abspath(workdir)
+    if key not in _HELD:
+        return
+    _HELD[key][1] -= 1
+    if _HELD[key][1] == 0:
+        f = _HELD.pop(key)[0]
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def prepare_workdir(config, workdir: str) -> None:
+    """Creates the workdir, or checks that an existing one holds this same run.
+
+    A workdir with a different config is refused (nothing in it is touched).
+    Fields in `COSMETIC_FIELDS` may differ.
+
+    Raises:
+      ValueError: naming the fields that differ.
+    """
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json_best_effort(sort_keys=True))
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        old, new = flatten(previous), flatten(current)
+        diff = sorted(
+            key
+            for key in old.keys() | new.keys()
+            if key.split(".")[0] not in COSMETIC_FIELDS and old.get(key) != new.get(key)
+        )
+        if diff:
+            raise ValueError(
+                f"workdir {workdir} holds a run with a different config (fields differ: "
+                f"{', '.join(diff)}); resume with the same config or choose a new --workdir"
+            )
+    if is_writer():
+        atomic_write_json(path, current)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted key: leaf}; empty dicts are leaves."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -2,9 +2,11 @@
 
 `train_step(state, batch) -> (state, metrics)` is one optimizer step; the
 per-step randomness (dropout, augmentation) is `fold_in(state.key, state.step)`,
-so a step's result depends on nothing but its inputs. For speed the loop runs
+so a step's result depends on nothing but its inputs. For speed the engine runs
 chunks of steps with `lax.scan` inside one compiled call (`train_chunk`), the
 dataset already on the device and each step gathering its batch by index.
+The functions here are for one trial; `research.train.engine` compiles them as
+they are or vmapped over a trial axis.
 
 Data parallelism: every array lives on a `Mesh` with one axis, "data". The
 state and the dataset are replicated; each step's batch is constrained to be
@@ -29,6 +31,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from research import optim
 from research.data.pipeline import augment as augment_images
 
 
@@ -53,11 +56,24 @@ class TrainState(flax.struct.PyTreeNode):
 
 @dataclasses.dataclass(frozen=True)
 class Steps:
-    """The compiled functions of one run."""
+    """The functions of one run, each for one trial (no trial axis).
 
-    init: Callable[[jax.Array, jax.Array], TrainState]
-    reinit: Callable[[TrainState, Any, Any], TrainState]
-    train_chunk: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    `init`, `reinit`, `train_chunk` and `evaluate` are pure and traceable; the
+    training engine (`research.train.engine`) compiles them, either as they are
+    (one trial per program) or under `jax.vmap` over a trial axis.
+
+    Attributes:
+      init: `(init_key, train_key, hyperparams) -> TrainState`.
+      reinit: `(state, params, batch_stats, hyperparams) -> TrainState`, new
+        starting parameters (e.g. pretrained) with a fresh optimizer state.
+      train_chunk: `(state, alive, images, labels, idx) -> (state, alive, metrics)`.
+      evaluate: `(params, batch_stats, images, labels, idx, mask) -> sums`.
+      mesh: the ("data",) mesh the batch is sharded over.
+    """
+
+    init: Callable[..., TrainState]
+    reinit: Callable[..., TrainState]
+    train_chunk: Callable[..., tuple[TrainState, jax.Array, dict[str, jax.Array]]]
     evaluate: Callable[..., dict[str, jax.Array]]
     mesh: Mesh
 
@@ -97,7 +113,7 @@ def make_steps(
     mesh: Mesh | None = None,
     interceptor: Callable | None = None,
 ) -> Steps:
-    """Builds the jitted init, training-chunk and evaluation functions of a run.
+    """Builds the init, training-chunk and evaluation functions of a run.
 
     Args:
       model: a zoo model (`apply(variables, x, train=...)`).
@@ -110,23 +126,32 @@ def make_steps(
         pass (e.g. `research.optim.freeze.batch_norm_interceptor`).
     """
     mesh = make_mesh() if mesh is None else mesh
-    rep, shard = replicated(mesh), batch_sharded(mesh)
+    shard = batch_sharded(mesh)
 
-    def init(init_key, train_key) -> TrainState:
+    def opt_init(params, hyperparams):
+        opt_state = tx.init(params)
+        return optim.set_hyperparams(opt_state, **hyperparams) if hyperparams else opt_state
+
+    def init(init_key, train_key, hyperparams=None) -> TrainState:
+        """A fresh state; `hyperparams` (name -> value) go into the injected optimizer state."""
         x = jnp.zeros((1, *input_shape), jnp.float32)
-        variables = model.init({"params": init_key, "dropout": init_key}, x, train=False)
+        # Dropout at init time gets its own key: no key is used twice.
+        dropout_key = jax.random.fold_in(init_key, 1)
+        variables = model.init({"params": init_key, "dropout": dropout_key}, x, train=False)
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
+            opt_state=opt_init(params, hyperparams),
             key=train_key,
         )
 
-    def reinit(state: TrainState, params, batch_stats) -> TrainState:
+    def reinit(state: TrainState, params, batch_stats, hyperparams=None) -> TrainState:
         """New starting parameters (e.g. pretrained) with a fresh optimizer state."""
-        return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
+        return state.replace(
+            params=params, batch_stats=batch_stats, opt_state=opt_init(params, hyperparams)
+        )
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(state.key, state.step)
@@ -161,14 +186,25 @@ def make_steps(
         )
         return new_state, {k: v.mean() for k, v in metrics.items()}
 
-    def train_chunk(state: TrainState, images, labels, idx):
-        """Runs `idx.shape[0]` steps; `idx[i]` holds the example indices of step i."""
+    def train_chunk(state: TrainState, alive, images, labels, idx):
+        """Runs `idx.shape[0]` steps; `idx[i]` holds the example indices of step i.
 
-        def body(state, batch_idx):
+        `alive` (a bool scalar) is the divergence guard: a step whose loss is not
+        finite leaves the state as it was and clears `alive`, and a state that is
+        not alive no longer changes. So a diverging trial is frozen at its last
+        good step, and in a group of trials the others go on.
+        """
+
+        def body(carry, batch_idx):
+            state, alive = carry
             batch = {"image": images[batch_idx], "label": labels[batch_idx]}
-            return train_step(state, batch)
+            new, metrics = train_step(state, batch)
+            ok = alive & jnp.isfinite(metrics["loss"])
+            new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
+            return (new, ok), metrics
 
-        return jax.lax.scan(body, state, idx)
+        (state, alive), metrics = jax.lax.scan(body, (state, alive), idx)
+        return state, alive, metrics
 
     def evaluate(params, batch_stats, images, labels, idx, mask):
         """Sums of per-example loss/metrics over all batches `idx`, weighted by `mask`."""
@@ -188,13 +224,7 @@ def make_steps(
         totals, _ = jax.lax.scan(body, zeros, (idx, mask))
         return {**totals, "count": jnp.sum(mask)}
 
-    return Steps(
-        init=jax.jit(init, out_shardings=rep),
-        reinit=jax.jit(reinit, out_shardings=rep),
-        train_chunk=jax.jit(train_chunk, donate_argnums=0, out_shardings=(rep, rep)),
-        evaluate=jax.jit(evaluate, out_shardings=rep),
-        mesh=mesh,
-    )
+    return Steps(init=init, reinit=reinit, train_chunk=train_chunk, evaluate=evaluate, mesh=mesh)
 
 
 def _metric_names(task: str) -> tuple[str, ...]:

@@ -20,9 +20,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from research.optim.freeze import param_path
+from research.train import checkpoint
 
 
 @dataclasses.dataclass
@@ -39,26 +39,9 @@ class TransferReport:
         return dataclasses.asdict(self)
 
 
-def _read_checkpoint(workdir: str) -> tuple[dict, int]:
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"config.transfer.pretrained={workdir!r}: no checkpoints folder at {directory}; "
-            f"point it at the workdir of a finished training run"
-        )
-    manager = ocp.CheckpointManager(directory)
-    try:
-        for step in sorted(manager.all_steps(), reverse=True):
-            try:
-                restored = manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-                )
-                return restored["state"], step
-            except Exception:  # noqa: BLE001 - damaged: try the previous one
-                continue
-    finally:
-        manager.close()
-    raise FileNotFoundError(f"config.transfer.pretrained={workdir!r}: no usable checkpoint")
+def read_pretrained(workdir: str) -> checkpoint.Restored:
+    """The newest good checkpoint of the finished run in `workdir` (checksum verified)."""
+    return checkpoint.read(workdir, what="config.transfer.pretrained=")
 
 
 def load_pretrained(
@@ -68,6 +51,7 @@ def load_pretrained(
     *,
     head: str = "head",
     reset_head: bool = False,
+    source: checkpoint.Restored | None = None,
 ) -> tuple[Any, Any, TransferReport]:
     """Copies matching parameters from `workdir`'s newest checkpoint into `params`.
 
@@ -85,8 +69,9 @@ def load_pretrained(
       ValueError: a parameter whose shape differs (other than the head's), or
         one the checkpoint does not have, naming the path and the shapes.
     """
-    state, step = _read_checkpoint(workdir)
-    report = TransferReport(source=os.path.abspath(workdir), step=int(step))
+    source = read_pretrained(workdir) if source is None else source
+    state = source.state
+    report = TransferReport(source=os.path.abspath(workdir), step=source.step)
     head_re = re.compile(rf"(^|/){re.escape(head)}/")
 
     def merge(collection: str, fresh_tree: Mapping, old_tree: Mapping):

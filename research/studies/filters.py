@@ -28,8 +28,8 @@ import numpy as np
 
 from research import data as data_lib
 from research.layers import conv2d, filters
+from research.studies.autoencoder import build_model, load_splits, restore_params
 from research.sweep import aggregate
-from research.sweep.study_autoencoder import build_model, load_splits, restore_params
 
 NATURAL_DATASET = "cifar10"  # the second example image: a natural photo, in grayscale
 EXAMPLE_INDEX = 0  # which test image is shown (and fed through the network)

@@ -166,7 +166,7 @@ def plot(summary: list[dict], path: str) -> None:
         axes[-1].legend(fontsize=7, loc="lower right")
 
 
-def write_report(workdir: str, trials: list[space.Trial], config=None) -> dict:
+def report(workdir: str, trials: list[space.Trial], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_target_size.png."""
     pairs = pair_labels(trials)
     rows = [r for t in trials if (r := trial_row(workdir, t, pairs)) is not None]

@@ -174,7 +174,7 @@ def plot(summary: list[dict], path: str) -> None:
                 )
 
 
-def write_report(workdir: str, trials: list[space.Trial], config=None) -> dict:
+def report(workdir: str, trials: list[space.Trial], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_flops.png."""
     rows = [r for t in trials if (r := trial_row(workdir, t)) is not None]
     summary = summarize(rows)

@@ -30,11 +30,11 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from research import models
 from research.data import pipeline
 from research.sweep import aggregate
+from research.train import checkpoint
 
 NUM_SHOWN = 8  # test images per dataset in reconstructions.png
 PROBE_MAX_ITER = 500  # L-BFGS iterations of the logistic-regression probe
@@ -46,16 +46,8 @@ def load_splits(config, cache: dict | None = None) -> pipeline.Splits:
 
 
 def restore_params(run_dir: str) -> dict:
-    """The parameters of the newest checkpoint under `run_dir/checkpoints`."""
-    manager = ocp.CheckpointManager(os.path.abspath(os.path.join(run_dir, "checkpoints")))
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {run_dir}/checkpoints")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    finally:
-        manager.close()
-    return restored["state"]["params"]
+    """The parameters of the newest good checkpoint under `run_dir` (checksum verified)."""
+    return checkpoint.read(run_dir, what="trial folder").state["params"]
 
 
 def build_model(config, num_classes: int = 10):
