@@ -1,4 +1,5 @@
-"""Tests for the study reports (research/sweep/study_*.py) on tiny real sweeps of `digits`.
+"""Tests for the study reports (research/studies/) on tiny real sweeps of `digits`, and
+their tables from hand-made rows.
 
 Each report runs through `run_sweep` exactly as `scripts/sweep.py` runs it, and
 the tests assert on the files it writes and on the arrays its figures are drawn from.
@@ -9,11 +10,16 @@ from __future__ import annotations
 import csv
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from research.layers import filters
-from research.sweep import run_sweep, space, study_autoencoder, study_filters
+from research.studies import architectures as study_architectures
+from research.studies import autoencoder as study_autoencoder
+from research.studies import filters as study_filters
+from research.studies import freezing as study_freezing
+from research.sweep import run_sweep, space
 from research.sweep.space import get_sweep_config
 
 
@@ -24,7 +30,7 @@ def read_csv(path):
 
 def tiny_config(report: str, model_name: str, **axes):
     config = get_sweep_config()
-    config.sweep.report = report
+    config.sweep.report = f"research.studies.{report}:report"
     config.model.name = model_name
     config.data.name = "digits"  # 8x8, embedded: no data folder needed
     config.batch_size = 64
@@ -63,7 +69,7 @@ def test_sobel_sees_a_vertical_edge_and_not_a_horizontal_one():
 @pytest.mark.slow
 def test_filters_report_writes_figures_and_table(tmp_path, monkeypatch):
     monkeypatch.setattr(study_filters, "NATURAL_DATASET", "digits")  # stands in for CIFAR-10
-    config = tiny_config("filters_and_features", "simple_cnn", seed=(0,))
+    config = tiny_config("filters", "simple_cnn", seed=(0,))
     run_sweep(config, str(tmp_path))
     for name in ("classic_filters.png", "learned_kernels.png", "feature_maps.png"):
         assert os.path.getsize(tmp_path / name) > 1000
@@ -118,6 +124,18 @@ def test_autoencoder_report_table_figure_and_probe(tmp_path):
         ("digits", 2, 2),
         ("digits", 8, 2),
     ]
+    # Each trained model reconstructs better than the same model untrained (same init).
+    from research.train import engine, loop
+
+    for trial in space.expand(config):
+        run = loop.build_run(trial.config)
+        programs = engine.build_programs(run)
+        init_keys, _, train_keys = engine.trial_keys([trial.config])
+        hps = engine.hyperparams([trial.config], run.steps_per_epoch)
+        untrained = programs.init(init_keys, train_keys, hps)
+        (before,) = engine.evaluate(run, programs, untrained, run.splits.test)
+        (row,) = [r for r in trials if r["trial_id"] == trial.id]
+        assert float(row["test_loss"]) < 0.8 * before["loss"], (row, before)
     for r in summary:
         assert 0 < float(r["test_loss_mean"]) < 1.5  # standardized units: 1 = predict the mean
         assert float(r["test_mse_pixels_mean"]) < float(r["test_loss_mean"])  # std < 1
@@ -131,3 +149,97 @@ def test_autoencoder_report_table_figure_and_probe(tmp_path):
     for images in grid["digits"].values():
         assert images.shape == (study_autoencoder.NUM_SHOWN, 8, 8, 1)
         assert images.min() >= 0 and images.max() <= 1
+
+
+# ------------------------------------------------------------------ tables from rows
+
+
+def _stage_config():
+    config = tiny_config("freezing", "simple_cnn", seed=(0,))
+    config.sweep.pretrain = {"digits_0to4": {"data": {"classes": (0, 1, 2, 3, 4)}}}
+    target = {"data.classes": ((5, 6, 7, 8, 9),)}
+    config.sweep.grids = (
+        {**target, "transfer.strategy": ("scratch",)},
+        {
+            **target,
+            "transfer.strategy": ("linear_probe",),
+            "transfer.pretrained": ("pretrain:digits_0to4",),
+        },
+    )
+    return config
+
+
+def test_freezing_summary_means_over_seeds_and_pivots_by_target_size():
+    def row(strategy, size, seed, acc, status="done"):
+        return {
+            "trial_id": f"{strategy}{size}{seed}",
+            "pair": "mnist_0to4 → mnist[5,6,7,8,9]",
+            "strategy": strategy,
+            "target_size": size,
+            "train_examples": size or 5000,
+            "seed": seed,
+            "status": status,
+            "test_accuracy": acc,
+            "val_accuracy": acc,
+            "wall_seconds": 1.0,
+        }
+
+    rows = [
+        row("linear_probe", 100, 0, 0.8),
+        row("linear_probe", 100, 1, 0.9),
+        row("scratch", 100, 0, 0.5),
+        row("scratch", 100, 1, 0.4, status="diverged"),  # a diverged trial counts as 0
+        row("scratch", 0, 0, 0.97),
+    ]
+    summary = study_freezing.summarize(rows)
+    probe = next(r for r in summary if r["strategy"] == "linear_probe")
+    assert probe["seeds"] == 2
+    assert probe["test_accuracy_mean"] == pytest.approx(0.85)
+    assert probe["test_accuracy_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    scratch = next(r for r in summary if r["strategy"] == "scratch" and r["target_size"] == 100)
+    assert scratch["test_accuracy_mean"] == pytest.approx(0.25)
+    text = study_freezing.markdown(summary, finished=5, total=8)
+    assert "Trials finished: 5/8" in text
+    assert "| strategy | 100 examples | all (5,000) examples |" in text
+    assert "| linear_probe | 0.850 ± 0.071 | — |" in text
+    assert "| scratch | 0.250 ± 0.354 | 0.970 ± 0.000 (1) |" in text
+
+
+def test_freezing_labels_name_strategies_and_pairs():
+    trials = space.expand(_stage_config())
+    pairs = study_freezing.pair_labels(trials)
+    assert pairs == {"digits[5,6,7,8,9]": "digits_0to4 → digits[5,6,7,8,9]"}
+    probe = space.apply(trials[0].config, {"transfer.strategy": "linear_probe"})
+    assert study_freezing.strategy_label(probe) == "linear_probe_random_init"
+    first2 = space.apply(probe, {"transfer.strategy": "freeze_first_n", "transfer.n": 2})
+    assert study_freezing.strategy_label(first2) == "freeze_first_2"
+
+
+def test_architecture_summary_and_flops_of_a_dense_network():
+    from research import models
+
+    rows = [
+        {
+            "dataset": "mnist",
+            "model": "mlp",
+            "seed": s,
+            "test_accuracy": a,
+            "params": 100,
+            "flops": 200.0,
+            "examples_per_second": e,
+            "wall_seconds": 2.0,
+            "overrides": "{}",
+        }
+        for s, a, e in ((0, 0.9, 1000.0), (1, 0.8, 3000.0))
+    ]
+    (r,) = study_architectures.summarize(rows)
+    assert r["seeds"] == 2 and r["test_accuracy_mean"] == pytest.approx(0.85)
+    assert r["examples_per_second"] == pytest.approx(2000.0)
+    text = study_architectures.markdown([r], finished=2, total=4)
+    assert "| mnist | mlp | 2 | 0.8500 ± 0.0707 | 100 | 200 | 2000 | 2.0 |" in text
+    # A dense network costs about 2 FLOPs (multiply + add) per weight.
+    flops = study_architectures.flops_per_example("mlp", "{}", (8, 8, 1), 10)
+    model = models.create("mlp", num_classes=10)
+    x = jax.numpy.zeros((1, 8, 8, 1))
+    weights = models.param_count(model.init(jax.random.PRNGKey(0), x)["params"])
+    assert 1.5 * weights < flops < 3 * weights

@@ -1,4 +1,4 @@
-"""Sweeps: expansion and ids, choosing on validation, trials at once, kill and resume, sharing.
+"""Sweeps: expansion and ids, choosing on validation, the path rule, kill and resume, sharing.
 
 Runs that need their own process (kill and resume, two processes, the command
 line) go through `scripts/sweep.py` in a subprocess, on tiny digits sweeps.
@@ -16,13 +16,10 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from research import data
-from research.data import pipeline
-from research.sweep import aggregate, claims, space, vmapped
+from research.sweep import aggregate, claims, runner, space, vmapped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "sweep.py")
@@ -142,7 +139,67 @@ def test_cli_bad_axis_is_one_clear_message_and_exit_2(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "'optim.lr' is not a config field" in done.stderr
     assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert not workdir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, extra, message",
+    [
+        (f"{EXPERIMENT}:nosuch", [], "compare_optimizers.py:nosuch: unknown variant; use mnist"),
+        (os.path.join(ROOT, "experiments"), [], "Is a directory"),
+        (f"{EXPERIMENT}:digits", ["--config.nosuch=1"], "--config.nosuch: the config has no such"),
+        (f"{EXPERIMENT}:digits", ["--config.sweep.report=nope"], "config.sweep.report='nope'"),
+        (
+            os.path.join(ROOT, "experiments", "digits.py"),
+            [],
+            "the config has no `sweep` section",
+        ),
+    ],
+)
+def test_cli_bad_inputs_are_one_line_and_exit_2(tmp_path, config, extra, message):
+    workdir = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, f"--config={config}", f"--workdir={workdir}", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not workdir.exists()
+
+
+# ------------------------------------------------------------------ the path of a sweep
+
+
+def test_auto_path_is_a_stated_rule_not_a_timing(monkeypatch):
+    def no_probe(*args, **kwargs):
+        raise AssertionError("a sweep must not time anything to choose its path")
+
+    monkeypatch.setattr(vmapped, "probe", no_probe)
+    assert vmapped.resolve_parallel("auto", "cpu")[0] == "sequential"
+    assert vmapped.resolve_parallel("auto", "gpu")[0] == "vmap"
+    assert vmapped.resolve_parallel("auto", "tpu")[0] == "vmap"
+    assert vmapped.resolve_parallel("vmap", "cpu") == ("vmap", "set by sweep.parallel")
+    with pytest.raises(ValueError, match=r"sweep.parallel='fast' is invalid"):
+        vmapped.resolve_parallel("fast")
+
+
+def test_the_first_runs_path_is_kept_by_every_later_run(tmp_path):
+    config = sweep_config(seed=(0,))
+    workdir = str(tmp_path)
+    with open(tmp_path / "sweep.json", "w") as f:
+        json.dump({"parallel": "vmap"}, f)  # as a GPU machine would have started it
+    assert runner.fixed_parallel(config, workdir)[0] == "vmap"  # "auto" on this CPU
+    config.sweep.parallel = "sequential"
+    with pytest.raises(ValueError, match=r"ran its trials with 'vmap'.*must not mix paths"):
+        runner.fixed_parallel(config, workdir)
+    config.sweep.parallel = "vmap"
+    assert runner.fixed_parallel(config, workdir)[0] == "vmap"
 
 
 # ------------------------------------------------------------------ locks
@@ -209,36 +266,6 @@ def test_best_learning_rate_is_chosen_on_validation_not_test():
     assert [s["optim.name"] for s in summary] == ["sgd", "adam"]
     text = aggregate.markdown(summary, 0.9, finished=7, total=7)
     assert "| sgd | 0.1 | 2 | 0.9400 | 0.8100 ± 0.0141 |" in text
-
-
-# ------------------------------------------------------------------ trials at once
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return pipeline.prepare(data.load("digits"), val_size=0.1)
-
-
-@pytest.mark.slow
-def test_vmapped_group_equals_sequential_trials(splits):
-    config = sweep_config(optim={"learning_rate": (0.05, 0.1)}, seed=(0, 1))
-    config.optim.name = "momentum"
-    trials = space.expand(config)[:3]  # different learning rates and seeds
-    configs = [t.config for t in trials]
-    assert len({vmapped.group_key(c) for c in configs}) == 1
-    group = vmapped.build_group(configs[0], splits)
-    together, res_v = vmapped.train_group(configs, splits, group=group, vmap=True)
-    apart, res_s = vmapped.train_group(configs, splits, group=group, vmap=False)
-    leaves = (jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(apart))
-    for a, b in zip(*leaves, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
-    for v, s in zip(res_v, res_s, strict=True):
-        assert v["test_loss"] == pytest.approx(s["test_loss"], abs=1e-5)
-        assert v["val_accuracy"] == pytest.approx(s["val_accuracy"], abs=1e-6)
-    # The trials really differ (own hyperparameters, own init and batch order).
-    assert len({r["params_sha256"] for r in res_s}) == 3
-    lrs = together.opt_state.hyperparams["learning_rate"]
-    np.testing.assert_allclose(np.asarray(lrs), [0.05, 0.05, 0.1])
 
 
 # ------------------------------------------------------------------ the command line
@@ -311,7 +338,7 @@ def test_two_processes_share_a_sweep_and_run_each_trial_once(tmp_path):
 
 def stage_config(stage_epochs=1):
     config = sweep_config(seed=(0,))
-    config.sweep.report = "freezing"
+    config.sweep.report = "research.studies.freezing:report"
     config.sweep.parallel = "sequential"
     config.sweep.pretrain = {
         "digits_0to4": {"data": {"classes": (0, 1, 2, 3, 4)}, "num_epochs": stage_epochs}
@@ -346,8 +373,6 @@ def test_a_trial_naming_an_unknown_stage_is_an_error():
 
 
 def test_stage_runs_once_first_and_transfer_trials_start_from_it(tmp_path):
-    from research.sweep import runner
-
     workdir = str(tmp_path)
     config = stage_config()
     done = runner.run_sweep(config, workdir)
@@ -371,87 +396,3 @@ def test_stage_runs_once_first_and_transfer_trials_start_from_it(tmp_path):
     assert "Trials finished: 2/2" in text
     assert "| linear_probe |" in text and "| scratch |" in text
     assert os.path.exists(os.path.join(workdir, "accuracy_vs_target_size.png"))
-
-
-# ------------------------------------------------------------------ study reports
-
-
-def test_freezing_summary_means_over_seeds_and_pivots_by_target_size():
-    from research.sweep import study_freezing
-
-    def row(strategy, size, seed, acc, status="done"):
-        return {
-            "trial_id": f"{strategy}{size}{seed}",
-            "pair": "mnist_0to4 → mnist[5,6,7,8,9]",
-            "strategy": strategy,
-            "target_size": size,
-            "train_examples": size or 5000,
-            "seed": seed,
-            "status": status,
-            "test_accuracy": acc,
-            "val_accuracy": acc,
-            "wall_seconds": 1.0,
-        }
-
-    rows = [
-        row("linear_probe", 100, 0, 0.8),
-        row("linear_probe", 100, 1, 0.9),
-        row("scratch", 100, 0, 0.5),
-        row("scratch", 100, 1, 0.4, status="diverged"),  # a diverged trial counts as 0
-        row("scratch", 0, 0, 0.97),
-    ]
-    summary = study_freezing.summarize(rows)
-    probe = next(r for r in summary if r["strategy"] == "linear_probe")
-    assert probe["seeds"] == 2
-    assert probe["test_accuracy_mean"] == pytest.approx(0.85)
-    assert probe["test_accuracy_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
-    scratch = next(r for r in summary if r["strategy"] == "scratch" and r["target_size"] == 100)
-    assert scratch["test_accuracy_mean"] == pytest.approx(0.25)
-    text = study_freezing.markdown(summary, finished=5, total=8)
-    assert "Trials finished: 5/8" in text
-    assert "| strategy | 100 examples | all (5,000) examples |" in text
-    assert "| linear_probe | 0.850 ± 0.071 | — |" in text
-    assert "| scratch | 0.250 ± 0.354 | 0.970 ± 0.000 (1) |" in text
-
-
-def test_freezing_labels_name_strategies_and_pairs():
-    from research.sweep import study_freezing
-
-    trials = space.expand(stage_config())
-    pairs = study_freezing.pair_labels(trials)
-    assert pairs == {"digits[5,6,7,8,9]": "digits_0to4 → digits[5,6,7,8,9]"}
-    probe = space.apply(trials[0].config, {"transfer.strategy": "linear_probe"})
-    assert study_freezing.strategy_label(probe) == "linear_probe_random_init"
-    first2 = space.apply(probe, {"transfer.strategy": "freeze_first_n", "transfer.n": 2})
-    assert study_freezing.strategy_label(first2) == "freeze_first_2"
-
-
-def test_architecture_summary_and_flops_of_a_dense_network():
-    from research import models
-    from research.sweep import study_architectures
-
-    rows = [
-        {
-            "dataset": "mnist",
-            "model": "mlp",
-            "seed": s,
-            "test_accuracy": a,
-            "params": 100,
-            "flops": 200.0,
-            "examples_per_second": e,
-            "wall_seconds": 2.0,
-            "overrides": "{}",
-        }
-        for s, a, e in ((0, 0.9, 1000.0), (1, 0.8, 3000.0))
-    ]
-    (r,) = study_architectures.summarize(rows)
-    assert r["seeds"] == 2 and r["test_accuracy_mean"] == pytest.approx(0.85)
-    assert r["examples_per_second"] == pytest.approx(2000.0)
-    text = study_architectures.markdown([r], finished=2, total=4)
-    assert "| mnist | mlp | 2 | 0.8500 ± 0.0707 | 100 | 200 | 2000 | 2.0 |" in text
-    # A dense network costs about 2 FLOPs (multiply + add) per weight.
-    flops = study_architectures.flops_per_example("mlp", "{}", (8, 8, 1), 10)
-    model = models.create("mlp", num_classes=10)
-    x = jax.numpy.zeros((1, 8, 8, 1))
-    weights = models.param_count(model.init(jax.random.PRNGKey(0), x)["params"])
-    assert 1.5 * weights < flops < 3 * weights

@@ -100,6 +100,8 @@ class MetricsLog:
         if not self.enabled:
             return
         self._truncate_after(resume_step)
+        os.makedirs(workdir, exist_ok=True)
+        open(self.path, "a").close()  # a run always has its metrics file, if empty
         if tensorboard:
             from tensorboardX import SummaryWriter
 
