@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import write_image_folder
 
 from research import data, models
 from research.config import get_base_config
@@ -31,26 +33,10 @@ PER_CLASS = 40  # 120 images: 24 carved as test, 96 train -> 72 train + 24 valid
 BATCH = 12  # 72 = 6 full batches: every epoch covers the training split exactly
 
 
-def write_pngs(root, *, classes=CLASSES, per_class=PER_CLASS, size=(8, 8), seed=0) -> dict:
-    """Random RGB PNGs under root/train/<class>/; returns {relative path: pixels}."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    pixels = {}
-    for name in classes:
-        folder = root / "train" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-            Image.fromarray(image).save(folder / f"{i:03d}.png")
-            pixels[f"train/{name}/{i:03d}.png"] = image
-    return pixels
-
-
 @pytest.fixture(scope="session")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
-    write_pngs(root)
+    write_image_folder(root, classes=CLASSES, per_class=PER_CLASS)
     return root
 
 
@@ -421,3 +407,55 @@ def test_two_processes_read_disjoint_shards_covering_each_epoch(both, folder, ca
         want = device.train.images[np.asarray(c0["rows"])].sum(axis=(1, 2, 3, 4), dtype=np.float64)
         np.testing.assert_allclose(c0["sums"], want, rtol=1e-4, atol=1e-3)
         assert c0["sums"] == c1["sums"]
+
+
+# ------------------------------------------------------------------ config and end to end
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("loader", "disk", "must be 'device', 'stream' or 'auto'"),
+        ("device_fraction", 0.0, "must be a fraction in (0, 1]"),
+        ("augment_on", "host", "'host' needs data.loader='stream'"),
+        ("augment_on", "gpu", "must be 'device' or 'host'"),
+        ("image_size", 32, "applies to folder:PATH datasets only"),
+        ("loader", "stream", "'stream' reads array_record files: cifar10, fashion_mnist, mnist"),
+        ("workers", -1, "must be an integer >= 0"),
+        ("prefetch", 0, "must be an integer >= 1"),
+    ],
+)
+def test_bad_data_fields_are_named(field, value, message):
+    from research import config as config_lib
+
+    config = get_base_config()  # digits
+    config.data[field] = value
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        config_lib.validate(config)
+    assert f"config.data.{field}={value!r}" in str(err.value)
+
+
+def test_folder_dataset_trains_end_to_end(tmp_path):
+    from PIL import Image
+
+    from research import train
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "shades"
+    for label, (low, high) in {"dark": (0, 90), "light": (165, 256)}.items():
+        (root / "train" / label).mkdir(parents=True)
+        for i in range(30):
+            pixels = rng.integers(low, high, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "train" / label / f"{i}.png")
+    config = get_base_config()
+    config.data.name = f"folder:{root}"
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.model.name = "simple_cnn"
+    config.model.overrides = ml_collections.ConfigDict({"widths": (8,), "dense": 16})
+    config.batch_size, config.num_epochs, config.log_every_steps = 8, 4, 0
+    config.optim.name, config.optim.learning_rate = "adam", 1e-2
+    config.progress = False
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["train_examples"] == 43 and results["test_examples"] == 12  # 48 - 5 val
+    assert results["test_accuracy"] == 1.0
+    assert any("no test/ folder: 12 of 60" in n for n in results["data_notes"])

@@ -149,14 +149,23 @@ def carve_test(folder: FolderScan) -> tuple[list, list]:
     return train, test
 
 
-def _open(root: str, relative: str):
+def _cannot_read(root: str, relative: str, err: Exception):
+    path = os.path.join(root, relative)
+    _fail(root, f"cannot read image {path} ({type(err).__name__}: {err}); fix or remove it")
+
+
+def _header(root: str, relative: str) -> tuple[str, int, int]:
+    """(mode, width, height) as shown, from the file's header and EXIF orientation."""
     from PIL import Image  # noqa: PLC0415 - only building needs Pillow
 
-    path = os.path.join(root, relative)
     try:
-        return Image.open(path)
+        with Image.open(os.path.join(root, relative)) as image:
+            width, height = image.size
+            if image.getexif().get(0x0112) in _ROTATED:
+                width, height = height, width
+            return image.mode, width, height
     except Exception as err:  # noqa: BLE001 - any failure: name the file, one line
-        _fail(root, f"cannot read image {path} ({type(err).__name__}: {err}); fix or remove it")
+        _cannot_read(root, relative, err)
 
 
 def image_geometry(folder: FolderScan, image_size: int) -> tuple[int, int, int]:
@@ -169,11 +178,8 @@ def image_geometry(folder: FolderScan, image_size: int) -> tuple[int, int, int]:
     first = None
     for split_files in folder.files.values():
         for relative, _ in split_files:
-            with _open(folder.root, relative) as image:
-                gray = gray and image.mode in _GRAY_MODES
-                width, height = image.size
-                if image.getexif().get(0x0112) in _ROTATED:
-                    width, height = height, width
+            mode, width, height = _header(folder.root, relative)
+            gray = gray and mode in _GRAY_MODES
             if image_size:
                 continue
             if first is None:
@@ -195,16 +201,15 @@ def decode(root: str, relative: str, shape: tuple[int, int, int], image_size: in
     """One image file -> uint8 `shape` pixels, by the module's policies."""
     from PIL import Image, ImageOps  # noqa: PLC0415
 
-    with _open(root, relative) as image:
-        try:
+    try:
+        with Image.open(os.path.join(root, relative)) as image:
             image = ImageOps.exif_transpose(image)
             image = image.convert("L" if shape[2] == 1 else "RGB")
             if image_size:
                 image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
             pixels = np.asarray(image, np.uint8)
-        except Exception as err:  # noqa: BLE001 - a truncated or corrupt file
-            path = os.path.join(root, relative)
-            _fail(root, f"cannot read image {path} ({type(err).__name__}: {err}); fix or remove it")
+    except Exception as err:  # noqa: BLE001 - a truncated or corrupt file
+        _cannot_read(root, relative, err)
     if pixels.shape[:2] != shape[:2]:
         _fail(root, f"{relative} decoded to {pixels.shape[:2]}, expected {shape[:2]}")
     return pixels.reshape(shape)
