@@ -67,6 +67,7 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+from absl import flags
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -411,6 +412,10 @@ class _Reader:
         options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * threads, 1))
         dataset = dataset.to_iter_dataset(options)
         if self.workers:
+            # grain's worker start reads absl flags; outside an absl app (tests, notebooks,
+            # scripts with argparse) they were never parsed: their defaults are meant.
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
             dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
         return iter(dataset)
 
