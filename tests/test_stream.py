@@ -435,6 +435,7 @@ def test_bad_data_fields_are_named(field, value, message):
     assert f"config.data.{field}={value!r}" in str(err.value)
 
 
+@pytest.mark.slow  # a whole run of the engine (~20 s on the loaded 2-core machine)
 def test_folder_dataset_trains_end_to_end(tmp_path):
     from PIL import Image
 
