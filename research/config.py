@@ -34,15 +34,34 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.overrides = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"  # digits | mnist | fashion_mnist | cifar10 | tfds:NAME
+    c.data.name = "digits"  # digits | mnist | fashion_mnist | cifar10 | folder:PATH | tfds:NAME
     c.data.data_dir = ""  # folder laid out like shared/data; "" = $RESEARCH_DATA_DIR or download
     c.data.cache_dir = ""  # prepared TFDS files; "" = $RESEARCH_CACHE_DIR or ~/.cache/research
     c.data.val_size = 0.1  # validation carved from train: a fraction (<1) or a count (>=1)
     c.data.split_seed = 0  # seed of the train/validation split (not `seed`: all runs share it)
     c.data.train_size = 0  # keep only this many training examples after the split (0: all)
     c.data.classes = ()  # keep only these labels, relabelled 0..k-1 in this order (): all
-    c.data.augment = False  # random crop (pad 4) + horizontal flip, on device (CIFAR-style)
+    c.data.augment = False  # random crop (pad 4) + horizontal flip (CIFAR-style)
+    # Where data.augment runs: "device" (inside the step: a streamed run then equals a
+    # device run bit for bit) or "host" (numpy, in the stream loader's workers; other
+    # random draws, so other numbers; needs data.loader="stream").
+    c.data.augment_on = "device"
     c.data.remainder = "drop"  # last partial training batch: "drop" it, or "keep" it (smaller)
+    # folder:PATH only. 0: every image must have one size (else an error naming two
+    # files); N: scale each image to cover N x N and crop the centre (bicubic).
+    c.data.image_size = 0
+    # How batches reach the step. "device": the normalized splits live on the device
+    # whole and each step gathers its batch there. "stream": each step's records are
+    # read from the array_record files by host threads/workers and put on the device
+    # ahead of time (research.data.stream); the same batches, bit for bit. "auto":
+    # "device" when the prepared float32 train+val splits fit in data.device_fraction
+    # of device memory (CPU backend: of host RAM), else "stream"; results.json says
+    # which was chosen and why.
+    c.data.loader = "auto"
+    c.data.device_fraction = 0.25  # "auto": share of device memory the splits may take
+    c.data.workers = 0  # "stream": grain worker processes reading batches (0: threads only)
+    c.data.read_threads = 2  # "stream": threads reading batches in each process
+    c.data.prefetch = 2  # "stream": chunks of steps read ahead and put on the device
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"  # sgd | momentum | nesterov | adagrad | rmsprop | adam
@@ -111,17 +130,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ("keep_checkpoints", 1),
         ("data.split_seed", 0),
         ("data.train_size", 0),
+        ("data.image_size", 0),
+        ("data.workers", 0),
+        ("data.read_threads", 0),
+        ("data.prefetch", 1),
     ):
         _check_int(config, field, minimum)
     if config.compute_dtype not in ("float32", "bfloat16"):
         _fail("compute_dtype", config.compute_dtype, "must be 'float32' or 'bfloat16'")
     if config.model.name not in models.MODELS:
         _fail("model.name", config.model.name, f"known models: {', '.join(models.names())}")
-    name = config.data.name
-    if not (name in data.DATASETS or (isinstance(name, str) and name.startswith("tfds:"))):
-        _fail("data.name", name, f"known datasets: {', '.join(data.names())}, or tfds:NAME")
-    if config.data.remainder not in ("drop", "keep"):
-        _fail("data.remainder", config.data.remainder, "must be 'drop' or 'keep'")
+    d = config.data
+    name = d.name
+    prefixed = isinstance(name, str) and name.startswith(("tfds:", "folder:"))
+    if not (name in data.DATASETS or prefixed):
+        _fail(
+            "data.name",
+            name,
+            f"known datasets: {', '.join(data.names())}, folder:PATH or tfds:NAME",
+        )
+    if d.remainder not in ("drop", "keep"):
+        _fail("data.remainder", d.remainder, "must be 'drop' or 'keep'")
+    if d.image_size and not str(name).startswith("folder:"):
+        _fail("data.image_size", d.image_size, "applies to folder:PATH datasets only: leave it 0")
+    if d.loader not in ("device", "stream", "auto"):
+        _fail("data.loader", d.loader, "must be 'device', 'stream' or 'auto'")
+    if d.loader == "stream" and not (name in data.BUILDERS or str(name).startswith("folder:")):
+        streamable = ", ".join(sorted(data.BUILDERS))
+        _fail(
+            "data.loader", d.loader, f"'stream' reads array_record files: {streamable}, folder:PATH"
+        )
+    if not 0 < d.device_fraction <= 1:
+        _fail("data.device_fraction", d.device_fraction, "must be a fraction in (0, 1]")
+    if d.augment_on not in ("device", "host"):
+        _fail("data.augment_on", d.augment_on, "must be 'device' or 'host'")
+    if d.augment_on == "host" and d.loader != "stream":
+        _fail("data.augment_on", d.augment_on, "'host' needs data.loader='stream'")
     if not config.data.val_size >= 0:
         _fail("data.val_size", config.data.val_size, "must be a fraction in [0, 1) or a count")
     if config.optim.name not in optim.OPTIMIZERS:

@@ -9,8 +9,13 @@
 `data_dir` is a folder laid out like shared/data (default $RESEARCH_DATA_DIR, else the
 files are downloaded from their canonical URLs); `cache_dir` holds the prepared TFDS
 files (default $RESEARCH_CACHE_DIR, else ~/.cache/research/tfds). A new dataset is one
-TFDS builder in `tfds_builders/` plus one line here. Besides the table, `load` accepts
-"tfds:NAME" for any TFDS catalog dataset, which needs TensorFlow.
+TFDS builder in `tfds_builders/` plus one line in `BUILDERS`. Besides the table, `load`
+accepts "folder:PATH" for a folder of the user's own images (`tfds_builders/folder.py`)
+and "tfds:NAME" for any TFDS catalog dataset, which needs TensorFlow.
+
+`open_records(name)` opens a dataset prepared as `array_record` files (the builders'
+datasets and "folder:PATH") without reading it: what the streaming loader reads
+(`research.data.stream`).
 """
 
 from __future__ import annotations
@@ -19,23 +24,25 @@ import functools
 import os
 
 from research.data import sources
-from research.data.sources import RawDataset
+from research.data.sources import PreparedDataset, RawDataset
 from research.data.tfds_builders import Cifar10, FashionMnist, Mnist
+from research.data.tfds_builders.folder import PREFIX as FOLDER_PREFIX
 from research.registry import Registry, UnknownNameError
+
+# The datasets prepared as array_record files by the project's TFDS builders.
+BUILDERS = {"cifar10": Cifar10, "fashion_mnist": FashionMnist, "mnist": Mnist}
 
 DATASETS = Registry(
     "dataset",
     {
-        "cifar10": functools.partial(sources.load_prepared, "cifar10", Cifar10),
         "digits": sources.load_digits,
-        "fashion_mnist": functools.partial(sources.load_prepared, "fashion_mnist", FashionMnist),
-        "mnist": functools.partial(sources.load_prepared, "mnist", Mnist),
+        **{n: functools.partial(sources.load_prepared, n, b) for n, b in BUILDERS.items()},
     },
 )
 
 
 def names() -> tuple[str, ...]:
-    """The registered dataset names (the TFDS catalog's "tfds:NAME" is accepted as well)."""
+    """The registered dataset names ("folder:PATH" and "tfds:NAME" are accepted as well)."""
     return DATASETS.names()
 
 
@@ -44,15 +51,19 @@ def load(
     *,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    image_size: int = 0,
 ) -> RawDataset:
     """Loads a whole dataset into host memory.
 
     Args:
-      name: a name from `names()`, or "tfds:NAME" for a TFDS catalog dataset.
+      name: a name from `names()`, "folder:PATH" for a folder of images, or
+        "tfds:NAME" for a TFDS catalog dataset.
       data_dir: folder laid out like shared/data with the original files; None or "":
         $RESEARCH_DATA_DIR, else download them (checksums are verified either way).
       cache_dir: where prepared TFDS files are kept and reused; None or "":
         $RESEARCH_CACHE_DIR, else ~/.cache/research/tfds.
+      image_size: "folder:PATH" only: 0 keeps the images' one common size, N scales and
+        centre-crops them to N x N (`tfds_builders/folder.py`).
 
     Returns:
       A `RawDataset`; read its `notes` (e.g. a partial test split) and `source`.
@@ -63,6 +74,9 @@ def load(
       ValueError: a file does not have its published checksum.
       ImportError: "tfds:NAME" without TensorFlow installed.
     """
+    if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
+        return sources.to_raw(sources.open_folder(name, cache_dir=cache_dir, image_size=image_size))
+    _check_image_size(name, image_size)
     if isinstance(name, str) and name.startswith(sources.CATALOG_PREFIX):
         return sources.load_catalog(name, data_dir=data_dir, cache_dir=cache_dir)
     try:
@@ -72,4 +86,38 @@ def load(
     return loader(data_dir=data_dir, cache_dir=cache_dir)
 
 
-__all__ = ["DATASETS", "RawDataset", "load", "names"]
+def open_records(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    image_size: int = 0,
+) -> PreparedDataset:
+    """Opens a dataset prepared as `array_record` files, preparing it if needed; reads nothing.
+
+    Args: as `load`.
+
+    Raises:
+      ValueError: `name` has no array_record files (digits is embedded; "tfds:NAME"
+        is read through tf.data); the message lists the names that do.
+    """
+    if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
+        return sources.open_folder(name, cache_dir=cache_dir, image_size=image_size)
+    _check_image_size(name, image_size)
+    if name not in BUILDERS:
+        raise ValueError(
+            f"data.name={name!r} is not stored as array_record files, which streaming reads: "
+            f"use one of {', '.join(sorted(BUILDERS))} or folder:PATH, or data.loader='device'"
+        )
+    return sources.open_prepared(name, BUILDERS[name], data_dir=data_dir, cache_dir=cache_dir)
+
+
+def _check_image_size(name: str, image_size: int) -> None:
+    if image_size:
+        raise ValueError(
+            f"data.image_size={image_size} applies to folder:PATH datasets only; "
+            f"{name!r} has a fixed size: leave it 0"
+        )
+
+
+__all__ = ["BUILDERS", "DATASETS", "PreparedDataset", "RawDataset", "load", "names", "open_records"]

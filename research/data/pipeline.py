@@ -1,18 +1,30 @@
-"""From raw uint8 arrays to device-resident, normalized splits and batch indices.
+"""From raw uint8 arrays to normalized splits, batch indices and augmentation.
 
 The lectures' protocol: choose hyperparameters on a validation split carved
-from train, report on test. Here:
+from train, report on test. Here, shared by both ways of feeding a run
+(`data.loader`: "device", the whole dataset on the device, or "stream", records
+read from disk, `research.data.stream`):
 
-  * `prepare` filters classes, carves a deterministic validation split from
-    train (it depends on `data.split_seed` only, so every seed and every
-    optimizer of a sweep is judged on the same validation images), optionally
-    subsamples the training split, and normalizes with per-channel mean and
-    standard deviation measured on the training split.
+  * `carve` decides which records make each split: it filters classes, carves
+    a deterministic validation split from train (it depends on
+    `data.split_seed` only, so every seed and every optimizer of a sweep is
+    judged on the same validation images), and optionally subsamples the
+    training split. It needs only counts (and labels when classes are
+    selected), so a streamed dataset is split without loading its images.
+  * `pixel_histogram` and `mean_std` measure the per-channel mean and standard
+    deviation of the training split exactly (integer counts, in any order or
+    any number of pieces), and `normalize` applies them through a lookup
+    table. Both loaders therefore feed bit-identical float32 images.
+  * `prepare` does all of that for a dataset held in memory (the "device" path).
   * `epoch_batches` gives the batch indices of one epoch, shuffled from that
-    epoch's key, with a stated remainder policy ("drop" or "keep").
+    epoch's key, with a stated remainder policy ("drop" or "keep");
+    `plan_chunks` cuts a run's epochs into the chunks of steps the training
+    loop runs in one compiled call, and `eval_batches` gives the padded,
+    masked batches of an evaluation.
   * `augment` is the CIFAR recipe (random crop after 4-pixel zero padding, and a
     horizontal flip with probability 1/2), in JAX, so it runs on the device
-    inside the jitted step.
+    inside the jitted step; `augment_host` is the same recipe in numpy for the
+    streaming loader's worker processes (`data.augment_on = "host"`).
 
 Small datasets live on the device whole: the training step receives indices
 and gathers its batch there, so no host loop touches individual batches.
@@ -21,6 +33,8 @@ and gathers its batch there, so no host loop touches individual batches.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -50,20 +64,63 @@ class Splits:
     mean: tuple[float, ...]  # per channel, in [0, 1] pixel units, measured on train
     std: tuple[float, ...]
     notes: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()  # name of (relabelled) class i; saved with the run
 
 
-def prepare(
-    raw,
+# ------------------------------------------------------------------ which records
+
+
+@dataclasses.dataclass(frozen=True)
+class Carved:
+    """Which records of a dataset's raw splits make up each prepared split.
+
+    Attributes:
+      train: indices into the raw "train" split, increasing; training example i
+        of the run is raw train record `train[i]`.
+      val: indices into the raw split named by `val_from`, increasing.
+      val_from: "train" (carved from it) or "val" (the dataset's own split).
+      test: indices into the raw "test" split, increasing.
+      label_map: raw label -> run label (a `classes` selection), or None: the same.
+      num_classes: classes of the run.
+      class_names: names of the run's classes, in label order.
+      notes: what a user must know about the choice.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    val_from: str
+    test: np.ndarray
+    label_map: np.ndarray | None
+    num_classes: int
+    class_names: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def map_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Raw labels -> the run's int32 labels."""
+        labels = np.asarray(labels)
+        return (labels if self.label_map is None else self.label_map[labels]).astype(np.int32)
+
+
+def carve(
     *,
+    counts: dict[str, int],
+    labels: dict[str, np.ndarray] | None = None,
+    num_classes: int,
+    class_names: tuple[str, ...] = (),
     val_size: float = 0.1,
     split_seed: int = 0,
     train_size: int = 0,
     classes: tuple[int, ...] = (),
-) -> Splits:
-    """Splits and normalizes a `research.data.RawDataset`.
+) -> Carved:
+    """Chooses the records of the train, validation and test splits.
 
     Args:
-      raw: the dataset (uint8 NHWC images, integer labels).
+      counts: records per raw split: "train" and "test", and "val" if the dataset
+        has its own validation split (then it is the validation split, and
+        `val_size` is not used).
+      labels: raw labels per split; needed only when `classes` is set.
+      num_classes: classes of the raw dataset.
+      class_names: their names (optional).
       val_size: validation examples carved from train: a fraction in (0, 1) or
         a count >= 1. 0 leaves no validation split (validation = test is
         refused: see the lectures on choosing hyperparameters).
@@ -71,31 +128,46 @@ def prepare(
       train_size: keep only this many training examples after the split (0: all).
       classes: keep only these labels and renumber them 0..k-1 in this order.
     """
-    train_x, train_y = raw.train_images, np.asarray(raw.train_labels, np.int32)
-    test_x, test_y = raw.test_images, np.asarray(raw.test_labels, np.int32)
-    num_classes = raw.num_classes
-    notes = list(raw.notes)
+    notes = []
+    label_map = None
+    raw = {split: np.arange(count, dtype=np.int64) for split, count in counts.items()}
     if classes:
         classes = tuple(int(c) for c in classes)
-        bad = [c for c in classes if not 0 <= c < raw.num_classes]
+        bad = [c for c in classes if not 0 <= c < num_classes]
         if bad or len(set(classes)) != len(classes):
             raise ValueError(
-                f"data.classes must be distinct labels in [0, {raw.num_classes}), got {classes}"
+                f"data.classes must be distinct labels in [0, {num_classes}), got {classes}"
             )
-        train_x, train_y = _select_classes(train_x, train_y, classes)
-        test_x, test_y = _select_classes(test_x, test_y, classes)
+        if labels is None:
+            raise ValueError("carve: selecting data.classes needs the raw labels")
+        raw = {s: np.flatnonzero(np.isin(labels[s], classes)) for s in counts}
+        label_map = np.full(num_classes, -1, np.int32)
+        label_map[list(classes)] = np.arange(len(classes), dtype=np.int32)
+        if class_names:
+            class_names = tuple(class_names[c] for c in classes)
         num_classes = len(classes)
         notes.append(f"classes {list(classes)} relabelled 0..{num_classes - 1}")
 
-    n = len(train_y)
-    n_val = int(round(val_size * n)) if 0 < val_size < 1 else int(val_size)
-    if n_val < 0 or n_val >= n:
-        raise ValueError(
-            f"data.val_size={val_size} must be a fraction in [0, 1) or a count in [0, {n}) "
-            f"(the training split has {n} examples)"
+    kept = raw["train"]
+    n = len(kept)
+    if "val" in counts:
+        val_idx, train_idx = raw["val"], kept
+        val_from = "val"
+        notes.append(
+            f"validation split: the dataset's own ({len(val_idx)} examples); "
+            "data.val_size is not used"
         )
-    order = np.random.default_rng(split_seed).permutation(n)
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    else:
+        n_val = int(round(val_size * n)) if 0 < val_size < 1 else int(val_size)
+        if n_val < 0 or n_val >= n:
+            raise ValueError(
+                f"data.val_size={val_size} must be a fraction in [0, 1) or a count in [0, {n}) "
+                f"(the training split has {n} examples)"
+            )
+        order = np.random.default_rng(split_seed).permutation(n)
+        # `kept` is increasing, so these stay increasing: records keep the file order.
+        val_idx, train_idx = kept[np.sort(order[:n_val])], kept[np.sort(order[n_val:])]
+        val_from = "train"
     if train_size:
         if not 0 < train_size <= len(train_idx):
             raise ValueError(
@@ -106,24 +178,118 @@ def prepare(
         train_idx = np.sort(
             np.random.default_rng(split_seed + 1).permutation(train_idx)[:train_size]
         )
+    return Carved(
+        train=train_idx,
+        val=val_idx,
+        val_from=val_from,
+        test=raw["test"],
+        label_map=label_map,
+        num_classes=num_classes,
+        class_names=tuple(class_names),
+        notes=tuple(notes),
+    )
 
-    pixels = train_x[train_idx].astype(np.float32) / 255.0
-    mean = pixels.mean(axis=(0, 1, 2))
-    std = pixels.std(axis=(0, 1, 2)) + 1e-8
-    del pixels
 
-    def norm(x):
-        return ((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+# ------------------------------------------------------------------ normalization
+
+
+def pixel_histogram(images: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Per-channel counts of each pixel value: `(C, 256)` int64 of uint8 `(N, H, W, C)` images.
+
+    Counts add: the histogram of a split is the sum of its pieces' histograms,
+    whatever the order or the cut, so a streamed pass and an in-memory pass agree.
+    """
+    if images.dtype != np.uint8:
+        raise ValueError(f"pixel_histogram needs uint8 images, got {images.dtype}")
+    channels = images.shape[-1]
+    offsets = np.arange(channels, dtype=np.intp) * 256
+    hist = np.zeros(channels * 256, np.int64)
+    for start in range(0, len(images), chunk):
+        values = images[start : start + chunk].reshape(-1, channels) + offsets  # (pixels, C)
+        hist += np.bincount(values.ravel(), minlength=channels * 256)
+    return hist.reshape(channels, 256)
+
+
+def mean_std(histogram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation, in [0, 1] pixel units, of a `pixel_histogram`.
+
+    Computed exactly from integer sums, then rounded once to float32. The +1e-8
+    keeps a constant channel from dividing by zero.
+    """
+    values = np.arange(256, dtype=np.int64)
+    means, stds = [], []
+    for counts in np.asarray(histogram, np.int64):
+        n, s1, s2 = int(counts.sum()), int(counts @ values), int(counts @ values**2)
+        if n == 0:
+            raise ValueError("mean_std: the training split has no pixels")
+        means.append(s1 / (n * 255))
+        stds.append(math.sqrt(max(n * s2 - s1 * s1, 0)) / (n * 255) + 1e-8)
+    return np.asarray(means, np.float32), np.asarray(stds, np.float32)
+
+
+def normalize_table(mean, std) -> np.ndarray:
+    """`(256, C)` float32: entry `[v, c]` is `(v / 255 - mean[c]) / std[c]` in float32."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return ((np.arange(256, dtype=np.float32)[:, None] / 255.0 - mean) / std).astype(np.float32)
+
+
+def normalize(images: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 `(N, H, W, C)` -> float32 through a `normalize_table` (bit-identical to the formula).
+
+    A table lookup per channel is about twice as fast as the arithmetic and has
+    exactly its float32 results.
+    """
+    out = np.empty(images.shape, np.float32)
+    for c in range(images.shape[-1]):
+        np.take(table[:, c], images[..., c], out=out[..., c])
+    return out
+
+
+def prepare(
+    raw,
+    *,
+    val_size: float = 0.1,
+    split_seed: int = 0,
+    train_size: int = 0,
+    classes: tuple[int, ...] = (),
+) -> Splits:
+    """Splits and normalizes a `research.data.RawDataset` held in memory.
+
+    Args: as `carve`; `raw` is the dataset (uint8 NHWC images, integer labels).
+    """
+    splits = {
+        "train": (raw.train_images, raw.train_labels),
+        "test": (raw.test_images, raw.test_labels),
+    }
+    if raw.val_images is not None:
+        splits["val"] = (raw.val_images, raw.val_labels)
+    carved = carve(
+        counts={s: len(labels) for s, (_, labels) in splits.items()},
+        labels={s: labels for s, (_, labels) in splits.items()},
+        num_classes=raw.num_classes,
+        class_names=raw.class_names,
+        val_size=val_size,
+        split_seed=split_seed,
+        train_size=train_size,
+        classes=classes,
+    )
+    mean, std = mean_std(pixel_histogram(raw.train_images[carved.train]))
+    table = normalize_table(mean, std)
+
+    def take(split, idx):
+        images, labels = splits[split]
+        return Split(normalize(images[idx], table), carved.map_labels(labels[idx]))
 
     return Splits(
-        train=Split(norm(train_x[train_idx]), train_y[train_idx]),
-        val=Split(norm(train_x[val_idx]), train_y[val_idx]),
-        test=Split(norm(test_x), test_y),
-        num_classes=num_classes,
-        input_shape=tuple(int(d) for d in train_x.shape[1:]),
+        train=take("train", carved.train),
+        val=take(carved.val_from, carved.val),
+        test=take("test", carved.test),
+        num_classes=carved.num_classes,
+        input_shape=tuple(int(d) for d in raw.train_images.shape[1:]),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
-        notes=tuple(notes),
+        notes=(*raw.notes, *carved.notes),
+        class_names=carved.class_names,
     )
 
 
@@ -132,7 +298,7 @@ def from_config(data_cfg, cache: dict | None = None) -> Splits:
 
     Args:
       data_cfg: a config's `data` section (name, data_dir, cache_dir, val_size,
-        split_seed, train_size, classes).
+        split_seed, train_size, classes, image_size).
       cache: optional dict; runs with the same data fields share one `Splits`.
     """
     from research import data as data_lib  # the sources; imported here to keep this module light
@@ -146,10 +312,13 @@ def from_config(data_cfg, cache: dict | None = None) -> Splits:
         d.split_seed,
         d.train_size,
         tuple(d.classes),
+        d.image_size,
     )
     if cache is not None and key in cache:
         return cache[key]
-    raw = data_lib.load(d.name, data_dir=d.data_dir or None, cache_dir=d.cache_dir or None)
+    raw = data_lib.load(
+        d.name, data_dir=d.data_dir or None, cache_dir=d.cache_dir or None, image_size=d.image_size
+    )
     splits = prepare(
         raw,
         val_size=d.val_size,
@@ -162,11 +331,7 @@ def from_config(data_cfg, cache: dict | None = None) -> Splits:
     return splits
 
 
-def _select_classes(x, y, classes):
-    keep = np.isin(y, classes)
-    remap = np.full(max(int(y.max()) + 1, max(classes) + 1), -1, np.int32)
-    remap[list(classes)] = np.arange(len(classes), dtype=np.int32)
-    return x[keep], remap[y[keep]]
+# ------------------------------------------------------------------ batches and chunks
 
 
 def steps_per_epoch(n: int, batch_size: int, remainder: str = "drop") -> int:
@@ -198,6 +363,75 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int, remainder: str = "dro
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ChunkPlan:
+    """One chunk of training steps: what the loop runs in one compiled call.
+
+    Attributes:
+      epoch: the epoch (0-based) the chunk belongs to.
+      step: the global step of its first row (steps taken before it).
+      position: the index of its first row within the epoch.
+      rows: `(S, B)` int32 example indices into the training split, one row per step.
+      epoch_end: whether the chunk finishes its epoch.
+    """
+
+    epoch: int
+    step: int
+    position: int
+    rows: np.ndarray
+    epoch_end: bool
+
+
+def plan_chunks(
+    data_key: jax.Array,
+    *,
+    n: int,
+    batch_size: int,
+    remainder: str,
+    chunk: int,
+    num_epochs: int,
+    start_step: int = 0,
+) -> Iterator[ChunkPlan]:
+    """The run's steps from `start_step` on, cut into chunks, in order.
+
+    Epoch `e`'s order is `epoch_batches(fold_in(data_key, e), ...)`. Chunks end at
+    multiples of `chunk` steps within the epoch, at the epoch's end, and before
+    the kept remainder batch (a different shape runs alone), so a run resumed at
+    any step cuts the rest of the epoch exactly where the first run did.
+    """
+    spe = steps_per_epoch(n, batch_size, remainder)
+    step = start_step
+    for epoch in range(start_step // spe, num_epochs):
+        batches = epoch_batches(jax.random.fold_in(data_key, epoch), n, batch_size, remainder)
+        rows = [row for block in batches for row in block]  # per-step index rows
+        position = step - epoch * spe
+        while position < len(rows):
+            end = min((position // chunk + 1) * chunk, len(rows))
+            sizes = [len(r) for r in rows[position:end]]
+            if len(set(sizes)) > 1:  # the kept remainder batch runs alone
+                end = position + next(i for i, s in enumerate(sizes) if s != sizes[0])
+            yield ChunkPlan(epoch, step, position, np.stack(rows[position:end]), end == len(rows))
+            step += end - position
+            position = end
+
+
+def eval_batches(n: int, batch_size: int, n_dev: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices `(K, Be)` and float32 mask `(K, Be)` covering `n` examples once, in order.
+
+    `Be` is `batch_size` (at most `n`) rounded up to a multiple of `n_dev`; the last
+    batch is padded with copies of example `n - 1`, masked out with 0.
+    """
+    batch_size = -(-min(batch_size, n) // n_dev) * n_dev  # a multiple of the device count
+    batches = -(-n // batch_size)
+    idx = np.arange(batches * batch_size, dtype=np.int32)
+    mask = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)
+    return idx.reshape(batches, batch_size), mask.reshape(batches, batch_size)
+
+
+# ------------------------------------------------------------------ augmentation
+
+
 def augment(key: jax.Array, images: jax.Array, *, pad: int = 4) -> jax.Array:
     """Random crop after `pad`-pixel zero padding, then a random horizontal flip.
 
@@ -217,3 +451,40 @@ def augment(key: jax.Array, images: jax.Array, *, pad: int = 4) -> jax.Array:
     cropped = jax.vmap(crop)(padded, offsets)
     flip = jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1))
     return jnp.where(flip, cropped[:, :, ::-1, :], cropped)
+
+
+def augment_host(
+    images: np.ndarray,
+    *,
+    seed: tuple[int, ...],
+    step: int,
+    columns: np.ndarray,
+    batch_size: int,
+    pad: int = 4,
+) -> np.ndarray:
+    """`augment`'s recipe in numpy, for rows `columns` of step `step`'s global batch.
+
+    The draws are made for the whole global batch of `batch_size` from
+    `default_rng([*seed, step])` and each row takes its own, so a row's crop and
+    flip depend on the run's seed, the step and the row's place in the batch
+    only: not on the worker, the host, or how the batch was cut. (Different
+    draws from `augment`'s, so "host" and "device" augmentation are equally
+    distributed but not equal.)
+
+    Args:
+      images: `(b, H, W, C)` normalized images, rows `columns` of the global batch.
+      seed: the run's augmentation seed (integers).
+      step: the global step.
+      columns: `(b,)` positions of these rows in the global batch.
+      batch_size: size of the global batch.
+      pad: zero padding before cropping back to `H x W`.
+    """
+    rng = np.random.default_rng([*seed, step])
+    offsets = rng.integers(0, 2 * pad + 1, (batch_size, 2))[columns]  # (b, 2)
+    flips = (rng.random(batch_size) < 0.5)[columns]  # (b,)
+    b, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ys = offsets[:, :1] + np.arange(h)  # (b, H)
+    xs = offsets[:, 1:] + np.arange(w)  # (b, W)
+    xs = np.where(flips[:, None], xs[:, ::-1], xs)
+    return padded[np.arange(b)[:, None, None], ys[:, :, None], xs[:, None, :]]
