@@ -621,19 +621,6 @@ def seed_of(data_key: jax.Array) -> tuple[int, ...]:
     return tuple(int(k) for k in np.asarray(data_key).ravel())
 
 
-def as_gather(images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Chunk batches `(S, B, ...)` in the layout `Steps.train_chunk` gathers from.
-
-    Returns `(images (S*B, ...), labels (S*B,), idx (S, B))` with `idx[s] =
-    s*B .. s*B+B-1`, so today's `train_chunk(state, images, labels, idx)` (and
-    `evaluate`) run streamed batches unchanged: a bridge until the engine scans
-    over batches directly (see the integration notes).
-    """
-    s, b = labels.shape
-    idx = np.arange(s * b, dtype=np.int32).reshape(s, b)
-    return images.reshape(s * b, *images.shape[2:]), labels.reshape(s * b), jax.numpy.asarray(idx)
-
-
 # ------------------------------------------------------------------ background thread
 
 

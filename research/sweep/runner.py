@@ -48,7 +48,6 @@ from typing import Any
 import jax
 import ml_collections
 
-from research.data import pipeline
 from research.sweep import claims, space, vmapped
 from research.train import engine, loop, outputs
 
@@ -94,7 +93,9 @@ def run_stages(workdir, stages, splits_of, echo) -> list[str]:
                 continue
             echo(f"pretrain {stage.name} ({stage.id}) {_overrides_line(stage.overrides)}")
             try:
-                r = loop.train_and_evaluate(stage.config, folder, splits=splits_of(stage.config))
+                splits, reason = splits_of(stage.config)
+                run = loop.build_run(stage.config, splits=splits, loader_reason=reason)
+                r = loop.train_and_evaluate(stage.config, folder, run=run)
             except loop.TrainingDiverged as err:
                 raise ValueError(f"sweep.pretrain.{stage.name}: {err}") from None
             ran.append(stage.id)
@@ -105,8 +106,12 @@ def run_stages(workdir, stages, splits_of, echo) -> list[str]:
     return ran
 
 
-def _splits(config: ml_collections.ConfigDict, cache: dict) -> pipeline.Splits:
-    return pipeline.from_config(config.data, cache)
+def _splits(config: ml_collections.ConfigDict, cache: dict):
+    """The trial's data (`loop.prepare_data`), shared by the trials with the same fields."""
+    key = ("prepared", json.dumps(config.data.to_dict(), sort_keys=True, default=str))
+    if key not in cache:
+        cache[key] = loop.prepare_data(config.data, cache)
+    return cache[key]
 
 
 def _groups(trials: list[space.Trial]) -> list[list[space.Trial]]:
@@ -227,7 +232,8 @@ def run_sweep(
             try:
                 configs = [resolved_config(workdir, t, named) for t in ours]
                 if run is None:
-                    run = loop.build_run(configs[0], splits=splits_of(configs[0]))
+                    splits, reason = splits_of(configs[0])
+                    run = loop.build_run(configs[0], splits=splits, loader_reason=reason)
                     programs = engine.build_programs(run, mode)
                 members = [
                     engine.Member(c, trial_dir(workdir, t))
