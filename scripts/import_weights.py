@@ -64,6 +64,7 @@ def _is_published(source: str, entry, path: str, sha256: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from research import models
     from research.models import pretrained
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         entry = pretrained.SOURCES[args.source].get(args.model)
+        models.spec(args.model)  # in this checkout's zoo, before anything is downloaded
         out = os.path.abspath(args.out)
         if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
             raise ValueError(f"--out {args.out!r} already exists and is not empty")
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 path = _download(args.source, entry)
-            except (OSError, RuntimeError, ValueError) as err:
+            except ImportError:
+                raise
+            except Exception as err:  # noqa: BLE001 - Keras's get_file raises a bare Exception
                 detail = re.sub(r"\s+", " ", str(err))[:200]
                 raise ValueError(
                     f"could not download {entry.url} ({type(err).__name__}: {detail}); "
@@ -119,8 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from research import models
-
     count = models.param_count(variables)
     print(f"{args.source} {args.model}: {count:,} parameters, weights sha256 {sha256[:16]}…")
     print(f"wrote {out}; train from it with --config.transfer.pretrained={args.out}")

@@ -331,6 +331,60 @@ def test_keras_weight_files_read_like_the_model(tmp_path):
         files.read_keras_h5(str(tmp_path / "m.pth"))
 
 
+def _restored(out, like: dict) -> dict:
+    """The variables of the run in `out`, restored (checksum verified) in the shape of `like`."""
+    from research.train.checkpoint import Checkpointer
+    from research.train.steps import TrainState
+
+    checkpointer = Checkpointer(str(out / "checkpoints"))
+    template = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=like["params"],
+        batch_stats=like["batch_stats"],
+        opt_state=(),
+        key=jnp.zeros((2,), jnp.uint32),
+    )
+    state, step = checkpointer.restore(template)
+    checkpointer.close()
+    assert step == 0
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _assert_same_tree(got, want):
+    got_flat = dict(jax.tree_util.tree_leaves_with_path(got))
+    want_flat = dict(jax.tree_util.tree_leaves_with_path(want))
+    assert got_flat.keys() == want_flat.keys()
+    for path, value in want_flat.items():
+        np.testing.assert_array_equal(np.asarray(got_flat[path]), value, err_msg=str(path))
+
+
+@pytest.mark.slow
+def test_keras_weights_h5_and_safetensors_through_the_script(tmp_path, capsys):
+    keras = _keras()
+    requires("safetensors")
+    from safetensors.numpy import save_file
+
+    script = _import_script()
+    # Keras 3 `.weights.h5` of a random Xception (the input size does not change its weights).
+    source = _randomize_keras(keras.applications.Xception(weights=None, input_shape=(71, 71, 3)), 2)
+    source.save_weights(tmp_path / "xception.weights.h5")
+    out = tmp_path / "xception"
+    argv = ["--source=keras", "--model=xception", f"--out={out}"]
+    assert script.main([*argv, f"--weights-file={tmp_path / 'xception.weights.h5'}"]) == 0
+    want = pretrained.from_keras("xception", source)
+    _assert_same_tree(_restored(out, want), want)
+
+    # A torchvision state_dict as .safetensors (no torch needed to read it).
+    state_dict = {k: v.numpy() for k, v in _torchvision_model("resnet18").state_dict().items()}
+    save_file(state_dict, str(tmp_path / "resnet18.safetensors"))
+    out = tmp_path / "resnet18"
+    argv = ["--source=torchvision", "--model=resnet18", f"--out={out}"]
+    assert script.main([*argv, f"--weights-file={tmp_path / 'resnet18.safetensors'}"]) == 0
+    want = pretrained.from_torchvision("resnet18", state_dict)
+    _assert_same_tree(_restored(out, want), want)
+    assert "wrote" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- import -> transfer
 
 
@@ -367,8 +421,6 @@ def imported_resnet18(tmp_path_factory):
 
 def test_imported_run_loads_through_transfer(imported_resnet18):
     from research.train import transfer
-    from research.train.checkpoint import Checkpointer
-    from research.train.steps import TrainState
 
     _, out, pth, source = imported_resnet18
     want = pretrained.from_torchvision("resnet18", source.state_dict())
@@ -391,18 +443,7 @@ def test_imported_run_loads_through_transfer(imported_resnet18):
             np.testing.assert_array_equal(np.asarray(flat_got[path]), value)
 
     # The checkpoint is an ordinary one: it restores with its checksum verified.
-    like = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=want["params"],
-        batch_stats=want["batch_stats"],
-        opt_state=(),
-        key=jnp.zeros((2,), jnp.uint32),
-    )
-    checkpointer = Checkpointer(str(out / "checkpoints"))
-    state, step = checkpointer.restore(like)
-    checkpointer.close()
-    assert step == 0
-    np.testing.assert_array_equal(state.params["head"]["kernel"], want["params"]["head"]["kernel"])
+    _assert_same_tree(_restored(out, want), want)
 
     with open(out / "results.json") as f:
         results = json.load(f)
