@@ -170,6 +170,7 @@ def test_keras_logits_match(name):
     errors = {}
     for size in (paper, ODD):
         application = getattr(keras.applications, KERAS_APPLICATIONS[name])
+        keras.utils.set_random_seed(size)  # Keras's own initial kernels, reproducibly
         source = _randomize_keras(
             application(weights=None, input_shape=(size, size, 3), classifier_activation=None),
             seed=size,
@@ -306,6 +307,7 @@ def test_wrong_weights_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
 def test_keras_weight_files_read_like_the_model(tmp_path):
     keras = _keras()
     layers = keras.layers
+    keras.utils.set_random_seed(0)
     inputs = layers.Input((12, 12, 3))
     x = layers.Conv2D(4, 3, use_bias=False, name="block1_conv1")(inputs)
     x = layers.BatchNormalization(name="block1_conv1_bn")(x)
@@ -366,6 +368,7 @@ def test_keras_weights_h5_and_safetensors_through_the_script(tmp_path, capsys):
 
     script = _import_script()
     # Keras 3 `.weights.h5` of a random Xception (the input size does not change its weights).
+    keras.utils.set_random_seed(2)
     source = _randomize_keras(keras.applications.Xception(weights=None, input_shape=(71, 71, 3)), 2)
     source.save_weights(tmp_path / "xception.weights.h5")
     out = tmp_path / "xception"
@@ -475,6 +478,23 @@ def test_imagenet_transfer_variant_uses_the_imported_run(imported_resnet18, monk
         "32x32 (no resizing), so its features see objects at ~0.14x the scale they were "
         "trained on"
     ]
+
+
+@pytest.mark.parametrize("model", ["resnet18", "vgg16"])
+def test_imagenet_variants_expand_and_validate(model, tmp_path, monkeypatch):
+    from research.sweep import space
+
+    experiment = _experiment()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="transfer.pretrained.*no checkpoints"):
+        space.expand(experiment.get_config(f"imagenet_{model}"))  # not imported yet
+    (tmp_path / experiment.IMAGENET_PRETRAINED[model] / "checkpoints").mkdir(parents=True)
+    trials = space.expand(experiment.get_config(f"imagenet_{model}"))
+    assert len(trials) == 8 * 3 * 3
+    assert {t.config.model.name for t in trials} == {model}
+    assert dict(trials[0].config.model.overrides) == {}  # the published stem: the weights fit
+    freeze_n = {t.config.transfer.n for t in trials if t.config.transfer.strategy != "scratch"}
+    assert freeze_n == {0, *experiment.IMAGENET_FREEZE_N[model]}
 
 
 # --------------------------------------------------------------------------- preprocessing
