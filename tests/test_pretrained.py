@@ -333,23 +333,13 @@ def test_keras_weight_files_read_like_the_model(tmp_path):
         files.read_keras_h5(str(tmp_path / "m.pth"))
 
 
-def _restored(out, like: dict) -> dict:
-    """The variables of the run in `out`, restored (checksum verified) in the shape of `like`."""
-    from research.train.checkpoint import Checkpointer
-    from research.train.steps import TrainState
+def _restored(out) -> dict:
+    """The variables of the run in `out`, read as any run's are (checksum verified)."""
+    from research.train import checkpoint
 
-    checkpointer = Checkpointer(str(out / "checkpoints"))
-    template = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=like["params"],
-        batch_stats=like["batch_stats"],
-        opt_state=(),
-        key=jnp.zeros((2,), jnp.uint32),
-    )
-    state, step = checkpointer.restore(template)
-    checkpointer.close()
-    assert step == 0
-    return {"params": state.params, "batch_stats": state.batch_stats}
+    restored = checkpoint.read(str(out))
+    assert restored.step == 0
+    return {"params": restored.state["params"], "batch_stats": restored.state["batch_stats"]}
 
 
 def _assert_same_tree(got, want):
@@ -375,7 +365,7 @@ def test_keras_weights_h5_and_safetensors_through_the_script(tmp_path, capsys):
     argv = ["--source=keras", "--model=xception", f"--out={out}"]
     assert script.main([*argv, f"--weights-file={tmp_path / 'xception.weights.h5'}"]) == 0
     want = pretrained.from_keras("xception", source)
-    _assert_same_tree(_restored(out, want), want)
+    _assert_same_tree(_restored(out), want)
 
     # A torchvision state_dict as .safetensors (no torch needed to read it).
     state_dict = {k: v.numpy() for k, v in _torchvision_model("resnet18").state_dict().items()}
@@ -384,7 +374,7 @@ def test_keras_weights_h5_and_safetensors_through_the_script(tmp_path, capsys):
     argv = ["--source=torchvision", "--model=resnet18", f"--out={out}"]
     assert script.main([*argv, f"--weights-file={tmp_path / 'resnet18.safetensors'}"]) == 0
     want = pretrained.from_torchvision("resnet18", state_dict)
-    _assert_same_tree(_restored(out, want), want)
+    _assert_same_tree(_restored(out), want)
     assert "wrote" in capsys.readouterr().out
 
 
@@ -446,7 +436,7 @@ def test_imported_run_loads_through_transfer(imported_resnet18):
             np.testing.assert_array_equal(np.asarray(flat_got[path]), value)
 
     # The checkpoint is an ordinary one: it restores with its checksum verified.
-    _assert_same_tree(_restored(out, want), want)
+    _assert_same_tree(_restored(out), want)
 
     with open(out / "results.json") as f:
         results = json.load(f)

@@ -78,6 +78,7 @@ def write_run(out: str, *, model: str, variables: dict[str, Any], record: dict[s
             f.write(config.to_json(indent=2, sort_keys=True) + "\n")
         pretrained = {"model": model, "num_classes": 1000, **record}
         results = {
+            "status": "done",
             "model": model,
             "dataset": "tfds:imagenet2012",
             "num_classes": 1000,
