@@ -44,6 +44,7 @@ from research.models import (
     vgg,
     xception,
 )
+from research.models.pretrained import from_keras, from_torchvision
 from research.models.summary import layer_table, summary
 from research.registry import Registry
 
@@ -152,6 +153,8 @@ __all__ = [
     "MODELS",
     "ModelSpec",
     "create",
+    "from_keras",
+    "from_torchvision",
     "layer_table",
     "names",
     "param_count",

@@ -46,7 +46,10 @@ class VGG(nn.Module):
         "small VGG" experiments; 1.0 is the published network.
       pool_padding: padding of the max pools: "VALID" (torchvision) or "SAME".
       pooled_size: side of the adaptive average pooling before the classifier
-        (7 in torchvision); None flattens the last feature maps as they are.
+        (7 in torchvision); None flattens the last feature maps as they are, as
+        Keras Applications' VGG16 does (the same function at 224x224, where the
+        pool is the identity; at other sizes Keras's dense1 has another shape, see
+        `research.models.pretrained.from_keras`).
       fc_width: width of dense1 and dense2 (4096 in torchvision).
       dropout: dropout rate after dense1 and dense2.
     """
