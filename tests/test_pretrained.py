@@ -200,7 +200,7 @@ def test_googlenet_published_input_transform_is_its_preprocessing():
         _torchvision().googlenet(aux_logits=False, init_weights=True, transform_input=True), 1
     )
     variables = pretrained.from_torchvision("googlenet", source.state_dict())
-    pixels = np.random.default_rng(0).uniform(0, 1, (2, 96, 96, 3)).astype(np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
     imagenet = normalize(pixels, torchvision_zoo.MODELS.get("resnet18").preprocessing.as_dict())
     recorded = torchvision_zoo.MODELS.get("googlenet").preprocessing.as_dict()
     ours = _ours("googlenet", variables, normalize(pixels, recorded))
@@ -451,6 +451,39 @@ def test_imported_run_loads_through_transfer(imported_resnet18):
     assert record["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
 
 
+def test_a_transfer_run_uses_the_sources_preprocessing_or_says_why_not(imported_resnet18, tmp_path):
+    """loop.prepare_data: RGB data normalized with ImageNet's mean/std (not its own), and
+    1-channel data refused in one line before anything is trained."""
+    from conftest import write_image_folder
+
+    from research.config import get_base_config
+    from research.train import loop
+
+    _, out, _, _ = imported_resnet18
+    written = write_image_folder(tmp_path / "photos", per_class=6)
+    config = get_base_config()
+    config.data.name = f"folder:{tmp_path / 'photos'}"
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.data.val_size = 0
+    config.transfer.pretrained = str(out)
+    splits, _ = loop.prepare_data(config)
+    assert splits.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert splits.std == pytest.approx((0.229, 0.224, 0.225))
+    assert any("normalized with the pretrained network" in n for n in splits.notes)
+    assert any("the source network was trained on 224x224" in n for n in splits.notes)
+    # Every pixel went through (v / 255 - mean) / std with ImageNet's numbers.
+    values = np.concatenate([v.reshape(-1, 3) for v in written.values()]).astype(np.float32)
+    expect = (values / 255.0 - np.float32([0.485, 0.456, 0.406])) / np.float32(
+        [0.229, 0.224, 0.225]
+    )
+    got = np.concatenate([splits.train.images.reshape(-1, 3), splits.test.images.reshape(-1, 3)])
+    assert sorted(map(tuple, np.round(got, 4))) == sorted(map(tuple, np.round(expect, 4)))
+
+    config.data.name = "digits"
+    with pytest.raises(ValueError, match=r"takes 3-channel RGB images but the data has 1 channel"):
+        loop.prepare_data(config)
+
+
 def test_imagenet_transfer_variant_uses_the_imported_run(imported_resnet18, monkeypatch):
     from research.sweep import space
 
@@ -507,9 +540,9 @@ def test_check_compatible_refuses_other_channel_counts_in_one_line():
 
 def test_normalize_worked_example_and_missing_record(tmp_path):
     pre = {"mean": [0.5, 0.25, 0.0], "std": [0.5, 0.25, 1.0], "channel_order": "BGR"}
-    pixels = np.array([[[[1.0, 0.5, 0.25]]]], np.float32)  # one RGB pixel
-    # BGR: (0.25, 0.5, 1.0) -> ((0.25 - 0.5) / 0.5, (0.5 - 0.25) / 0.25, (1 - 0) / 1)
-    np.testing.assert_allclose(normalize(pixels, pre)[0, 0, 0], [-0.5, 1.0, 1.0])
+    pixels = np.array([[[[255, 0, 51]]]], np.uint8)  # one RGB pixel: 1.0, 0.0, 0.2
+    # BGR: (0.2, 0.0, 1.0) -> ((0.2 - 0.5) / 0.5, (0.0 - 0.25) / 0.25, (1 - 0) / 1)
+    np.testing.assert_allclose(normalize(pixels, pre)[0, 0, 0], [-0.6, -1.0, 1.0], rtol=1e-6)
     assert preprocessing_for(str(tmp_path)) is None  # one of our own runs: no record
     (tmp_path / "pretrained.json").write_text("{}")
     with pytest.raises(ValueError, match="no 'preprocessing' entry"):
@@ -539,8 +572,8 @@ def test_torchvision_table_matches_torchvision_weights():
 )
 def test_keras_table_matches_keras_preprocess_input(name, module):
     keras = _keras()
-    pixels = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
-    theirs = getattr(keras.applications, module).preprocess_input(pixels * 255.0)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    theirs = getattr(keras.applications, module).preprocess_input(pixels.astype(np.float32))
     pre = keras_zoo.MODELS.get(name).preprocessing.as_dict()
     np.testing.assert_allclose(normalize(pixels, pre), np.asarray(theirs), atol=1e-4)
 

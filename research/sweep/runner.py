@@ -108,9 +108,10 @@ def run_stages(workdir, stages, splits_of, echo) -> list[str]:
 
 def _splits(config: ml_collections.ConfigDict, cache: dict):
     """The trial's data (`loop.prepare_data`), shared by the trials with the same fields."""
-    key = ("prepared", json.dumps(config.data.to_dict(), sort_keys=True, default=str))
+    fields = {"data": config.data.to_dict(), "pretrained": config.transfer.pretrained}
+    key = ("prepared", json.dumps(fields, sort_keys=True, default=str))
     if key not in cache:
-        cache[key] = loop.prepare_data(config.data, cache)
+        cache[key] = loop.prepare_data(config, cache)
     return cache[key]
 
 

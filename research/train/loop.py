@@ -24,6 +24,7 @@ from research import models, optim
 from research.data import pipeline, stream
 from research.optim import freeze as freeze_lib
 from research.train import engine
+from research.train import transfer as transfer_lib
 from research.train.engine import Interrupted, TrainingDiverged
 from research.train.steps import Steps, make_mesh, make_steps
 
@@ -54,16 +55,29 @@ class Run:
     loader_reason: str = ""  # why (data.loader, or "auto"'s measurement)
 
 
-def prepare_data(data_cfg, cache: dict | None = None) -> tuple[Any, str]:
+def prepare_data(config: ml_collections.ConfigDict, cache: dict | None = None) -> tuple[Any, str]:
     """The run's splits on the path `data.loader` resolves to, and the reason for it.
 
     "device": `pipeline.Splits` (normalized arrays, cached in `cache` by their
-    fields); "stream": `stream.StreamSplits` (the records, no image loaded).
+    fields); "stream": `stream.StreamSplits` (the records, no image loaded). A
+    transfer from imported weights normalizes with the source network's mean and
+    std (`transfer.pretrained_normalization`), and data it cannot take is refused.
+
+    Raises:
+      ValueError: naming the field, or why the pretrained network cannot take the data.
     """
+    data_cfg, pretrained = config.data, config.transfer.pretrained
+    normalization = transfer_lib.pretrained_normalization(pretrained) if pretrained else None
     loader, reason = stream.choose_loader(data_cfg)
     if loader == "stream":
-        return stream.open_splits(data_cfg), reason
-    return pipeline.from_config(data_cfg, cache), reason
+        splits = stream.open_splits(data_cfg, normalization=normalization)
+    else:
+        splits = pipeline.from_config(data_cfg, cache, normalization)
+    if pretrained:
+        notes = transfer_lib.check_pretrained_input(pretrained, splits.input_shape)
+        if notes:
+            splits = dataclasses.replace(splits, notes=(*splits.notes, *notes))
+    return splits, reason
 
 
 def build_run(
@@ -84,7 +98,7 @@ def build_run(
     """
     config_lib.validate(config)
     if splits is None:
-        splits, loader_reason = prepare_data(config.data)
+        splits, loader_reason = prepare_data(config)
     loader = "stream" if isinstance(splits, stream.StreamSplits) else "device"
     n_train = len(splits.train)
     if config.batch_size > n_train:

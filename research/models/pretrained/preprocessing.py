@@ -152,11 +152,28 @@ def check_compatible(preprocessing: dict[str, Any], input_shape: Sequence[int]) 
     return notes
 
 
+def normalization(preprocessing: dict[str, Any], source: str = "the pretrained network"):
+    """The data pipeline's `Normalization` for a recorded preprocessing (see the policy)."""
+    from research.data import pipeline
+
+    channels = len(preprocessing["mean"])
+    order = tuple(reversed(range(channels))) if preprocessing["channel_order"] == "BGR" else None
+    return pipeline.Normalization(
+        mean=tuple(float(m) for m in preprocessing["mean"]),
+        std=tuple(float(s) for s in preprocessing["std"]),
+        channels=order,
+        source=source,
+    )
+
+
 def normalize(pixels: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
-    """`(N, H, W, C)` pixels in [0, 1], RGB -> what the pretrained network expects (float32)."""
-    x = np.asarray(pixels, np.float32)
-    if preprocessing["channel_order"] == "BGR":
-        x = x[..., ::-1]
-    mean = np.asarray(preprocessing["mean"], np.float32)
-    std = np.asarray(preprocessing["std"], np.float32)
-    return ((x - mean) / std).astype(np.float32)
+    """uint8 `(N, H, W, C)` RGB pixels -> what the pretrained network expects (float32).
+
+    The data pipeline's own normalization (`pipeline.normalize`), as a transfer run uses it.
+    """
+    from research.data import pipeline
+
+    n = normalization(preprocessing)
+    return pipeline.normalize(
+        np.asarray(pixels), pipeline.normalize_table(n.mean, n.std), n.channels
+    )
