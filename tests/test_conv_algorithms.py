@@ -15,6 +15,7 @@ import pytest
 
 from research.layers import conv_algorithms as CA
 from research.layers import functional as F
+from tests.fast_tier import fast_jit
 from tests.reference import conv_ref_taps, pool_ref, ref_pads
 
 CONV_NAMES = CA.CONV_ALGORITHMS.names()
@@ -37,10 +38,12 @@ CONV_CASES = [
 
 
 def _conv_inputs(x_shape, k_shape):
-    kx, kk, kb = jax.random.split(jax.random.PRNGKey(0), 3)
-    x = jax.random.normal(kx, x_shape, jnp.float32)
-    kernel = jax.random.normal(kk, k_shape, jnp.float32)
-    bias = jax.random.normal(kb, (k_shape[-1],), jnp.float32)
+    # NumPy draws: an eager jax.random draw compiles once per new shape (seconds on CPU).
+    rng = np.random.default_rng(0)
+    x, kernel, bias = (
+        jnp.asarray(rng.normal(size=shape), jnp.float32)
+        for shape in (x_shape, k_shape, (k_shape[-1],))
+    )
     return x, kernel, bias
 
 
@@ -66,7 +69,7 @@ def test_conv_algorithm_matches_numpy_reference_forward_and_gradient(algorithm, 
         y = F.conv2d(x, kernel, bias, algorithm=algorithm, **kw)
         return jnp.sum(y * upstream.astype(np.float32)), y
 
-    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+    grad = fast_jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
     (_, y), (gx, gk, gb) = grad(x, kernel, bias)
     assert y.shape == y_ref.shape and y.dtype == jnp.float32
     # float32 against float64: tolerances scaled by the size of the summed terms.
@@ -165,7 +168,7 @@ POOL_CASES = [
 
 def _tied_input(shape):
     # Small integers: many windows hold their maximum more than once.
-    return jnp.round(2 * jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float32))
+    return jnp.asarray(np.round(2 * np.random.default_rng(1).normal(size=shape)), jnp.float32)
 
 
 @pytest.mark.parametrize("algorithm", POOL_NAMES)
@@ -186,7 +189,7 @@ def test_max_pool_algorithm_matches_numpy_reference_exactly(algorithm, case):
         y = F.max_pool(x, window, stride=stride, padding=padding, algorithm=algorithm)
         return jnp.sum(y * upstream.astype(np.float32)), y
 
-    grad, y = jax.jit(jax.grad(loss, has_aux=True))(x)
+    grad, y = fast_jit(jax.grad(loss, has_aux=True))(x)
     np.testing.assert_array_equal(y, want)
     # Ties (many: small integers) go to the first maximum in row-major window order, as
     # the reference's argmax does.
@@ -220,6 +223,7 @@ def test_max_pool_gradient_tie_rule_first_in_row_major_order(algorithm):
     )
 
 
+@pytest.mark.slow
 def test_lenet_trains_identically_with_each_algorithm():
     """One Adam step of LeNet-5 gives the same parameters with every conv/pool choice."""
     from research import models, optim

@@ -4,8 +4,8 @@ Sections:
   1. Worked examples from the lecture notes (000-004), with the slides' numbers, each
      checked by hand in a comment.
   2. Output sizes and parameter counts (the lectures' exercises).
-  3. Agreement with an independent NumPy/SciPy reference on random configurations,
-     forward and gradient. The references below never call JAX.
+  3. Agreement with an independent NumPy/SciPy reference (tests/reference.py, which
+     never calls JAX) on random configurations, forward and gradient.
   4. dtype, jit and grad.
   5. Bad hyperparameters raise ValueError naming the argument, the value and the
      input shape before XLA is called.
@@ -46,6 +46,7 @@ from research.layers import (
     output_size,
     squeeze_excite,
 )
+from tests.fast_tier import fast_jit
 from tests.reference import conv_ref_scipy, conv_ref_taps, pool_ref, ref_pads
 
 
@@ -592,9 +593,9 @@ def _close(actual, expected, scale, what=""):
 
 @functools.cache
 def _conv_jax(i):
-    """conv2d's output and gradients for CONV_CASES[i], for every conv algorithm, in one
-    jitted computation (one XLA compile per case, shared by the forward and gradient
-    tests). Returns the inputs and {algorithm: (y, (dL/dx, dL/dK, dL/db))}."""
+    """conv2d's output and gradients for CONV_CASES[i], with XLA's and the default conv
+    algorithm, in one jitted computation (one XLA compile per case, shared by the forward
+    and gradient tests). Returns the inputs and {algorithm: (y, (dL/dx, dL/dK, dL/db))}."""
     case = CONV_CASES[i]
     x, k, b, pads = _conv_inputs(case, seed=i)
     args = (case["stride"], pads, case["dilation"], case["groups"])
@@ -613,7 +614,7 @@ def _conv_jax(i):
             results[name] = (y, grads)
         return results
 
-    return (x, k, b, w, args), jax.jit(run)(x, k, b)
+    return (x, k, b, w, args), fast_jit(run)(x, k, b)
 
 
 _CONV_IDS = [_case_id(case) for case in CONV_CASES]
@@ -716,7 +717,7 @@ def _pool_jax(i):
             grads.append(jax.grad(lambda x, call=call, w=w: jnp.sum(call(x) * w))(x))
         return outs, grads
 
-    outs, grads = jax.jit(run)(x)
+    outs, grads = fast_jit(run)(x)
     return (x, stride, pads, ws), outs, grads
 
 
@@ -1018,8 +1019,12 @@ def test_every_registered_layer_runs_its_example(name):
     assert isinstance(layer, nn.Module)
     x = _rand(spec.input_shape)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    variables = jax.jit(functools.partial(layer.init, **spec.apply_kwargs))(rngs, x)
-    y = jax.jit(lambda v, x: layer.apply(v, x, rngs=rngs, **spec.apply_kwargs))(variables, x)
+
+    def run(x):  # init, then apply with those variables: one compiled program
+        variables = layer.init(rngs, x, **spec.apply_kwargs)
+        return layer.apply(variables, x, rngs=rngs, **spec.apply_kwargs)
+
+    y = fast_jit(run)(x)
     assert y.shape == spec.output_shape
     assert y.dtype == jnp.float32
     assert np.isfinite(np.asarray(y)).all()

@@ -29,21 +29,11 @@ from research import models
 from research.layers import Conv2D
 from research.models import mobilenet, resnet, se_resnet
 from research.optim.freeze import param_path
+from tests.fast_tier import fast_jit
 
 SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]
 STAND_IN_SHAPE = (28, 28, 1)  # the fast tier's one input size
 RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-
-
-def fast_jit(fun, **kwargs):
-    """`jax.jit` for the fast tier: XLA's backend (LLVM) at optimization level 0.
-
-    The fast tier's programs are small models on a batch of 8 and run in milliseconds;
-    their cost is compiling. Level 0 halves XLA:CPU's compile time (the GoogLeNet
-    stand-in's gradient: 7.3 s of CPU at the default level, 3.8 s at 0; all 15
-    stand-ins: 94 s, 63 s) and changes no result a test here checks.
-    """
-    return jax.jit(fun, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
 
 
 def _init(name, input_shape, num_classes=10, *, batch=2, **extra):
@@ -465,7 +455,7 @@ def test_se_gate_rescales_the_residual_branch_before_the_addition():
     # SEBasicBlock(x) = ReLU(y / 2 + x), y the residual branch: exactly a BasicBlock with
     # the same weights whose bn2 scale and bias are halved. (A gate after the addition
     # would give ReLU(y + x) / 2.)
-    x = jax.random.normal(jax.random.key(3), (2, 6, 6, 32))
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 6, 32)), jnp.float32)
     se_block, block = se_resnet.SEBasicBlock(32), resnet.BasicBlock(32)
     variables = fast_jit(se_block.init)(jax.random.key(4), x)
     params = dict(variables["params"])
@@ -536,7 +526,7 @@ def test_mobilenet_layers_follow_keras():
 
 def test_mobilenet_activations_are_relu6():
     model = models.create("mobilenet_v1", num_classes=10, **mobilenet.STAND_IN)
-    x = 100.0 * jax.random.normal(jax.random.key(5), (2, 32, 32, 3))  # saturates
+    x = jnp.asarray(100.0 * np.random.default_rng(5).normal(size=(2, 32, 32, 3)), jnp.float32)
     _, state = fast_jit(lambda x: model.init_with_output(RNGS, x, mutable=True))(x)
     for key in ("conv1_out", "block1_out", "block2_out", "block3_out"):
         feature = state["features"][key][0]
