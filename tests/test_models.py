@@ -557,6 +557,7 @@ def test_check_input_names_the_smallest_square_input():
     with pytest.raises(ValueError, match="its smallest input is 16x16$"):
         models.check_input("lenet5", lenet, (15, 15, 1))
     models.check_input("lenet5", lenet, (16, 16, 1))
+    models.check_input("lenet5", lenet, np.array([16, 16, 1]))  # NumPy ints are ints
     # The small overrides are what make 28x28 work.
     models.check_input(
         "mobilenet_v1",

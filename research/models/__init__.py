@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -334,8 +335,11 @@ def check_input(name: str, model: nn.Module, input_shape: Sequence[int]) -> None
       input_shape: `(H, W, C)` of one example.
     """
     shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+    if len(shape) != 3 or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape
+    ):
         raise ValueError(f"input_shape must be (H, W, C) of ints >= 1, got {input_shape!r}")
+    shape = tuple(int(d) for d in shape)
     error = _init_error(model, shape)
     if error is None:
         return
