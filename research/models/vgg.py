@@ -107,3 +107,7 @@ VGG19 = partial(VGG, config=VGG19_CONFIG)
 # The registry's overrides for 28x28x1 and 32x32x3 inputs: 'SAME' pools, so five of them
 # leave 1x1x512 at both sizes, flattened as is, and 512-wide dense layers (CIFAR VGGs).
 SMALL_INPUTS = {"pool_padding": "SAME", "pooled_size": None, "fc_width": 512}
+
+# The fast tier's stand-in (registry `stand_in`, on top of SMALL_INPUTS): two blocks, of
+# one and two 8-wide convs, and 16-wide dense layers; every layer type of the family.
+STAND_IN = {"config": ((8, 1), (8, 2)), "fc_width": 16}
