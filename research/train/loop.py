@@ -118,6 +118,9 @@ def build_run(
     if config.compute_dtype == "bfloat16":
         overrides["dtype"] = jnp.bfloat16
     model = models.create(config.model.name, num_classes=splits.num_classes, **overrides)
+    # A model that cannot take the data (too small for its downsampling) fails here, in
+    # one line naming the smallest input it takes, not in a traceback from the first step.
+    models.check_input(config.model.name, model, splits.input_shape)
     spe = pipeline.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
     # Hyperparameters injected as arrays: every trial of a group (and a lone run) shares
     # one compiled program and carries its own values in its optimizer state.
