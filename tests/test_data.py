@@ -143,6 +143,7 @@ def test_mnist_numbers(mnist, data_root):
     assert mnist.source.startswith(str(data_root / "mnist"))
 
 
+@pytest.mark.slow
 def test_fashion_mnist_numbers(fashion_mnist):
     assert fashion_mnist.train_images.shape == (60000, 28, 28, 1)
     assert np.bincount(fashion_mnist.train_labels).tolist() == [6000] * 10
@@ -181,6 +182,7 @@ def test_cache_is_reused_not_rebuilt(mnist, data_root, shared_cache, monkeypatch
 # --------------------------------------------------------------------------- CIFAR-10
 
 
+@pytest.mark.slow
 def test_cifar10_numbers(cifar):
     assert cifar.train_images.shape == (50000, 32, 32, 3)
     assert cifar.train_images.dtype == np.uint8 and cifar.train_labels.dtype == np.int32
@@ -192,6 +194,7 @@ def test_cifar10_numbers(cifar):
     assert cifar.class_names[6] == "frog"
 
 
+@pytest.mark.slow
 def test_cifar10_test_split_is_partial_and_says_so(cifar, shared_cache):
     assert cifar.test_images.shape == (1000, 32, 32, 3)
     assert cifar.test_labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]

@@ -72,6 +72,7 @@ def test_a_vmapped_trial_computes_what_train_and_evaluate_computes(tmp_path):
     assert lrs == pytest.approx([0.03, 0.1])
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_frozen_and_the_others_go_on(tmp_path):
     configs = [config(seed=0), config(seed=1, lr=1e8), config(seed=2)]
     run = loop.build_run(configs[0])

@@ -127,10 +127,11 @@ def pretrained(tmp_path_factory):
 
 STRATEGY_CASES = [
     ("linear_probe", 0, ["conv1", "bn1", "conv2", "bn2", "dense1"]),
-    ("freeze_first_n", 1, ["conv1"]),
-    ("freeze_first_n", 2, ["conv1", "conv2"]),
-    ("finetune", 0, []),
-    ("finetune_lower_lr", 0, []),
+    # The fast tier keeps one strategy; every strategy runs in the full tier.
+    pytest.param("freeze_first_n", 1, ["conv1"], marks=pytest.mark.slow),
+    pytest.param("freeze_first_n", 2, ["conv1", "conv2"], marks=pytest.mark.slow),
+    pytest.param("finetune", 0, [], marks=pytest.mark.slow),
+    pytest.param("finetune_lower_lr", 0, [], marks=pytest.mark.slow),
 ]
 
 

@@ -304,6 +304,7 @@ def test_wrong_weights_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["resnet34.pth"]  # no DIR, no temporary folder
 
 
+@pytest.mark.slow
 def test_keras_weight_files_read_like_the_model(tmp_path):
     keras = _keras()
     layers = keras.layers
@@ -412,6 +413,7 @@ def imported_resnet18(tmp_path_factory):
     return root, out, pth, source
 
 
+@pytest.mark.slow
 def test_imported_run_loads_through_transfer(imported_resnet18):
     from research.train import transfer
 
@@ -451,6 +453,7 @@ def test_imported_run_loads_through_transfer(imported_resnet18):
     assert record["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
 
 
+@pytest.mark.slow
 def test_a_transfer_run_uses_the_sources_preprocessing_or_says_why_not(imported_resnet18, tmp_path):
     """loop.prepare_data: RGB data normalized with ImageNet's mean/std (not its own), and
     1-channel data refused in one line before anything is trained."""
@@ -484,6 +487,7 @@ def test_a_transfer_run_uses_the_sources_preprocessing_or_says_why_not(imported_
         loop.prepare_data(config)
 
 
+@pytest.mark.slow
 def test_imagenet_transfer_variant_uses_the_imported_run(imported_resnet18, monkeypatch):
     from research.sweep import space
 

@@ -163,6 +163,7 @@ def test_check_state_refuses_another_plan(both):
     train_stream(streamed).check_state(other, 5)
 
 
+@pytest.mark.slow
 def test_streamed_training_equals_device_training_and_resumes(both):
     """Same parameters, bit for bit: device gather, stream, and stream killed mid-epoch."""
     device, streamed = both

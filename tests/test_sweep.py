@@ -372,6 +372,7 @@ def test_a_trial_naming_an_unknown_stage_is_an_error():
         space.expand(config)
 
 
+@pytest.mark.slow
 def test_stage_runs_once_first_and_transfer_trials_start_from_it(tmp_path):
     workdir = str(tmp_path)
     config = stage_config()

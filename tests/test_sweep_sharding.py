@@ -114,6 +114,7 @@ def result():
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+@pytest.mark.slow
 def test_trial_axis_is_sharded_over_the_trials_mesh_axis(result):
     assert result["devices"] == 2
     sharded, single = result["sharded"], result["single"]
@@ -124,6 +125,7 @@ def test_trial_axis_is_sharded_over_the_trials_mesh_axis(result):
     assert single["shard_rows"] == [4]
 
 
+@pytest.mark.slow
 def test_sharded_trials_compute_what_one_device_computes(result):
     a, b = np.asarray(result["sharded"]["loss"]), np.asarray(result["single"]["loss"])
     assert a.shape == (4, 5)  # (trials, steps)
@@ -131,6 +133,7 @@ def test_sharded_trials_compute_what_one_device_computes(result):
     assert len({round(x, 6) for x in a[:, -1]}) == 4  # the trials really differ
 
 
+@pytest.mark.slow
 def test_a_group_pads_to_the_device_count_and_drops_the_padding(result):
     sharded, single = result["train_group"]["sharded"], result["train_group"]["single"]
     assert sharded["trials"] == 3 and single["trials"] == 4
