@@ -42,8 +42,12 @@ def main(argv) -> int:
     config, workdir = load_config(_CONFIG), _WORKDIR.value
     absl_logging.set_verbosity(absl_logging.WARNING)
     setup_environment(config)
+    import optuna
+
     from research.sweep import expand, run_sweep
     from research.train import Interrupted
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what each trial did
 
     if "sweep" not in config:
         fail("the config has no `sweep` section; start from research.sweep.get_sweep_config()")

@@ -20,7 +20,7 @@ a string (a tuple of classes, say) is the param's JSON text.
 Pruners (`sweep.pruner`) judge the validation metric at epoch ends (step =
 epochs done); a worker asks them after every epoch but the last:
 
-  * median: `MedianPruner(n_startup_trials=sweep.startup_trials,
+  * median: `MedianPruner(n_startup_trials=sweep.pruner_startup_trials,
     n_warmup_steps=sweep.pruner_min_epochs)`: below the median of the finished
     trials at that epoch;
   * successive_halving: `SuccessiveHalvingPruner(min_resource=
@@ -152,7 +152,7 @@ def pruner(config: ml_collections.ConfigDict) -> optuna.pruners.BasePruner:
     s = config.sweep
     if s.pruner == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=s.startup_trials, n_warmup_steps=s.pruner_min_epochs
+            n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_min_epochs
         )
     if s.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(

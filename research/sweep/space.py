@@ -97,12 +97,12 @@ def get_sweep_config() -> ml_collections.ConfigDict:
     s.grids = ()  # tuple of sub-grids (dicts field -> values); their union x axes
     s.num_samples = 0  # random: trials drawn without replacement (0: all); tpe: trials run
     s.sample_seed = 0  # random: seed of the draw; tpe: seed of the sampler
-    # tpe: random trials before TPE models the results; median: finished trials before it judges
-    s.startup_trials = 5
+    s.startup_trials = 5  # tpe: random trials before TPE models the results
     # Early stopping, judged on the validation metric at each epoch end: "none", "median"
     # (below the median of finished trials at that epoch) or "successive_halving".
     s.pruner = "none"
     s.pruner_min_epochs = 1  # epochs every trial trains before a pruner may stop it
+    s.pruner_startup_trials = 3  # median: trials that finish before it judges any
     s.reduction_factor = 3  # successive_halving: keep the best 1/this at each rung
     # A pruner judges a trial against all others, so in a grid that compares optimizers a
     # slow starter would be stopped by a fast one: refused unless this is True.
@@ -441,6 +441,7 @@ def check_sweep_fields(config: ml_collections.ConfigDict) -> None:
         ("group_size", 1),
         ("startup_trials", 0),
         ("pruner_min_epochs", 0),
+        ("pruner_startup_trials", 0),
         ("reduction_factor", 2),
     ):
         _check_number(s, field, minimum)

@@ -78,8 +78,6 @@ OPERATIONAL_FIELDS = (
     "grace_seconds",
 )
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 def storage_url(setting: str, workdir: str) -> str:
     """The storage `sweep.storage = setting` names, as a URL or a journal file path."""
@@ -200,7 +198,7 @@ class Sweep:
     Attributes:
       url: the storage (a journal file path or a database URL).
       name: the trials' study name (`study_name`).
-      trials: the trials' study; `stages` the `sweep.pretrain` stages' study.
+      trials: the trials' study; `stages` the `sweep.pretrain` stages' study (None: none).
       created: this worker created the trials' study (and so enqueues its trials).
       stages_created: this worker created the stages' study.
       metric, direction: `objective(config)`.
@@ -211,7 +209,7 @@ class Sweep:
     url: str
     name: str
     trials: optuna.Study
-    stages: optuna.Study
+    stages: optuna.Study | None
     created: bool
     stages_created: bool
     metric: str
@@ -230,7 +228,9 @@ def open_sweep(config, workdir: str, *, sampler=None, pruner=None) -> Sweep:
     name = study_name(config)
     metric, direction = objective(config)
     study, created = _create_or_load(name, storage, direction, sampler, pruner)
-    stages, stages_created = _create_or_load(f"{name}.pretrain", storage, direction)
+    stages, stages_created = None, False
+    if len(config.sweep.pretrain):
+        stages, stages_created = _create_or_load(f"{name}.pretrain", storage, direction)
     fields = _sweep_fields(config)
     here = os.path.abspath(workdir)
     if created:
