@@ -309,13 +309,15 @@ def test_the_study_holds_params_values_and_results_and_a_changed_field_is_a_new_
 # ------------------------------------------------------------------ pruning in the engine
 
 
-def test_the_engines_on_epoch_hook_stops_one_trial_and_the_others_go_on(tmp_path):
+@pytest.mark.parametrize("parallel", ["sequential", pytest.param("vmap", marks=pytest.mark.slow)])
+def test_the_engines_on_epoch_hook_stops_one_trial_and_the_others_go_on(tmp_path, parallel):
     config = sweep_config()
     config.num_epochs = 2
     config.sweep.axes = {"seed": (0, 1)}
     a, b = (t.config for t in space.expand(config))
     splits = pipeline.prepare(data.load("digits"), val_size=0.1)
     run = loop.build_run(a, splits=splits)
+    programs = engine.build_programs(run, parallel)
     seen = []
 
     def on_epoch(epoch, val):
@@ -323,18 +325,25 @@ def test_the_engines_on_epoch_hook_stops_one_trial_and_the_others_go_on(tmp_path
         return {1} if epoch == 1 else set()
 
     members = [engine.Member(a, str(tmp_path / "a")), engine.Member(b, str(tmp_path / "b"))]
-    outcomes = engine.train(run, members, on_epoch=on_epoch)
-    alone = engine.train(run, [engine.Member(a, str(tmp_path / "alone"))])
+    outcomes = engine.train(run, members, programs=programs, on_epoch=on_epoch)
+    # The same group without the hook (on "vmap" the trials share one program, so
+    # "untouched" means: the same bits as in that group).
+    plain = [engine.Member(a, str(tmp_path / "a2")), engine.Member(b, str(tmp_path / "b2"))]
+    reference = engine.train(run, plain, programs=programs)
     done, pruned = (o.results for o in outcomes)
     spe = run.steps_per_epoch
-    # Sequential: a trains (epochs 1, 2), then b, stopped after its first epoch.
-    assert [(e, live) for e, live, _ in seen] == [(1, [0]), (2, [0]), (1, [1])]
+    if parallel == "sequential":  # a trains (epochs 1, 2), then b, stopped after epoch 1
+        assert [(e, live) for e, live, _ in seen] == [(1, [0]), (2, [0]), (1, [1])]
+    else:  # both train at once; b is frozen after epoch 1
+        assert [(e, live) for e, live, _ in seen] == [(1, [0, 1]), (2, [0])]
+    judged = next(v[1] for e, live, v in seen if 1 in live)
     assert pruned["status"] == "pruned" and pruned["pruned_step"] == spe
     assert pruned["steps"] == spe and pruned["epochs"] == 1
-    assert pruned["val_accuracy"] == seen[2][2][1]  # what the hook judged it on
+    assert pruned["val_accuracy"] == judged  # what the hook judged it on
     assert "test_accuracy" not in pruned
     assert done["status"] == "done" and done["steps"] == 2 * spe
-    assert done["params_sha256"] == alone[0].results["params_sha256"]  # untouched by the hook
+    assert done["params_sha256"] == reference[0].results["params_sha256"]  # untouched by the hook
+    assert reference[1].results["status"] == "done"
     with open(tmp_path / "b" / "results.json") as f:
         assert json.load(f)["status"] == "pruned"
 
