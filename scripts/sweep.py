@@ -62,8 +62,9 @@ def main(argv) -> int:
     except OSError as err:
         fail(describe_os_error(err) + "; finished trials are kept", EXIT_OS_ERROR)
     pruned = f" ({len(done['pruned'])} pruned)" if done["pruned"] else ""
+    recorded = f", recorded {len(done['recorded'])} from results.json" if done["recorded"] else ""
     print(
-        f"ran {len(done['ran'])}{pruned}, skipped {len(done['skipped'])} finished, of "
+        f"ran {len(done['ran'])}{pruned}{recorded}, skipped {len(done['skipped'])} finished, of "
         f"{done['trials']} trials ({done['parallel']}) in {done['seconds']:.0f} s"
     )
     with open(os.path.join(workdir, "summary.md")) as f:

@@ -43,6 +43,7 @@ config)` with one `storage.Record` per trial of the sweep, read from the storage
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -157,9 +158,10 @@ def run_sweep(
 
     Returns:
       `{"trials": n, "ran": ids trained here, "skipped": ids finished before,
-      "pruned": ids pruned here, "taken_over": ids taken over here, "stages":
-      stage ids trained here, "parallel": path, "study": name, "storage": where,
-      "seconds": wall time}`.
+      "recorded": ids whose results.json was there but not in the study (told
+      here without training), "pruned": ids pruned here, "taken_over": ids
+      taken over here, "stages": stage ids trained here, "parallel": path,
+      "study": name, "storage": where, "seconds": wall time}`.
 
     Raises:
       ValueError: a bad sweep or trial config, or storage (the message names it).
@@ -201,6 +203,7 @@ def run_sweep(
         "trials": len(records),
         "ran": worker.ran,
         "skipped": skipped,
+        "recorded": worker.recorded,
         "pruned": worker.pruned,
         "taken_over": worker.taken_over,
         "stages": worker.stages_ran,
@@ -219,6 +222,7 @@ class _Worker:
         self.mode, self.grid, self.tpe, self.echo = mode, grid, tpe, echo
         self.named = space.stages(config)
         self.base = space.base_config(config)
+        self.scope = space.trial_scope(config)
         self.grace = config.sweep.grace_seconds
         self.poll = min(max(config.sweep.heartbeat_seconds / 2, 0.05), 5.0)
         self.size = config.sweep.group_size if mode == "vmap" else 1
@@ -226,6 +230,7 @@ class _Worker:
         self.by_id = {t.id: t for t in grid}
         self.queue = storage.Queue(sweep.trials, beats, grace_seconds=self.grace)
         self.ran: list[str] = []
+        self.recorded: list[str] = []  # finished before, told here from their results.json
         self.pruned: list[str] = []
         self.taken_over: list[str] = []
         self.stages_ran: list[str] = []
@@ -262,7 +267,8 @@ class _Worker:
         """The sweep trial an Optuna trial runs."""
         key = storage.trial_key(frozen)
         if key not in self.by_id:
-            trial = space.make_trial(self.base, self.tpe.point(frozen.params), self.named, 0)
+            point = self.tpe.point(frozen.params)
+            trial = space.make_trial(self.base, point, self.named, 0, self.scope)
             if trial.id != key:
                 raise RuntimeError(f"trial #{frozen.number}: params {frozen.params} are not {key}")
             self.by_id[key] = trial
@@ -385,7 +391,7 @@ class _Worker:
                 # Seeded by the trial's number: see research.sweep.search.
                 study.sampler = search.sampler(self.config, trial.number)
                 point = self.tpe.propose(trial)
-                chosen = space.make_trial(self.base, point, self.named, trial.number)
+                chosen = space.make_trial(self.base, point, self.named, trial.number, self.scope)
                 trial.set_user_attr("overrides", space._plain(chosen.overrides))
                 trial.set_user_attr("trial_id", chosen.id)
                 self.by_id[chosen.id] = chosen
@@ -423,6 +429,9 @@ class _Worker:
 
     def _train_group(self, queue, frozen: list[FrozenTrial]) -> None:
         study = self.sweep.trials
+        frozen = [t for t in frozen if not self._recorded(queue, t)]
+        if not frozen:
+            return
         trials = [self._trial(t) for t in frozen]
         handles = [optuna.Trial(study, t._trial_id) for t in frozen]
         pruning = self.config.sweep.pruner != "none"
@@ -434,7 +443,8 @@ class _Worker:
                 if value is None or not math.isfinite(value):
                     continue
                 try:
-                    handles[i].report(value, epoch)
+                    if epoch not in frozen[i].intermediate_values:  # a retry's are carried over
+                        handles[i].report(value, epoch)
                     # Not after the last epoch: there is nothing left to save.
                     last = epoch >= trials[i].config.num_epochs
                     if pruning and not last and handles[i].should_prune():
@@ -464,7 +474,8 @@ class _Worker:
             raise
         for t, trial, handle, outcome in zip(frozen, trials, handles, outcomes, strict=True):
             r = outcome.results
-            told = self._tell(queue, t, handle, trial_dir(self.workdir, trial), r, run)
+            folder = trial_dir(self.workdir, trial)
+            told = self._tell(t, handle, folder, r, run.steps_per_epoch)
             self.ran.append(trial.id)
             if r["status"] == "pruned":
                 self.pruned.append(trial.id)
@@ -474,6 +485,38 @@ class _Worker:
                 f"test_accuracy={_fmt(r.get('test_accuracy'))} "
                 f"({r['wall_seconds']:.1f} s){'' if told else ' [taken over: not counted]'}"
             )
+
+    def _recorded(self, queue, frozen: FrozenTrial) -> bool:
+        """Tells a claimed trial whose folder already has its results.json; True if it did.
+
+        The engine writes results.json last, so its presence means the trial
+        finished: its worker died before telling the study, or another sweep
+        with the same trial (the same config, hence the same folder) ran it.
+        """
+        trial = self._trial(frozen)
+        folder = trial_dir(self.workdir, trial)
+        path = os.path.join(folder, "results.json")
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            results = json.load(f)
+        handle = optuna.Trial(self.sweep.trials, frozen._trial_id)
+        key = f"val_{self.metric_key}"
+        for record in outputs.read_jsonl(os.path.join(folder, "metrics.jsonl")):
+            value = record.get(key)
+            epoch = record.get("epoch")
+            known = frozen.intermediate_values  # a retry carries the epochs reported before
+            if isinstance(value, float) and math.isfinite(value) and epoch not in known:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    handle.report(value, int(epoch))
+        spe = results["steps"] / results["epochs"] if results.get("epochs") else None
+        self._tell(frozen, handle, folder, results, int(round(spe)) if spe else None)
+        self.recorded.append(trial.id)
+        self.echo(
+            f"trial {trial.id} {_overrides_line(trial.overrides)}: {results['status']} "
+            f"(its results.json was there: recorded without training)"
+        )
+        return True
 
     def _hand_back(self, queue, frozen: list[FrozenTrial], why: str) -> None:
         """Fails this worker's trials and enqueues each again, for any worker to resume."""
@@ -486,7 +529,7 @@ class _Worker:
                     intermediate_values=dict(fresh[t.number].intermediate_values),
                 )
 
-    def _tell(self, queue, frozen, handle, folder: str, results: dict, run) -> bool:
+    def _tell(self, frozen, handle, folder: str, results: dict, steps_per_epoch) -> bool:
         """Records a trained trial's results on its Optuna trial; False if taken over."""
         study = self.sweep.trials
         attrs = outputs.finite(dict(results))
@@ -494,7 +537,7 @@ class _Worker:
         losses = [r["train_loss"] for r in records if "train_loss" in r]
         attrs.update(
             final_train_loss=outputs.finite(losses[-1]) if losses else None,
-            steps_per_epoch=run.steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
             workdir=os.path.abspath(folder),
         )
         try:
@@ -595,7 +638,8 @@ def _records(config, grid, tpe, trials: list[FrozenTrial]) -> list[storage.Recor
         base, named = space.base_config(config), space.stages(config)
         slots = [t for t in _slots(trials)[: config.sweep.num_samples] if t.params]
         wanted = [
-            space.make_trial(base, tpe.point(t.params), named, i) for i, t in enumerate(slots)
+            space.make_trial(base, tpe.point(t.params), named, i, space.trial_scope(config))
+            for i, t in enumerate(slots)
         ]
     return storage.records(wanted, trials)
 

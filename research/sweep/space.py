@@ -217,6 +217,44 @@ def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k.split(".")[0] not in outputs.COSMETIC_FIELDS}
 
 
+# Sweep fields that change how a sweep is run or reported, not which trials it runs
+# or what they compute: they are not part of `sweep_id`.
+OPERATIONAL_FIELDS = (
+    "report",
+    "parallel",
+    "group_size",
+    "target_accuracy",
+    "storage",
+    "heartbeat_seconds",
+    "grace_seconds",
+)
+
+
+def sweep_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config_fields` of a sweep config without its `OPERATIONAL_FIELDS`."""
+    return {
+        k: v
+        for k, v in config_fields(config).items()
+        if not (k.startswith("sweep.") and k.split(".")[1] in OPERATIONAL_FIELDS)
+    }
+
+
+def sweep_id(config: ml_collections.ConfigDict) -> str:
+    """`trial_id` of `sweep_fields`: the sweep's identity (its study's name)."""
+    return trial_id(sweep_fields(config))
+
+
+def trial_scope(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """What a trial's id covers beyond its own config: its sweep, when a pruner runs.
+
+    A trial's results depend on its config alone, so trials of different sweeps
+    with the same config share a folder (and its results). With a pruner they
+    do not: whether a trial is stopped depends on the other trials, so its
+    folder belongs to its sweep.
+    """
+    return {"sweep": sweep_id(config)} if config.sweep.pruner != "none" else {}
+
+
 def config_id(config: ml_collections.ConfigDict, **extra) -> str:
     """`trial_id` of the whole config (`config_fields`) plus `extra` fields.
 
@@ -365,8 +403,9 @@ def expand(config: ml_collections.ConfigDict) -> list[Trial]:
     base = base_config(config)
     named = stages(config)
     trials, seen = [], {}
+    scope = trial_scope(config)
     for point in grid:
-        trial = make_trial(base, point, named, len(trials))
+        trial = make_trial(base, point, named, len(trials), scope)
         if trial.id in seen:
             continue
         seen[trial.id] = True
@@ -381,8 +420,11 @@ def make_trial(
     point: Mapping[str, Any],
     named: Mapping[str, Stage],
     index: int,
+    scope: Mapping[str, str] | None = None,
 ) -> Trial:
     """The trial of one point (dotted field -> value) of the sweep, its config validated.
+
+    `scope` (`trial_scope`) enters the id beside the config.
 
     Raises:
       ValueError: naming the trial's overrides and the bad field or value.
@@ -403,7 +445,8 @@ def make_trial(
     except ValueError as e:
         raise ValueError(f"trial {overrides}: {e}") from None
     # A trial's id covers its stage's id: a changed stage means new trials.
-    tid = config_id(cfg, **({"sweep.pretrain": named[stage].id} if stage else {}))
+    extra = {"sweep.pretrain": named[stage].id} if stage else {}
+    tid = config_id(cfg, **extra, **{f"scope.{k}": v for k, v in (scope or {}).items()})
     return Trial(tid, index, overrides, cfg, stage)
 
 

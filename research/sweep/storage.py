@@ -66,18 +66,6 @@ JOURNAL_NAME = "optuna.journal"  # the default storage: a journal file in the sw
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.WAITING, TrialState.RUNNING)
 
-# Sweep fields that change how a sweep is run or reported, not which trials it runs
-# or what they compute: they are not part of the study's name.
-OPERATIONAL_FIELDS = (
-    "report",
-    "parallel",
-    "group_size",
-    "target_accuracy",
-    "storage",
-    "heartbeat_seconds",
-    "grace_seconds",
-)
-
 
 def storage_url(setting: str, workdir: str) -> str:
     """The storage `sweep.storage = setting` names, as a URL or a journal file path."""
@@ -141,23 +129,15 @@ def _immediate_transactions(engine) -> None:
     engine.dispose()  # connections opened before the listeners are dropped
 
 
-def _sweep_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    fields = space.config_fields(config)
-    return {
-        k: v
-        for k, v in fields.items()
-        if not (k.startswith("sweep.") and k.split(".")[1] in OPERATIONAL_FIELDS)
-    }
-
-
 def study_name(config: ml_collections.ConfigDict) -> str:
     """`sweep-<hash>` of the sweep config: the base config, the axes and the search.
 
-    Cosmetic fields (`progress`, ...) and `OPERATIONAL_FIELDS` are left out, so
-    the same sweep run with another storage, path or report is the same study,
-    and any change to what its trials compute is a new one.
+    `space.sweep_id`: cosmetic fields (`progress`, ...) and
+    `space.OPERATIONAL_FIELDS` are left out, so the same sweep run with another
+    storage, path or report is the same study, and any change to which trials
+    run or what they compute is a new one.
     """
-    return f"sweep-{space.trial_id(_sweep_fields(config))}"
+    return f"sweep-{space.sweep_id(config)}"
 
 
 def objective(config: ml_collections.ConfigDict) -> tuple[str, str]:
@@ -231,7 +211,7 @@ def open_sweep(config, workdir: str, *, sampler=None, pruner=None) -> Sweep:
     stages, stages_created = None, False
     if len(config.sweep.pretrain):
         stages, stages_created = _create_or_load(f"{name}.pretrain", storage, direction)
-    fields = _sweep_fields(config)
+    fields = space.sweep_fields(config)
     here = os.path.abspath(workdir)
     if created:
         study.set_user_attr("config", json.loads(config.to_json_best_effort(sort_keys=True)))
