@@ -98,12 +98,18 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 120}  # seconds a writer waits for the lock
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except (ImportError, ModuleNotFoundError) as err:
-        raise ValueError(f"sweep.storage={shown(url)!r}: {err}") from None
-    except Exception as err:  # a bad URL or an unreachable server: one line names it
-        raise ValueError(f"sweep.storage={shown(url)!r} cannot be opened: {err}") from None
+    for attempt in range(5):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            break
+        except (ImportError, ModuleNotFoundError) as err:
+            raise ValueError(f"sweep.storage={shown(url)!r}: {err}") from None
+        except Exception as err:  # a bad URL or an unreachable server: one line names it
+            # Workers that start together on a new database race to create its tables:
+            # the losers fail once, then find them made.
+            if attempt == 4:
+                raise ValueError(f"sweep.storage={shown(url)!r} cannot be opened: {err}") from None
+            time.sleep(0.5 * (attempt + 1))
     if url.startswith("sqlite"):
         _immediate_transactions(storage.engine)
     return storage
