@@ -40,6 +40,29 @@ Run time on a 2-core CPU: small 50 min (84 trials + 2 pretrainings, ~20-35 s
 per trial, measured while two other sweeps shared the CPU, load 5-6). Full: a GPU.
 The report (research/studies/freezing.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_target_size.png.
+
+ImageNet variants (`imagenet_resnet18`, `imagenet_vgg16`; a connected machine
+with a GPU): the lectures' study with real pretrained networks. torchvision's
+ImageNet weights, imported as a finished run, -> CIFAR-10 (10 classes, a fresh
+head) at 100 / 1,000 / all 49,000 target examples, every strategy (scratch,
+both linear probes, freeze_first_n at three depths, finetune,
+finetune_lower_lr), 3 seeds: 72 trials per model. Commands, from the repo root:
+  python scripts/import_weights.py --source torchvision --model resnet18 \
+      --out runs/pretrained/resnet18_torchvision
+  python scripts/sweep.py --config experiments/compare_freezing.py:imagenet_resnet18 \
+      --workdir runs/compare_freezing_imagenet_resnet18
+(and the same with vgg16 / vgg16_torchvision / imagenet_vgg16). Inputs follow
+research/models/pretrained/preprocessing.py: CIFAR-10 stays 32x32 (no resizing;
+ResNet-18's last stage then sees 1x1 maps, VGG-16's adaptive pool repeats its
+1x1 map to 7x7), and pixels are normalized with ImageNet's mean/std once the
+training engine applies `preprocessing_for(DIR)` (until then with CIFAR-10's
+own, which differ by less than 0.03). Expected shape of the result (not yet run,
+no GPU here): pretrained beats scratch most where data is scarce, i.e. at 100
+examples the pretrained probe and fine-tuning are far above scratch and the
+random-init probe, the gap shrinks at 1,000 and is smallest with all 49,000;
+freezing more layers costs least with 100 examples and most with all of them.
+On this CPU, tests/test_pretrained.py checks the path (import a random-weight
+ResNet-18, expand this variant, load the folder into the CIFAR model).
 """
 
 from research.sweep import get_sweep_config
@@ -52,54 +75,74 @@ LR = 1e-3  # Adam's ε for strategies that train convolution layers (the head's 
 # finetune_lower_lr, whose backbone gets transfer.backbone_lr_scale = 0.1 of it)
 PROBE_LR = 1e-2  # ε for the linear probes (see `strategies`)
 
+# "pretrained": the `transfer.pretrained` of the pair's transfer trials.
 PAIRS = {
-    "similar": {"data.name": "mnist", "data.classes": TARGET_CLASSES, "pretrain": "mnist_0to4"},
-    "different": {"data.name": "fashion_mnist", "data.classes": (), "pretrain": "mnist"},
+    "similar": {
+        "data.name": "mnist",
+        "data.classes": TARGET_CLASSES,
+        "pretrained": "pretrain:mnist_0to4",
+    },
+    "different": {"data.name": "fashion_mnist", "data.classes": (), "pretrained": "pretrain:mnist"},
+}
+# Adam's ε per transfer.strategy (see `strategies`).
+LRS = {
+    "scratch": LR,
+    "linear_probe": PROBE_LR,
+    "freeze_first_n": LR,
+    "finetune": LR,
+    "finetune_lower_lr": LR,
+}
+
+# The imagenet_* variants: ImageNet-pretrained torchvision networks -> CIFAR-10. The folders
+# `scripts/import_weights.py --out` writes (relative to where the sweep runs, the repo root).
+IMAGENET_PRETRAINED = {
+    "resnet18": "runs/pretrained/resnet18_torchvision",
+    "vgg16": "runs/pretrained/vgg16_torchvision",
+}
+# freeze_first_n's N: ResNet-18 stem_conv / + stage1 (4 convs) / + stage2 (4 convs + the
+# projection); VGG-16 block1 (2 convs) / blocks 1-2 / blocks 1-3.
+IMAGENET_FREEZE_N = {"resnet18": (1, 5, 10), "vgg16": (2, 4, 7)}
+# ε: from random init 1e-3 (scratch and probes); pretrained layers 1e-4, so the first
+# steps, driven by a random head, do not wash out the ImageNet features;
+# finetune_lower_lr: head 1e-3, backbone 0.1 of it = 1e-4 (transfer.backbone_lr_scale).
+IMAGENET_LRS = {
+    "scratch": 1e-3,
+    "linear_probe": 1e-3,
+    "freeze_first_n": 1e-4,
+    "finetune": 1e-4,
+    "finetune_lower_lr": 1e-3,
 }
 
 
-def strategies(freeze_n=(1, 2, 3)) -> dict[str, dict]:
+def strategies(freeze_n=(1, 2, 3), lrs=LRS) -> dict[str, dict]:
     """Strategy label -> transfer fields and ε; "pretrained": False trains from random init.
 
     A linear probe trains one linear layer on fixed features, a convex problem
     that wants a larger step than training convolutions: at ε = 1e-3 both probes
     were still far from converged after 80-100 steps (pretrained probe 0.57 test
-    accuracy on digits 5-9 with 100 examples, vs 0.84 at ε = 1e-2), so probes use
-    `PROBE_LR` and every strategy that trains convolution layers `LR`.
+    accuracy on digits 5-9 with 100 examples, vs 0.84 at ε = 1e-2), so in the
+    MNIST variants probes use `PROBE_LR` and every strategy that trains
+    convolution layers `LR` (`LRS`; the imagenet variants: `IMAGENET_LRS`).
     """
+
+    def strategy(name: str, n: int = 0, pretrained: bool = True) -> dict:
+        return {"strategy": name, "n": n, "pretrained": pretrained, "lr": lrs[name]}
+
     return {
-        "scratch": {"strategy": "scratch", "n": 0, "pretrained": False, "lr": LR},
-        "linear_probe_random_init": {
-            "strategy": "linear_probe",
-            "n": 0,
-            "pretrained": False,
-            "lr": PROBE_LR,
-        },
-        "linear_probe": {"strategy": "linear_probe", "n": 0, "pretrained": True, "lr": PROBE_LR},
-        **{
-            f"freeze_first_{n}": {
-                "strategy": "freeze_first_n",
-                "n": n,
-                "pretrained": True,
-                "lr": LR,
-            }
-            for n in freeze_n
-        },
-        "finetune": {"strategy": "finetune", "n": 0, "pretrained": True, "lr": LR},
-        "finetune_lower_lr": {
-            "strategy": "finetune_lower_lr",
-            "n": 0,
-            "pretrained": True,
-            "lr": LR,
-        },
+        "scratch": strategy("scratch", pretrained=False),
+        "linear_probe_random_init": strategy("linear_probe", pretrained=False),
+        "linear_probe": strategy("linear_probe"),
+        **{f"freeze_first_{n}": strategy("freeze_first_n", n) for n in freeze_n},
+        "finetune": strategy("finetune"),
+        "finetune_lower_lr": strategy("finetune_lower_lr"),
     }
 
 
-def _grids(sizes: dict[int, dict], freeze_n):
+def _grids(sizes: dict[int, dict], freeze_n, pairs=PAIRS, lrs=LRS):
     """Every pair x strategy x target size, with the size's batch size and epochs."""
     grids = []
-    for pair in PAIRS.values():
-        for s in strategies(freeze_n).values():
+    for pair in pairs.values():
+        for s in strategies(freeze_n, lrs).values():
             for size, schedule in sizes.items():
                 grids.append(
                     {
@@ -111,9 +154,7 @@ def _grids(sizes: dict[int, dict], freeze_n):
                         "optim.learning_rate": (s["lr"],),
                         "transfer.strategy": (s["strategy"],),
                         "transfer.n": (s["n"],),
-                        "transfer.pretrained": (
-                            f"pretrain:{pair['pretrain']}" if s["pretrained"] else "",
-                        ),
+                        "transfer.pretrained": (pair["pretrained"] if s["pretrained"] else "",),
                     }
                 )
     return tuple(grids)
@@ -133,6 +174,8 @@ def get_config(arg: str = "small"):
     config.log_every_steps = 0  # one log line per epoch
     config.checkpoint_every_epochs = 0  # the final checkpoint only (stages need it)
     config.progress = False
+    if arg.removeprefix("imagenet_") in IMAGENET_PRETRAINED:
+        return _imagenet(config, arg.removeprefix("imagenet_"))
     if arg == "small":
         # LeNet-5 (2 convolution layers: N = 1, 2) is ~10x cheaper than lecture_cnn on a CPU,
         # where every transfer trial compiles its own program.
@@ -160,7 +203,8 @@ def get_config(arg: str = "small"):
         }
         seeds = (0, 1, 2)
     else:
-        raise ValueError(f"compare_freezing.py:{arg}: unknown variant; use small or full")
+        variants = ", ".join(["small", "full", *(f"imagenet_{m}" for m in IMAGENET_PRETRAINED)])
+        raise ValueError(f"compare_freezing.py:{arg}: unknown variant; use one of {variants}")
     config.sweep.pretrain = {
         "mnist_0to4": {
             **source,
@@ -170,5 +214,27 @@ def get_config(arg: str = "small"):
     }
     config.sweep.grids = _grids(sizes, freeze_n)
     config.sweep.axes = {"seed": seeds}
+    config.sweep.parallel = "sequential"
+    return config
+
+
+def _imagenet(config, model: str):
+    """ImageNet-pretrained `model` (torchvision's weights, imported) -> CIFAR-10, for a GPU."""
+    config.model.name = model  # the published architecture: no CIFAR stem, so the weights fit
+    config.data.augment = True  # random crop + flip, for every strategy alike
+    pairs = {
+        "imagenet": {
+            "data.name": "cifar10",
+            "data.classes": (),
+            "pretrained": IMAGENET_PRETRAINED[model],
+        }
+    }
+    sizes = {  # target examples -> schedule
+        100: {"batch_size": 25, "num_epochs": 40},  # 160 steps
+        1000: {"batch_size": 50, "num_epochs": 10},  # 200 steps
+        0: {"batch_size": 128, "num_epochs": 3},  # all 49,000: ~1,150 steps
+    }
+    config.sweep.grids = _grids(sizes, IMAGENET_FREEZE_N[model], pairs, IMAGENET_LRS)
+    config.sweep.axes = {"seed": (0, 1, 2)}
     config.sweep.parallel = "sequential"
     return config

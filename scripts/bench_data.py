@@ -21,10 +21,12 @@ Part "train": training examples per second of LeNet-5 on MNIST and of a narrow
 ResNet-18 (width 16, CIFAR stem) on CIFAR-10 with augmentation on the device,
 `data.loader="device"` (the split on the device, each step gathering its batch)
 against `"stream"` (`TrainStream`, workers 0, read_threads 2, prefetch 2: each
-chunk read, put on the device ahead and fed to the same `train_chunk`). Both run
-the same chunks of the same plan; the first chunk (compilation, pipeline start) is
-not timed; the paths alternate, `--repeats` times, and the median is reported.
-The cost is `1 - stream / device`.
+chunk read and put on the device ahead of the step). Both are one epoch of the
+training engine (`loop.train_and_evaluate`, evaluation included but not timed)
+over `(chunks + 1) * chunk_steps * batch` training examples: the same batches, so
+the same parameters; its `examples_per_second` leaves out the first chunk
+(compilation, pipeline start). The paths alternate, `--repeats` times, and the
+median is reported. The cost is `1 - stream / device`.
 
 Prints markdown tables with the load average before and after.
 """
@@ -32,7 +34,6 @@ Prints markdown tables with the load average before and after.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import time
@@ -205,71 +206,39 @@ def _host_row(row, args) -> str:
 
 
 def bench_train(model_name: str, args) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import optax
+    """Runs the engine (`loop.train_and_evaluate`) on each path and reads its throughput.
 
-    from research import models
-    from research.data import pipeline, stream
-    from research.train.steps import make_steps
+    `examples_per_second` of results.json excludes the first chunk (compilation,
+    pipeline start); the paths alternate, `--repeats` times, each in a new workdir.
+    """
+    import tempfile
+
+    from research.train import loop
 
     dataset, overrides, augment = TRAIN_MODELS[model_name]
-    cfg = _data_config(dataset)
-    device_splits = pipeline.from_config(cfg)
-    stream_splits = stream.open_splits(cfg)
-    model = models.create(model_name, num_classes=10, **overrides)
-    steps = make_steps(
-        model,
-        optax.sgd(0.01, momentum=0.9),
-        input_shape=device_splits.input_shape,
-        augment=augment,
-    )
-    init_key, data_key, train_key = jax.random.split(jax.random.PRNGKey(0), 3)
-    loader = stream.TrainStream(
-        stream_splits.train,
-        data_key=data_key,
-        batch_size=args.batch,
-        remainder="drop",
-        chunk=args.chunk_steps,
-        num_epochs=1,
-        mesh=steps.mesh,
-        read_threads=args.read_threads,
-        prefetch=2,
-    )
-    plans = list(itertools.islice(loader.plans(), 1 + args.chunks))
-    images = jnp.asarray(device_splits.train.images)
-    labels = jnp.asarray(device_splits.train.labels)
-    examples = args.chunks * args.chunk_steps * args.batch
-
-    def device_run():
-        state = steps.init(init_key, train_key)
-        for i, plan in enumerate(plans):
-            if i == 1:
-                start = time.perf_counter()
-            state, metrics = steps.train_chunk(state, images, labels, jnp.asarray(plan.rows))
-            jax.device_get(metrics)  # the loop's one host sync per chunk
-        return examples / (time.perf_counter() - start), state
-
-    def stream_run():
-        state = steps.init(init_key, train_key)
-        with loader.chunks(0) as chunks:
-            for i, chunk in enumerate(itertools.islice(chunks, len(plans))):
-                if i == 1:
-                    start = time.perf_counter()
-                batches = stream.as_gather(chunk.images, chunk.labels)
-                state, metrics = steps.train_chunk(state, *batches)
-                jax.device_get(metrics)
-        return examples / (time.perf_counter() - start), state
-
-    from research.train.checkpoint import tree_sha256
-
     rates = {"device": [], "stream": []}
     shas = set()
     for _ in range(args.repeats):
-        for name, run in (("device", device_run), ("stream", stream_run)):
-            rate, state = run()
-            rates[name].append(rate)
-            shas.add(tree_sha256(state.params))
+        for loader in ("device", "stream"):
+            config = _data_config(dataset)
+            config.model.name = model_name
+            config.model.overrides = overrides
+            config.data.augment = augment
+            config.data.loader = loader
+            config.data.train_size = (args.chunks + 1) * args.chunk_steps * args.batch
+            config.data.read_threads = args.read_threads
+            config.batch_size = args.batch
+            config.log_every_steps = args.chunk_steps
+            config.num_epochs = 1
+            config.checkpoint_every_epochs = 0
+            config.eval_batch_size = 1000
+            config.progress = False
+            config.optim.name = "momentum"
+            config.optim.learning_rate = 0.01
+            with tempfile.TemporaryDirectory() as workdir:
+                results = loop.train_and_evaluate(config, workdir)
+            rates[loader].append(results["examples_per_second"])
+            shas.add(results["params_sha256"])
     device, streamed = (statistics.median(rates[k]) for k in ("device", "stream"))
     return {
         "model": model_name,

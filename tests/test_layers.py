@@ -4,13 +4,14 @@ Sections:
   1. Worked examples from the lecture notes (000-004), with the slides' numbers, each
      checked by hand in a comment.
   2. Output sizes and parameter counts (the lectures' exercises).
-  3. Agreement with an independent NumPy/SciPy reference on random configurations,
-     forward and gradient. The references below never call JAX.
+  3. Agreement with an independent NumPy/SciPy reference (tests/reference.py, which
+     never calls JAX) on random configurations, forward and gradient.
   4. dtype, jit and grad.
   5. Bad hyperparameters raise ValueError naming the argument, the value and the
      input shape before XLA is called.
-  6. The Flax modules, and a test parametrized over `LAYERS` so that a new layer is
-     tested by its registry line (plus one line in `LAYER_EXAMPLES`).
+  6. The Flax modules, and a test parametrized over `LAYERS`: a new layer is tested by
+     its registry line, which carries its example (`LayerSpec`), with no edit here.
+  7. Squeeze-and-excitation, with a worked example.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import signal
 
 from research.layers import (
     LAYERS,
@@ -32,8 +32,10 @@ from research.layers import (
     DepthwiseConv2D,
     Flatten,
     GlobalAvgPool,
+    LayerSpec,
     MaxPool2D,
     SeparableConv2D,
+    SqueezeExcite,
     avg_pool,
     conv2d,
     conv_algorithms,
@@ -42,7 +44,10 @@ from research.layers import (
     functional,
     max_pool,
     output_size,
+    squeeze_excite,
 )
+from tests.fast_tier import fast_jit
+from tests.reference import conv_ref_scipy, conv_ref_taps, pool_ref, ref_pads
 
 
 @pytest.fixture(autouse=True)
@@ -275,6 +280,35 @@ def test_multichannel_ocr_filters_fail_exactly_where_repaired():
     assert (out[wrong] != _MC_OUT[wrong]).all()
 
 
+def test_kernel_gradient_of_the_backward_pass_slide():
+    # Lecture notes 004, "How do we update filters?": a 3x3 input X and a 2x2 kernel W give
+    # a 2x2 output h, and each kernel gradient is X correlated with dL/dh,
+    #   dW_ab = sum_ij X_(i+a)(j+b) * dL/dh_ij   (0-indexed; the slide's dW_11 is
+    #   X_11 dh_11 + X_12 dh_12 + X_21 dh_21 + X_22 dh_22, 1-indexed).
+    # With X = [[1, 2, 3], [4, 5, 6], [7, 8, 9]] and dL/dh = [[1, 0], [-1, 2]]:
+    #   dW_00 = 1*1 + 2*0 + 4*-1 + 5*2 = 7     dW_01 = 2*1 + 3*0 + 5*-1 + 6*2 = 9
+    #   dW_10 = 4*1 + 5*0 + 7*-1 + 8*2 = 13    dW_11 = 5*1 + 6*0 + 8*-1 + 9*2 = 15
+    # and the bias gradient is sum_ij dL/dh_ij = 2. L = sum(h * dL/dh) has that upstream
+    # gradient, whatever W is.
+    x = _image([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    upstream = np.array([[1, 0], [-1, 2]], np.float32)[:, :, None]  # (2, 2, 1)
+    kernel = _hwio([[0.5, -1.0], [2.0, 0.25]])
+    loss = lambda k, b: jnp.sum(conv2d(x, k, b) * upstream)  # noqa: E731
+    d_kernel, d_bias = jax.grad(loss, argnums=(0, 1))(kernel, np.zeros(1, np.float32))
+    assert d_kernel.shape == (2, 2, 1, 1)
+    np.testing.assert_array_equal(d_kernel[:, :, 0, 0], [[7, 9], [13, 15]])
+    np.testing.assert_array_equal(d_bias, [2])
+    # The same sum, written out from the slide's formula.
+    by_formula = [
+        [
+            sum(x[i + a, j + b, 0] * upstream[i, j, 0] for i in (0, 1) for j in (0, 1))
+            for b in (0, 1)
+        ]
+        for a in (0, 1)
+    ]
+    np.testing.assert_array_equal(d_kernel[:, :, 0, 0], by_formula)
+
+
 _POOL_GRID = [[4, 3, 1, 5], [1, 3, 4, 8], [4, 5, 4, 3], [6, 5, 9, 4]]
 
 
@@ -462,115 +496,6 @@ def test_output_size_with_dilation_and_same():
 # =========================================================================== 3. reference
 
 
-def _ref_pads(padding, spatial, window, stride):
-    """Any accepted padding form -> ((top, bottom), (left, right)), written independently."""
-    if isinstance(padding, str):
-        if padding == "VALID":
-            return ((0, 0), (0, 0))
-        pads = []  # "SAME": output ceil(n / s), the odd pixel at the bottom / right (TF, XLA)
-        for n, f, s in zip(spatial, window, stride, strict=True):
-            total = max((math.ceil(n / s) - 1) * s + f - n, 0)
-            pads.append((total // 2, total - total // 2))
-        return tuple(pads)
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    if isinstance(padding[0], int):
-        return ((padding[0],) * 2, (padding[1],) * 2)
-    return tuple(tuple(p) for p in padding)
-
-
-def _pad_hw(x, pads, value=0.0):
-    return np.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
-
-
-def _conv_ref_scipy(x, k, b, stride, pads, dilation, groups):
-    """Forward with scipy.signal.correlate2d: dilation by zero-stuffing the kernel, stride
-    by subsampling the stride-1 result, groups by slicing channels."""
-    fh, fw, cig, c_out = k.shape
-    cog = c_out // groups
-    dk = np.zeros((dilation[0] * (fh - 1) + 1, dilation[1] * (fw - 1) + 1, cig, c_out))
-    dk[:: dilation[0], :: dilation[1]] = k
-    xp = _pad_hw(x, pads)
-    ho = (xp.shape[1] - dk.shape[0]) // stride[0] + 1
-    wo = (xp.shape[2] - dk.shape[1]) // stride[1] + 1
-    y = np.zeros((x.shape[0], ho, wo, c_out))
-    for n in range(x.shape[0]):
-        for o in range(c_out):
-            g = o // cog
-            for c in range(cig):
-                full = signal.correlate2d(xp[n, :, :, g * cig + c], dk[:, :, c, o], mode="valid")
-                y[n, :, :, o] += full[:: stride[0], :: stride[1]][:ho, :wo]
-    return y + b
-
-
-def _conv_ref_taps(x, k, stride, pads, dilation, groups, upstream=None):
-    """The lectures' formula as a loop over kernel taps (i, j):
-        y[n, p, q, o] += sum_c K[i, j, c, o] * xpad[n, p*s + i*d, q*s + j*d, g*cig + c].
-    With `upstream` w (dL/dy), also returns dL/dx and dL/dK by the same loop."""
-    fh, fw, cig, c_out = k.shape
-    cog = c_out // groups
-    (sh, sw), (dh, dw) = stride, dilation
-    xp = _pad_hw(x, pads)
-    ho = (xp.shape[1] - (dh * (fh - 1) + 1)) // sh + 1
-    wo = (xp.shape[2] - (dw * (fw - 1) + 1)) // sw + 1
-    y = np.zeros((x.shape[0], ho, wo, c_out))
-    gxp, gk = np.zeros_like(xp), np.zeros_like(k, dtype=np.float64)
-    for g in range(groups):
-        ci, co = slice(g * cig, (g + 1) * cig), slice(g * cog, (g + 1) * cog)
-        for i in range(fh):
-            for j in range(fw):
-                rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
-                cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
-                patch = xp[:, rows, cols, ci]  # (N, Ho, Wo, cig)
-                y[..., co] += patch @ k[i, j, :, co]
-                if upstream is not None:
-                    gk[i, j, :, co] = np.einsum("nhwc,nhwo->co", patch, upstream[..., co])
-                    gxp[:, rows, cols, ci] += upstream[..., co] @ k[i, j, :, co].T
-    if upstream is None:
-        return y
-    (top, _), (left, _) = pads
-    gx = gxp[:, top : top + x.shape[1], left : left + x.shape[2]]
-    return y, gx, gk
-
-
-def _pool_ref(x, window, stride, pads, kind, count_include_pad=False, upstream=None):
-    """Pooling by an explicit loop over output positions; `kind` is "max" or "avg".
-    With `upstream`, also returns dL/dx (max: routed to the arg-max; avg: spread evenly)."""
-    (fh, fw), (sh, sw) = window, stride
-    h, w = x.shape[1:3]
-    xp = _pad_hw(x, pads, -np.inf if kind == "max" else 0.0)
-    real = _pad_hw(np.ones((1, h, w, 1)), pads)[0, :, :, 0]  # 1 on input pixels, 0 on padding
-    ho, wo = (xp.shape[1] - fh) // sh + 1, (xp.shape[2] - fw) // sw + 1
-    y = np.zeros((x.shape[0], ho, wo, x.shape[3]))
-    gxp = np.zeros_like(xp)
-    for p in range(ho):
-        for q in range(wo):
-            rows, cols = slice(p * sh, p * sh + fh), slice(q * sw, q * sw + fw)
-            win = xp[:, rows, cols]  # (N, fh, fw, C)
-            if kind == "max":
-                y[:, p, q] = win.max(axis=(1, 2))
-                if upstream is not None:
-                    flat = win.reshape(win.shape[0], -1, win.shape[3])
-                    arg = flat.argmax(axis=1)  # (N, C); random inputs have no ties
-                    for n in range(win.shape[0]):
-                        for c in range(win.shape[3]):
-                            a, b = divmod(int(arg[n, c]), fw)
-                            gxp[n, p * sh + a, q * sw + b, c] += upstream[n, p, q, c]
-            else:
-                count = fh * fw if count_include_pad else real[rows, cols].sum()
-                y[:, p, q] = win.sum(axis=(1, 2)) / count
-                if upstream is not None:
-                    gxp[:, rows, cols] += upstream[:, p, q][:, None, None] / count
-    if upstream is None:
-        return y
-    (top, _), (left, _) = pads
-    return y, gxp[:, top : top + h, left : left + w]
-
-
-def _as_pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def _random_padding(rng, form, top):
     """One padding of the given form, at most `top = (top_h, top_w)` pixels a side."""
     if form == "int":
@@ -604,7 +529,7 @@ def _conv_cases(count, seed=20240917):
         spatial = (int(rng.integers(4, 12)), int(rng.integers(4, 12)))
         eff = tuple(d * (f - 1) + 1 for f, d in zip(kernel, dilation, strict=True))
         padding = _random_padding(rng, _FORMS[len(cases) % len(_FORMS)], (2, 2))
-        pads = _ref_pads(padding, spatial, eff, stride)
+        pads = ref_pads(padding, spatial, eff, stride)
         if any(n + lo + hi < f for n, (lo, hi), f in zip(spatial, pads, eff, strict=True)):
             continue  # the window does not fit; errors are tested separately
         batch = int(rng.integers(1, 3))
@@ -634,7 +559,7 @@ def _conv_inputs(case, seed):
     k = rng.normal(size=case["k_shape"]).astype(np.float32)
     b = rng.normal(size=case["k_shape"][-1:]).astype(np.float32)
     eff = tuple(d * (f - 1) + 1 for f, d in zip(case["k_shape"][:2], case["dilation"], strict=True))
-    pads = _ref_pads(case["padding"], case["x_shape"][1:3], eff, case["stride"])
+    pads = ref_pads(case["padding"], case["x_shape"][1:3], eff, case["stride"])
     return x, k, b, pads
 
 
@@ -651,12 +576,12 @@ def _call_conv(case, x, k, b, algorithm=None):
     )
 
 
-def _conv_algorithms(case) -> tuple[str, ...]:
-    """XLA's convolution and this backend's default algorithm (with groups > 1 every
-    algorithm runs "xla"). tests/test_conv_algorithms.py holds every registered
-    algorithm to XLA's result, so the NumPy reference vouches for all of them."""
-    if case["groups"] > 1:
-        return ("xla",)
+def _conv_algorithms() -> tuple[str, ...]:
+    """XLA's convolution and this backend's default algorithm, for every case: dense,
+    grouped and depthwise calls all go through the default algorithm (im2col on CPU
+    runs grouped and depthwise calls as a contraction per group / multiply-adds).
+    tests/test_conv_algorithms.py holds every registered algorithm to the same
+    references on its own cases."""
     return tuple(sorted({"xla", conv_algorithms.resolve_conv_algorithm(None)}))
 
 
@@ -668,18 +593,18 @@ def _close(actual, expected, scale, what=""):
 
 @functools.cache
 def _conv_jax(i):
-    """conv2d's output and gradients for CONV_CASES[i], for every conv algorithm, in one
-    jitted computation (one XLA compile per case, shared by the forward and gradient
-    tests). Returns the inputs and {algorithm: (y, (dL/dx, dL/dK, dL/db))}."""
+    """conv2d's output and gradients for CONV_CASES[i], with XLA's and the default conv
+    algorithm, in one jitted computation (one XLA compile per case, shared by the forward
+    and gradient tests). Returns the inputs and {algorithm: (y, (dL/dx, dL/dK, dL/db))}."""
     case = CONV_CASES[i]
     x, k, b, pads = _conv_inputs(case, seed=i)
     args = (case["stride"], pads, case["dilation"], case["groups"])
-    w = np.random.default_rng(1000 + i).normal(size=_conv_ref_taps(x, k, *args).shape)
+    w = np.random.default_rng(1000 + i).normal(size=conv_ref_taps(x, k, *args).shape)
     w = w.astype(np.float32)  # the upstream gradient dL/dy
 
     def run(x, k, b):
         results = {}
-        for name in _conv_algorithms(case):
+        for name in _conv_algorithms():
 
             def loss(x, k, b, name=name):
                 y = _call_conv(case, x, k, b, algorithm=name)
@@ -689,7 +614,7 @@ def _conv_jax(i):
             results[name] = (y, grads)
         return results
 
-    return (x, k, b, w, args), jax.jit(run)(x, k, b)
+    return (x, k, b, w, args), fast_jit(run)(x, k, b)
 
 
 _CONV_IDS = [_case_id(case) for case in CONV_CASES]
@@ -698,10 +623,10 @@ _CONV_IDS = [_case_id(case) for case in CONV_CASES]
 @pytest.mark.parametrize("i", range(len(CONV_CASES)), ids=_CONV_IDS)
 def test_conv2d_matches_numpy_reference(i):
     (x, k, b, _, args), results = _conv_jax(i)
-    expected = _conv_ref_scipy(x.astype(np.float64), k.astype(np.float64), b, *args)
+    expected = conv_ref_scipy(x.astype(np.float64), k.astype(np.float64), b, *args)
     # The two references agree with each other (so neither has an indexing slip).
-    np.testing.assert_allclose(_conv_ref_taps(x, k.astype(np.float64), *args) + b, expected)
-    scale = np.abs(_conv_ref_taps(np.abs(x), np.abs(k).astype(np.float64), *args)).max()
+    np.testing.assert_allclose(conv_ref_taps(x, k.astype(np.float64), *args) + b, expected)
+    scale = np.abs(conv_ref_taps(np.abs(x), np.abs(k).astype(np.float64), *args)).max()
     for name, (out, _) in results.items():
         assert out.shape == expected.shape and out.dtype == jnp.float32, name
         _close(out, expected, scale, name)
@@ -711,9 +636,9 @@ def test_conv2d_matches_numpy_reference(i):
 def test_conv2d_gradient_matches_numpy_reference(i):
     (x, k, _, w, args), results = _conv_jax(i)
     x64, k64, w64 = (a.astype(np.float64) for a in (x, k, w))
-    _, gx_ref, gk_ref = _conv_ref_taps(x64, k64, *args, upstream=w64)
-    scale_x = np.abs(_conv_ref_taps(x64, np.abs(k64), *args, upstream=np.abs(w64))[1]).max()
-    scale_k = np.abs(_conv_ref_taps(np.abs(x64), k64, *args, upstream=np.abs(w64))[2]).max()
+    _, gx_ref, gk_ref = conv_ref_taps(x64, k64, *args, upstream=w64)
+    scale_x = np.abs(conv_ref_taps(x64, np.abs(k64), *args, upstream=np.abs(w64))[1]).max()
+    scale_k = np.abs(conv_ref_taps(np.abs(x64), k64, *args, upstream=np.abs(w64))[2]).max()
     for name, (_, (gx, gk, gb)) in results.items():
         assert gx.shape == x.shape and gk.shape == k.shape, name
         _close(gx, gx_ref, scale_x, f"{name}: dL/dx")
@@ -727,7 +652,7 @@ def test_reference_handles_the_slide_example():
     x = np.array([[3, 0, 1, 2, 7, 4], [1, 5, 8, 9, 3, 1], [2, 7, 2, 5, 1, 3]], np.float64)[
         None, :, :, None
     ]
-    y = _conv_ref_scipy(x, _hwio(filters.VERTICAL_EDGE), 0.0, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    y = conv_ref_scipy(x, _hwio(filters.VERTICAL_EDGE), 0.0, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
     np.testing.assert_array_equal(y[0, 0, :, 0], [-5, -4, 0, 8])
 
 
@@ -741,7 +666,7 @@ def _pool_cases(count, seed=7):
         # Pooling pads stay below the window (a window of pure padding is an error).
         top = tuple(f - 1 for f in window)
         padding = _random_padding(rng, _FORMS[len(cases) % len(_FORMS)], top)
-        pads = _ref_pads(padding, spatial, window, stride or window)
+        pads = ref_pads(padding, spatial, window, stride or window)
         if any(n + lo + hi < f for n, (lo, hi), f in zip(spatial, pads, window, strict=True)):
             continue
         batch, channels = int(rng.integers(1, 3)), int(rng.integers(1, 4))
@@ -776,9 +701,9 @@ def _pool_jax(i):
     rng = np.random.default_rng(i)
     x = rng.normal(size=case["x_shape"]).astype(np.float32)
     stride = case["stride"] or case["window"]
-    pads = _ref_pads(case["padding"], case["x_shape"][1:3], case["window"], stride)
+    pads = ref_pads(case["padding"], case["x_shape"][1:3], case["window"], stride)
     ws = [  # one upstream gradient per kind
-        rng.normal(size=_pool_ref(x, case["window"], stride, pads, kind).shape).astype(np.float32)
+        rng.normal(size=pool_ref(x, case["window"], stride, pads, kind).shape).astype(np.float32)
         for kind, _, _ in POOL_KINDS
     ]
 
@@ -792,7 +717,7 @@ def _pool_jax(i):
             grads.append(jax.grad(lambda x, call=call, w=w: jnp.sum(call(x) * w))(x))
         return outs, grads
 
-    outs, grads = jax.jit(run)(x)
+    outs, grads = fast_jit(run)(x)
     return (x, stride, pads, ws), outs, grads
 
 
@@ -805,7 +730,7 @@ def test_pooling_matches_numpy_reference(i):
     window = POOL_CASES[i]["window"]
     for (kind, include, algorithm), out in zip(POOL_KINDS, outs, strict=True):
         what = f"{kind} count_include_pad={include} algorithm={algorithm}"
-        expected = _pool_ref(x.astype(np.float64), window, stride, pads, kind, include)
+        expected = pool_ref(x.astype(np.float64), window, stride, pads, kind, include)
         assert out.shape == expected.shape and out.dtype == jnp.float32, what
         assert np.isfinite(out).all(), what
         _close(out, expected, np.abs(x).max(), what)
@@ -819,8 +744,8 @@ def test_pooling_gradient_matches_numpy_reference(i):
     for (kind, include, algorithm), w, grad in zip(POOL_KINDS, ws, grads, strict=True):
         what = f"{kind} count_include_pad={include} algorithm={algorithm}"
         w64 = w.astype(np.float64)
-        _, expected = _pool_ref(x64, window, stride, pads, kind, include, upstream=w64)
-        _, scale = _pool_ref(x64, window, stride, pads, kind, include, upstream=np.abs(w64))
+        _, expected = pool_ref(x64, window, stride, pads, kind, include, upstream=w64)
+        _, scale = pool_ref(x64, window, stride, pads, kind, include, upstream=np.abs(w64))
         assert grad.shape == x.shape, what
         _close(grad, expected, np.abs(scale).max(), what)
 
@@ -865,7 +790,7 @@ def test_output_dtype_is_input_dtype(dtype):
     k_rounded = np.asarray(k.astype(dtype).astype(jnp.float32))
     np.testing.assert_allclose(
         np.asarray(outs["conv"].astype(jnp.float32)),
-        _conv_ref_scipy(x32, k_rounded, 0.0, (1, 1), ((1, 1), (1, 1)), (1, 1), 2),
+        conv_ref_scipy(x32, k_rounded, 0.0, (1, 1), ((1, 1), (1, 1)), (1, 1), 2),
         rtol=2e-2,
         atol=5e-2,
     )
@@ -1084,41 +1009,23 @@ def test_module_compute_dtype_and_param_dtype():
     assert jax.eval_shape(layer.apply, variables, x).dtype == jnp.float32
 
 
-# Registry entry -> (constructor kwargs, apply kwargs, output shape for a (2, 6, 6, 4) input).
-# A new layer needs one line here; `test_layer_examples_cover_the_registry` says so.
-LAYER_EXAMPLES = {
-    "conv2d": (dict(features=5, kernel_size=3), {}, (2, 4, 4, 5)),
-    "depthwise_conv2d": (dict(kernel_size=3, depth_multiplier=2), {}, (2, 4, 4, 8)),
-    "separable_conv2d": (dict(features=5, kernel_size=3, padding="SAME"), {}, (2, 6, 6, 5)),
-    "max_pool2d": (dict(window=2), {}, (2, 3, 3, 4)),
-    "avg_pool2d": (dict(window=3, stride=2, padding=1), {}, (2, 3, 3, 4)),
-    "adaptive_avg_pool2d": (dict(output_size=(2, 5)), {}, (2, 2, 5, 4)),
-    "global_avg_pool": ({}, {}, (2, 4)),
-    "flatten": ({}, {}, (2, 6 * 6 * 4)),
-    "dense": (dict(features=7), {}, (2, 6, 6, 7)),
-    "dropout": (dict(rate=0.5), dict(deterministic=False), (2, 6, 6, 4)),
-    "batch_norm": (dict(use_running_average=True), {}, (2, 6, 6, 4)),
-}
-
-
-def test_layer_examples_cover_the_registry():
-    assert set(LAYER_EXAMPLES) == set(LAYERS.names()), (
-        "add each new LAYERS entry to LAYER_EXAMPLES in tests/test_layers.py"
-    )
-
-
 @pytest.mark.parametrize("name", LAYERS.names())
-def test_every_registered_layer_inits_and_applies(name):
-    if name not in LAYER_EXAMPLES:
-        pytest.fail(f"layer {name!r} has no line in LAYER_EXAMPLES")
-    kwargs, apply_kwargs, out_shape = LAYER_EXAMPLES[name]
-    layer = LAYERS.get(name)(**kwargs)
+def test_every_registered_layer_runs_its_example(name):
+    # The registry entry carries the example (constructor arguments, input and output
+    # shapes), so a new layer is tested here by its LAYERS line alone.
+    spec = LAYERS.get(name)
+    assert isinstance(spec, LayerSpec), f"LAYERS[{name!r}] must be a LayerSpec"
+    layer = spec.build(**spec.example)
     assert isinstance(layer, nn.Module)
-    x = _rand((2, 6, 6, 4))
+    x = _rand(spec.input_shape)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    variables = jax.jit(functools.partial(layer.init, **apply_kwargs))(rngs, x)
-    y = jax.jit(lambda v, x: layer.apply(v, x, rngs=rngs, **apply_kwargs))(variables, x)
-    assert y.shape == out_shape
+
+    def run(x):  # init, then apply with those variables: one compiled program
+        variables = layer.init(rngs, x, **spec.apply_kwargs)
+        return layer.apply(variables, x, rngs=rngs, **spec.apply_kwargs)
+
+    y = fast_jit(run)(x)
+    assert y.shape == spec.output_shape
     assert y.dtype == jnp.float32
     assert np.isfinite(np.asarray(y)).all()
 
@@ -1141,3 +1048,60 @@ def test_adaptive_avg_pool_bins_and_errors():
         functional.adaptive_avg_pool(x, 0)
     with pytest.raises(ValueError, match="adaptive_avg_pool expects x of shape"):
         functional.adaptive_avg_pool(np.zeros((2, 2), np.float32), 1)
+
+
+# =========================================================================== 7. squeeze-excite
+
+
+def test_squeeze_excite_worked_example():
+    # Two channels, reduction to one unit: W1 = [[1], [-1]], b1 = [0], W2 = [[ln3/2, -ln3/2]],
+    # b2 = [0, 0].
+    # Image 0: channel means s = (4, 2) -> z = ReLU(4 - 2) = 2 -> W2 z = (ln 3, -ln 3)
+    #   -> e = sigmoid: (3/4, 1/4), since sigmoid(ln 3) = 3 / (3 + 1).
+    # Image 1: s = (1, 3) -> z = ReLU(1 - 3) = 0 -> e = sigmoid(0) = (1/2, 1/2).
+    ln3 = float(np.log(3.0))
+    x = np.zeros((2, 2, 2, 2), np.float32)
+    x[0, :, :, 0] = [[1, 3], [5, 7]]  # mean 4
+    x[0, :, :, 1] = 2  # mean 2
+    x[1, :, :, 0] = [[0, 2], [1, 1]]  # mean 1
+    x[1, :, :, 1] = [[3, 3], [6, 0]]  # mean 3
+    w1, b1 = np.array([[1.0], [-1.0]], np.float32), np.zeros(1, np.float32)
+    w2, b2 = np.array([[ln3 / 2, -ln3 / 2]], np.float32), np.zeros(2, np.float32)
+    y = np.asarray(squeeze_excite(x, w1, b1, w2, b2))
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y[0, :, :, 0], [[0.75, 2.25], [3.75, 5.25]], rtol=1e-6)
+    np.testing.assert_allclose(y[0, :, :, 1], [[0.5, 0.5], [0.5, 0.5]], rtol=1e-6)
+    np.testing.assert_allclose(y[1], x[1] / 2, rtol=1e-6)
+    # A 3-D (H, W, C) input gives a 3-D output, as in functional.py.
+    np.testing.assert_allclose(squeeze_excite(x[0], w1, b1, w2, b2), y[0], rtol=1e-6)
+
+
+def test_squeeze_excite_module_parameters_and_errors():
+    x = _rand((2, 5, 5, 32))
+    layer = SqueezeExcite()  # r = 16: 32 -> 2 -> 32
+    variables = _random_variables(layer, x)
+    assert _shapes(variables) == {
+        "reduce": {"kernel": (32, 2), "bias": (2,)},
+        "expand": {"kernel": (2, 32), "bias": (32,)},
+    }
+    assert _count(variables) == 32 * 2 + 2 + 2 * 32 + 32 == 162
+    p = variables["params"]
+    expected = squeeze_excite(
+        x, p["reduce"]["kernel"], p["reduce"]["bias"], p["expand"]["kernel"], p["expand"]["bias"]
+    )
+    np.testing.assert_array_equal(layer.apply(variables, x), expected)
+    # Narrow inputs keep one unit; 256 channels give 256*16 + 16 + 16*256 + 256 = 8,464.
+    narrow = jax.eval_shape(
+        SqueezeExcite().init, KEY, jax.ShapeDtypeStruct((1, 4, 4, 8), jnp.float32)
+    )
+    assert _shapes(narrow)["reduce"]["kernel"] == (8, 1)
+    wide = jax.eval_shape(
+        SqueezeExcite().init, KEY, jax.ShapeDtypeStruct((1, 4, 4, 256), jnp.float32)
+    )
+    assert _count(wide) == 8_464
+    with pytest.raises(ValueError, match=r"w2 must have shape \(2, 32\).*got \(2, 31\)"):
+        squeeze_excite(
+            x, p["reduce"]["kernel"], p["reduce"]["bias"], np.zeros((2, 31)), p["expand"]["bias"]
+        )
+    with pytest.raises(ValueError, match="reduction must be an int >= 1, got 0"):
+        SqueezeExcite(reduction=0).init(KEY, x)

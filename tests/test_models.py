@@ -1,12 +1,24 @@
-"""The model zoo, parametrized over the registry: a new model is tested by its registry line.
+"""The model zoo, parametrized over the registry: a new model is tested by its registry entry.
 
-Every registered model must appear in exactly one of `PUBLISHED` (a parameter
-count from a cited source, checked at the paper's configuration) or `BY_FORMULA`
-(a count worked out by hand in this file).
+Each `ModelSpec` in `research.models.MODELS` carries what its tests need: the
+trainable-parameter count at the paper's configuration and its source, the
+overrides for 28x28x1 / 32x32x3 inputs, and those of a small stand-in.
+
+Fast tier (`make test`):
+  * every model at its paper configuration, through `jax.eval_shape` (nothing is
+    compiled): output shape and parameter count;
+  * every model's stand-in (few blocks, narrow widths, every block type), compiled:
+    a forward pass in evaluation mode and one gradient step in training mode.
+Full tier (`make test-all`, `@pytest.mark.slow`): every model with its real
+`small_overrides`, at 28x28x1 and 32x32x3, and several Adam steps.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import ClassVar
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,44 +26,14 @@ import optax
 import pytest
 
 from research import models
-
-# name -> (trainable parameters at the paper's input size and classes, source)
-PUBLISHED = {
-    # The lecture notes' Keras model.summary() of this network at 28x28x1, 10 classes.
-    "lecture_cnn": (538_698, "lecture notes 003 (Keras CNN), Keras summary"),
-    # LeNet-5 with full C3 connectivity at 32x32x1: 156 + 2,416 + 48,120 + 10,164 + 850
-    # (d2l.ai "Convolutional Neural Networks (LeNet)"; LeCun et al. 1998 quote ~60,000).
-    "lenet5": (61_706, "d2l.ai LeNet, 32x32 input"),
-    # torchvision docs (AlexNet_Weights / VGG*_Weights.IMAGENET1K_V1 "num_params"), 224x224x3.
-    "alexnet": (61_100_840, "torchvision alexnet docs, 224x224x3, 1000 classes"),
-    "vgg11": (132_863_336, "torchvision vgg11 docs, 224x224x3, 1000 classes"),
-    "vgg16": (138_357_544, "torchvision vgg16 docs, 224x224x3, 1000 classes"),
-    # torchvision docs (GoogLeNet_Weights / ResNet*_Weights.IMAGENET1K_V1 "num_params"),
-    # 224x224x3: GoogLeNet without the auxiliary classifiers; BN scale and bias count,
-    # running statistics do not (they are buffers in PyTorch, "batch_stats" here).
-    "googlenet": (6_624_904, "torchvision googlenet docs, 224x224x3, 1000 classes"),
-    "resnet18": (11_689_512, "torchvision resnet18 docs, 224x224x3, 1000 classes"),
-    "resnet34": (21_797_672, "torchvision resnet34 docs, 224x224x3, 1000 classes"),
-    "resnet50": (25_557_032, "torchvision resnet50 docs, 224x224x3, 1000 classes"),
-    # Keras Applications Xception, model.summary() at 299x299x3, 1000 classes: total
-    # 22,910,480 = trainable 22,855,952 + 54,528 BN moving means/variances (non-trainable).
-    "xception": (22_855_952, "Keras Applications Xception summary: trainable params"),
-}
-
-# name -> (input shape, classes, count computed by hand below)
-BY_FORMULA = {
-    # 784*256+256 + 256*128+128 + 128*10+10
-    "mlp": ((28, 28, 1), 10, 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10),
-    # At 28x28x1, latent 32: encoder conv1 3*3*1*32+32 = 320 (-> 14x14x32),
-    # conv2 3*3*32*64+64 = 18,496 (-> 7x7x64), latent (7*7*64)*32+32 = 100,384;
-    # decoder dense1 32*(7*7*64)+7*7*64 = 103,488, conv1 3*3*64*32+32 = 18,464 (14x14),
-    # conv2 3*3*32*1+1 = 289 (28x28).
-    "conv_autoencoder": ((28, 28, 1), 10, 320 + 18_496 + 100_384 + 103_488 + 18_464 + 289),
-    # conv1 3*3*1*32+32, conv2 3*3*32*64+64, dense1 (2*2*64)*128+128, head 128*10+10
-    "simple_cnn": ((8, 8, 1), 10, 320 + 18_496 + 32_896 + 1_290),
-}
+from research.layers import Conv2D
+from research.models import mobilenet, resnet, se_resnet
+from research.optim.freeze import param_path
+from tests.fast_tier import fast_jit
 
 SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]
+STAND_IN_SHAPE = (28, 28, 1)  # the fast tier's one input size
+RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
 
 def _init(name, input_shape, num_classes=10, *, batch=2, **extra):
@@ -60,14 +42,62 @@ def _init(name, input_shape, num_classes=10, *, batch=2, **extra):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *input_shape)), jnp.float32)
     # Plain init: a jitted initialiser (hundreds of random draws) compiles more slowly than
     # it dispatches (GoogLeNet: 88 s); apply and grad below are jitted instead.
-    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+    variables = model.init(RNGS, x)
     return spec, model, variables, x
 
 
-def test_every_model_has_a_checked_parameter_count():
-    declared = set(PUBLISHED) | set(BY_FORMULA)
-    assert set(models.names()) == declared, "add the new model to PUBLISHED or BY_FORMULA"
-    assert not set(PUBLISHED) & set(BY_FORMULA)
+def _traced(model, input_shape, batch=1):
+    """`(output, variables)` of `model.init_with_output` as shapes: traced, not compiled."""
+    x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
+    return jax.eval_shape(lambda x: model.init_with_output(RNGS, x), x)
+
+
+def _stand_in(name, num_classes=10):
+    """The registry's stand-in of `name`: its small overrides, then its stand-in overrides."""
+    spec = models.spec(name)
+    return models.create(name, num_classes=num_classes, **{**spec.small_overrides, **spec.stand_in})
+
+
+def _param_paths(model, input_shape) -> dict[str, tuple[int, ...]]:
+    """`"stage1_block1/conv1/kernel" -> shape` for every trainable parameter (traced)."""
+    params = _traced(model, input_shape)[1]["params"]
+    return {param_path(p): leaf.shape for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def _loss(spec, model, state, x, labels):
+    """Training-mode loss of `params` (dropout with a fixed key, batch statistics)."""
+
+    def loss_fn(params):
+        out, _ = model.apply(
+            {"params": params, **state},
+            x,
+            train=True,
+            rngs={"dropout": jax.random.key(2)},
+            mutable=["batch_stats"],
+        )
+        if spec.task == "reconstruct":
+            return jnp.mean((out - x) ** 2)
+        return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
+
+    return loss_fn
+
+
+# =========================================================================== registry
+
+
+def test_every_model_declares_its_parameter_count_and_source():
+    for name in models.names():
+        spec = models.spec(name)
+        assert isinstance(spec.trainable_params, int) and spec.trainable_params > 0, name
+        assert spec.params_source.strip(), f"{name}: params_source is empty"
+        assert spec.task in ("classify", "reconstruct"), name
+    # The sources as cited (the formula ones carry their arithmetic).
+    assert models.spec("resnet50").params_source == (
+        "torchvision resnet50 docs, 224x224x3, 1000 classes"
+    )
+    assert models.spec("mobilenet_v1").params_source == "Keras Applications MobileNet"
+    assert models.spec("mlp").params_source.startswith(models.BY_FORMULA)
+    assert models.spec("se_resnet18").params_source.startswith(models.BY_FORMULA)
 
 
 def test_unknown_model_name_lists_known_names():
@@ -82,27 +112,74 @@ def test_unknown_override_is_named():
         models.create("lenet5", num_classes=10, widht=3)
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_parameter_count_matches_published(name):
-    count, source = PUBLISHED[name]
+# =========================================================================== fast tier
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_paper_configuration_output_shape_and_parameter_count(name):
     spec = models.spec(name)
     model = models.create(name, num_classes=spec.paper_num_classes)
-    x = jax.ShapeDtypeStruct((1, *spec.paper_input_shape), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-    assert models.param_count(shapes) == count, source
+    out, variables = _traced(model, spec.paper_input_shape, batch=2)
+    classify = spec.task == "classify"
+    expected = (2, spec.paper_num_classes) if classify else (2, *spec.paper_input_shape)
+    assert out.shape == expected and out.dtype == jnp.float32
+    assert models.param_count(variables) == spec.trainable_params, spec.params_source
 
 
-@pytest.mark.parametrize("name", sorted(BY_FORMULA))
-def test_parameter_count_matches_formula(name):
-    input_shape, classes, count = BY_FORMULA[name]
-    model = models.create(name, num_classes=classes)
-    shapes = jax.eval_shape(
-        lambda x: model.init(jax.random.key(0), x),
-        jax.ShapeDtypeStruct((1, *input_shape), jnp.float32),
+@pytest.mark.parametrize("name", models.names())
+def test_stand_in_forward_and_one_gradient_step(name):
+    spec, model = models.spec(name), _stand_in(name)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *STAND_IN_SHAPE)), jnp.float32)
+    labels = jnp.arange(8) % 10
+    lr = 1e-2
+
+    def run(x):
+        variables = model.init(RNGS, x)
+        params = variables["params"]
+        loss = _loss(spec, model, {k: v for k, v in variables.items() if k != "params"}, x, labels)
+        out = model.apply(variables, x, train=False)  # running BN statistics, no dropout
+        before, grads = jax.value_and_grad(loss)(params)  # batch statistics, dropout
+        after = loss(jax.tree.map(lambda p, g: p - lr * g, params, grads))
+        return variables, out, before, grads, after
+
+    # One program (init, evaluation forward, gradient, step): one compile per model.
+    variables, out, before, grads, after = fast_jit(run)(x)
+    assert out.shape == (x.shape if spec.task == "reconstruct" else (8, 10))
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+    # Every parameter gets a finite and nonzero gradient (each layer is wired into the
+    # loss), and one gradient-descent step lowers the loss.
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        where = f"{name}: {param_path(path)}"
+        assert bool(jnp.all(jnp.isfinite(g))), where
+        assert float(jnp.max(jnp.abs(g))) > 0, where
+    assert float(after) < float(before), (float(before), float(after))
+    # The summary's rows add up to the parameter count.
+    rows = models.summary(model, STAND_IN_SHAPE).splitlines()
+    assert rows[-1] == f"Total trainable params: {models.param_count(variables):,}"
+
+
+def test_stand_ins_keep_every_block_type():
+    def paths(name):
+        return set(_param_paths(_stand_in(name), STAND_IN_SHAPE))
+
+    r18, r50 = paths("resnet18"), paths("resnet50")
+    assert "stage1_block1/conv2/kernel" in r18 and "stage1_block1/proj_conv/kernel" not in r18
+    assert "stage2_block1/proj_conv/kernel" in r18  # identity and projection shortcuts
+    assert {"stage1_block2/conv3/kernel", "stage2_block1/proj_conv/kernel"} <= r50
+    assert "stage2_block1/se/expand/kernel" in paths("se_resnet18")
+    assert "block5/sepconv3/depthwise/depthwise/kernel" in paths("xception")  # middle flow
+    assert {"inception3a/branch4_proj/conv/kernel", "inception5a/branch1/conv/kernel"} <= paths(
+        "googlenet"
     )
-    assert models.param_count(shapes) == count
+    mobile = paths("mobilenet_v1")  # stride 1, stride 2, stride 1
+    assert {f"conv_dw_{i}/depthwise/kernel" for i in (1, 2, 3)} <= mobile
+    assert {"block1_conv1/kernel", "block2_conv2/kernel"} <= paths("vgg16")
 
 
+# =========================================================================== full tier
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("input_shape", SMALL_SHAPES, ids=["28x28x1", "32x32x3"])
 @pytest.mark.parametrize("name", models.names())
 def test_small_inputs_init_apply_shape(name, input_shape):
@@ -117,6 +194,7 @@ def test_small_inputs_init_apply_shape(name, input_shape):
     assert rows[-1] == f"Total trainable params: {models.param_count(variables):,}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", models.names())
 def test_gradient_step_lowers_loss_on_fixed_batch(name):
     spec, model, variables, x = _init(name, (28, 28, 1), num_classes=10, batch=8)
@@ -124,22 +202,10 @@ def test_gradient_step_lowers_loss_on_fixed_batch(name):
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}
 
-    def loss_fn(params):
-        out, _ = model.apply(
-            {"params": params, **state},
-            x,
-            train=True,
-            rngs={"dropout": jax.random.key(2)},
-            mutable=["batch_stats"],
-        )
-        if spec.task == "reconstruct":
-            return jnp.mean((out - x) ** 2)
-        return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
-
     tx = optax.adam(1e-3)
     opt_state = tx.init(params)
     # Compiled once: op-by-op dispatch of a deep model's backward pass costs far more.
-    value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
+    value_and_grad = jax.jit(jax.value_and_grad(_loss(spec, model, state, x, labels)))
     before, grads = value_and_grad(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
     for _ in range(3):
@@ -148,6 +214,9 @@ def test_gradient_step_lowers_loss_on_fixed_batch(name):
         params = optax.apply_updates(params, updates)
     after, _ = value_and_grad(params)
     assert float(after) < float(before)
+
+
+# =========================================================================== families
 
 
 def test_lecture_cnn_layer_shapes_match_the_lecture():
@@ -163,20 +232,27 @@ def test_lecture_cnn_layer_shapes_match_the_lecture():
 
 
 def test_features_are_sown_for_probes():
-    _, model, variables, x = _init("lenet5", (28, 28, 1))
-    _, state = model.apply(variables, x, mutable=["features"])
+    model = models.create("lenet5", num_classes=10, padding=2)
+    x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+    _, state = jax.eval_shape(lambda x: model.init_with_output(RNGS, x, mutable=True), x)
     assert state["features"]["conv1_out"][0].shape == (2, 28, 28, 6)
     assert state["features"]["features"][0].shape == (2, 84)
 
 
 def test_autoencoder_codes_adaptive_pooling_and_vgg_variants():
     # Autoencoder: codes for probes, decoding back without being told the shape, any H x W.
-    _, model, variables, x = _init("conv_autoencoder", (28, 28, 1))  # ops compiled above
-    z = model.apply(variables, x, method=model.encode)
+    model = models.create("conv_autoencoder", num_classes=10)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 28, 28, 1)), jnp.float32)
+
+    def run(x):  # one compiled program
+        variables = model.init(RNGS, x)
+        z = model.apply(variables, x, method=model.encode)
+        images = model.apply(variables, z, method=model.decode)  # shape read off the params
+        return z, images, model.apply(variables, x, mutable=["features"])
+
+    z, images, (out, state) = fast_jit(run)(x)
     assert z.shape == (2, 32)
-    images = model.apply(variables, z, method=model.decode)  # shape read off the parameters
-    np.testing.assert_allclose(images, model.apply(variables, x), atol=1e-6)
-    out, state = model.apply(variables, x, mutable=["features"])
+    np.testing.assert_allclose(images, out, atol=1e-6)
     assert bool(jnp.all((out >= 0) & (out <= 1)))
     assert state["features"]["features"][0].shape == (2, 32)
     assert state["features"]["encoder"]["conv2_out"][0].shape == (2, 7, 7, 64)
@@ -200,7 +276,7 @@ def test_autoencoder_codes_adaptive_pooling_and_vgg_variants():
         axis=1,
     )  # (2, 3, 6, 4)
     pool = AdaptiveAvgPool2D((3, 6))
-    np.testing.assert_allclose(pool.apply({}, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast_jit(pool.apply)({}, x), expected, rtol=1e-5, atol=1e-6)
     square = x[:, :, :1].repeat(5, axis=2)  # (2, 5, 5, 4): already the output size
     assert np.array_equal(AdaptiveAvgPool2D(5).apply({}, square), square)
     # AlexNet's classifier sees 6x6x256 at any large input: at 256x256 conv5 gives 7x7.
@@ -276,18 +352,226 @@ def test_googlenet_resnet_xception_shapes_follow_their_references():
     assert features["features"] == (2, 512)
 
 
-def test_xception_bn_momentum_sets_the_running_average_update():
-    # One training step from the initial statistics (mean 0): the new running
-    # mean is (1 - momentum) * batch mean, for the field's value, in every BN layer.
-    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1)) + 3.0
-    kw = dict(num_classes=3, small_input=True, middle_blocks=0, width_multiplier=0.0625)
-    means = {}
+def _batch_norms(model, input_shape):
+    """`(path, epsilon, momentum)` of each BatchNorm layer `model` calls, in call order (traced)."""
+    found = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, nn.BatchNorm):
+            found.append(("/".join(module.path), module.epsilon, module.momentum))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        _traced(model, input_shape)
+    return found
+
+
+def test_xception_bn_momentum_reaches_every_batch_norm():
+    # Every BatchNorm layer, the residual ones included, takes the field's momentum
+    # (Flax's convention, as Keras's: the weight of the old running average).
+    kw = dict(num_classes=3, small_input=True, middle_blocks=1, width_multiplier=0.0625)
     for momentum in (0.99, 0.9):
-        model = models.create("xception", bn_momentum=momentum, **kw)
-        variables = model.init(jax.random.key(1), x)
-        _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        means[momentum] = np.asarray(updated["batch_stats"]["block1_conv1_bn"]["mean"])
-    np.testing.assert_allclose(means[0.9], means[0.99] * 10.0, rtol=1e-4)
-    assert np.abs(means[0.9]).max() > 0
+        norms = _batch_norms(models.create("xception", bn_momentum=momentum, **kw), (28, 28, 1))
+        # block1: 2; blocks 2-4: 3 each; middle: 3; exit block: 3; block 7's sepconvs: 2
+        assert len(norms) == 2 + 3 * 3 + 3 + 3 + 2
+        assert {(eps, m) for _, eps, m in norms} == {(1e-3, momentum)}
+        assert "block2/residual_bn" in [path for path, _, _ in norms]
     with pytest.raises(ValueError, match=r"bn_momentum must be in \[0, 1\), got 1.5"):
-        models.create("xception", bn_momentum=1.5, **kw).init(jax.random.key(1), x)
+        _traced(models.create("xception", bn_momentum=1.5, **kw), (28, 28, 1))
+
+
+# =========================================================================== ResNet blocks
+
+
+def test_resnet_parameter_paths_do_not_change():
+    # Checkpoints, freezing regexes and transfer match these paths: pinned at 224x224x3.
+    expected = {
+        "resnet18": {
+            "stem_conv/kernel": (7, 7, 3, 64),
+            "stem_bn/scale": (64,),
+            "stage1_block2/conv2/kernel": (3, 3, 64, 64),
+            "stage2_block1/proj_conv/kernel": (1, 1, 64, 128),
+            "stage2_block1/proj_bn/bias": (128,),
+            "stage4_block2/bn2/scale": (512,),
+            "head/kernel": (512, 1000),
+        },
+        "resnet34": {
+            "stage3_block6/conv1/kernel": (3, 3, 256, 256),
+            "stage4_block3/bn1/bias": (512,),
+        },
+        "resnet50": {
+            "stage1_block1/conv3/kernel": (1, 1, 64, 256),
+            "stage1_block1/proj_conv/kernel": (1, 1, 64, 256),
+            "stage3_block6/bn3/scale": (1024,),
+            "stage4_block1/conv2/kernel": (3, 3, 512, 512),
+            "head/kernel": (2048, 1000),
+        },
+    }
+    leaves = {"resnet18": 62, "resnet34": 110, "resnet50": 161}
+    for name, pinned in expected.items():
+        paths = _param_paths(models.create(name, num_classes=1000), (224, 224, 3))
+        assert {p: paths.get(p) for p in pinned} == pinned, name
+        assert len(paths) == leaves[name], name
+
+
+class _WideBlock(nn.Module):
+    """A made-up block: one 3x3 conv to `2 * features` channels, + the shared shortcut."""
+
+    expansion: ClassVar[int] = 2
+
+    features: int
+    stride: int = 1
+    zero_init_residual: bool = False
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        out = self.features * self.expansion
+        y = Conv2D(out, 3, stride=self.stride, padding=1, use_bias=False, name="conv")(x)
+        y = resnet.norm(train, self.dtype, self.zero_init_residual, name="bn")(y)
+        return nn.relu(y + resnet.shortcut(self, x, out, train))
+
+
+def test_resnet_takes_any_block_that_declares_its_expansion():
+    build = partial(resnet.ResNet, stage_sizes=(1, 2), block=_WideBlock, width=8, cifar_stem=True)
+    assert _traced(build(num_classes=5), (16, 16, 3), batch=2)[0].shape == (2, 5)
+    shapes = _param_paths(build(num_classes=5), (16, 16, 3))
+    assert shapes["stage1_block1/conv/kernel"] == (3, 3, 8, 16)
+    assert shapes["stage1_block1/proj_conv/kernel"] == (1, 1, 8, 16)  # 8 -> 8 * 2 channels
+    assert shapes["stage2_block1/proj_conv/kernel"] == (1, 1, 16, 32)  # stride 2, 16 -> 32
+    assert "stage2_block2/proj_conv/kernel" not in shapes  # identity
+    assert shapes["head/kernel"] == (32, 5)  # width * 2 * expansion features
+
+    class NoExpansion(nn.Module):
+        features: int
+
+    with pytest.raises(ValueError, match="ClassVar\\[int\\] expansion >= 1.*NoExpansion"):
+        _traced(partial(resnet.ResNet, stage_sizes=(1,), block=NoExpansion)(), (16, 16, 3))
+
+
+def test_se_gate_rescales_the_residual_branch_before_the_addition():
+    # With the expand layer at zero the gate is sigmoid(0) = 1/2 for every channel, so
+    # SEBasicBlock(x) = ReLU(y / 2 + x), y the residual branch: exactly a BasicBlock with
+    # the same weights whose bn2 scale and bias are halved. (A gate after the addition
+    # would give ReLU(y + x) / 2.)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 6, 32)), jnp.float32)
+    se_block, block = se_resnet.SEBasicBlock(32), resnet.BasicBlock(32)
+    variables = fast_jit(se_block.init)(jax.random.key(4), x)
+    params = dict(variables["params"])
+    se = params.pop("se")
+    assert jax.tree.map(jnp.shape, se) == {
+        "reduce": {"kernel": (32, 2), "bias": (2,)},  # r = 16: 32 // 16 = 2 units
+        "expand": {"kernel": (2, 32), "bias": (32,)},
+    }
+    params["se"] = {**se, "expand": jax.tree.map(jnp.zeros_like, se["expand"])}
+    gated = fast_jit(se_block.apply)({**variables, "params": params}, x)
+    del params["se"]
+    halved = {**params, "bn2": jax.tree.map(lambda a: a / 2, params["bn2"])}
+    apply = fast_jit(block.apply)
+    np.testing.assert_allclose(
+        gated, apply({**variables, "params": halved}, x), rtol=1e-6, atol=1e-6
+    )
+    # And not the gate after the addition: ReLU(y + x) / 2 differs.
+    after = apply({**variables, "params": params}, x) / 2
+    assert float(jnp.max(jnp.abs(after - gated))) > 0.1
+
+
+def test_se_resnet18_is_resnet18_plus_one_gate_per_block():
+    se = _param_paths(models.create("se_resnet18", num_classes=1000), (224, 224, 3))
+    plain = _param_paths(models.create("resnet18", num_classes=1000), (224, 224, 3))
+    gates = {p: s for p, s in se.items() if p not in plain}
+    assert {p: s for p, s in se.items() if p in plain} == plain
+    assert len(gates) == 8 * 4  # 8 blocks, reduce/expand kernel and bias each
+    assert gates["stage1_block1/se/reduce/kernel"] == (64, 4)
+    assert gates["stage4_block2/se/expand/kernel"] == (32, 512)
+    assert sum(int(np.prod(s)) for s in gates.values()) == 89_080
+
+
+# =========================================================================== MobileNet
+
+
+def test_mobilenet_layers_follow_keras():
+    model = models.create("mobilenet_v1", num_classes=1000)
+    paths = _param_paths(model, (224, 224, 3))
+    assert paths["conv1/kernel"] == (3, 3, 3, 32) and "conv1/bias" not in paths
+    assert paths["conv_dw_1/depthwise/kernel"] == (3, 3, 1, 32)
+    assert paths["conv_pw_1/kernel"] == (1, 1, 32, 64)
+    assert paths["conv_dw_13/depthwise/kernel"] == (3, 3, 1, 1024)
+    assert paths["conv_pw_13_bn/scale"] == (1024,)
+    assert paths["head/kernel"] == (1, 1, 1024, 1000) and paths["head/bias"] == (1000,)
+    assert len(paths) == 3 + 13 * 6 + 2  # conv1 + BN scale, bias; 13 x (2 convs, 2 BNs); head
+    # Keras's total: 4,253,864 = 4,231,976 trainable + 21,888 BN moving means and variances.
+    _, variables = _traced(model, (224, 224, 3))
+    assert models.param_count(variables["batch_stats"]) == 21_888
+
+    # Shapes: conv1 "same" /2, then the strided blocks pad bottom/right by one pixel and
+    # convolve VALID. At 200x200 that differs from SAME on the odd 25x25 map of block 6:
+    # floor((25 + 1 - 3) / 2) + 1 = 12 (SAME: ceil(25 / 2) = 13), and 12 -> 6 at block 12.
+    def shapes(size):
+        rows = models.layer_table(model, (size, size, 3))
+        return {r["path"]: r["output_shape"][1:] for r in rows}
+
+    at224, at200 = shapes(224), shapes(200)
+    assert at224["conv1"] == (112, 112, 32) and at224["conv_dw_2"] == (56, 56, 64)
+    assert at224["conv_pw_2"] == (56, 56, 128) and at224["conv_pw_13"] == (7, 7, 1024)
+    assert at224["head"] == (1, 1, 1000)
+    assert [at200[f"conv_pw_{i}"][0] for i in (1, 2, 4, 5, 6, 12)] == [100, 50, 25, 25, 12, 6]
+
+    # BatchNorm is Keras's (epsilon 1e-3, momentum 0.99) in all 27 layers.
+    norms = _batch_norms(model, (32, 32, 3))
+    assert [(eps, m) for _, eps, m in norms] == [(1e-3, 0.99)] * 27
+    assert norms[0][0] == "conv1_bn" and norms[-1][0] == "conv_pw_13_bn"
+
+
+def test_mobilenet_activations_are_relu6():
+    model = models.create("mobilenet_v1", num_classes=10, **mobilenet.STAND_IN)
+    x = jnp.asarray(100.0 * np.random.default_rng(5).normal(size=(2, 32, 32, 3)), jnp.float32)
+    _, state = fast_jit(lambda x: model.init_with_output(RNGS, x, mutable=True))(x)
+    for key in ("conv1_out", "block1_out", "block2_out", "block3_out"):
+        feature = state["features"][key][0]
+        assert float(feature.min()) == 0.0 and float(feature.max()) <= 6.0, key
+    assert float(state["features"]["conv1_out"][0].max()) == 6.0  # clipped, not just ReLU
+
+
+# =========================================================================== check_input
+
+
+def test_check_input_names_the_smallest_square_input():
+    mobile = models.create("mobilenet_v1", num_classes=10)
+    with pytest.raises(ValueError) as err:
+        models.check_input("mobilenet_v1", mobile, (8, 8, 1))
+    # 31 -> 16 -> 8 -> 4 -> 2 -> 1; 30 -> 15 -> 7 -> 3 -> 1, and block 12's 3x3 window
+    # does not fit the padded 1 + 1 pixels.
+    assert str(err.value) == (
+        "model 'mobilenet_v1' cannot take input (8, 8, 1): its smallest input is 31x31"
+    )
+    assert "larger than the padded input" in str(err.value.__cause__)
+    models.check_input("mobilenet_v1", mobile, (31, 31, 3))  # accepted: no error
+    with pytest.raises(ValueError, match="smallest input is 31x31"):
+        models.check_input("mobilenet_v1", mobile, (30, 30, 3))
+    # LeNet-5 at the paper's padding 0: 16 -> 12 -> 6 -> 2 -> 1; 15 -> 11 -> 5 -> 1, no pool.
+    lenet = models.create("lenet5", num_classes=10)
+    with pytest.raises(ValueError, match=r"^model 'lenet5' cannot take input \(8, 64, 1\): "):
+        models.check_input("lenet5", lenet, (8, 64, 1))
+    with pytest.raises(ValueError, match="its smallest input is 16x16$"):
+        models.check_input("lenet5", lenet, (15, 15, 1))
+    models.check_input("lenet5", lenet, (16, 16, 1))
+    models.check_input("lenet5", lenet, np.array([16, 16, 1]))  # NumPy ints are ints
+    # The small overrides are what make 28x28 work.
+    models.check_input(
+        "mobilenet_v1",
+        models.create("mobilenet_v1", num_classes=10, **mobilenet.SMALL_INPUTS),
+        (28, 28, 1),
+    )
+
+
+def test_check_input_reports_other_errors_and_bad_shapes():
+    model = models.create("resnet18", num_classes=10, width=0)
+    with pytest.raises(ValueError) as err:
+        models.check_input("resnet18", model, (32, 32, 3))
+    assert str(err.value) == (
+        "model 'resnet18' cannot take input (32, 32, 3): width must be an int >= 1, got 0"
+    )
+    with pytest.raises(ValueError, match=r"input_shape must be \(H, W, C\).*\(28, 28\)"):
+        models.check_input("lenet5", models.create("lenet5", num_classes=10), (28, 28))

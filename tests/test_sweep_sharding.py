@@ -53,8 +53,13 @@ SCRIPT = textwrap.dedent(
         init_keys, data_keys, train_keys = engine.trial_keys(members)
         hps = engine.hyperparams(members, run.steps_per_epoch)
         states = programs.init(init_keys, train_keys, hps)
-        rows = [engine.epoch_rows(k, 0, len(splits.train), members[0]) for k in data_keys]
-        idx = np.stack([np.stack(r[:steps]) for r in rows])  # (T, steps, B)
+        plans = [
+            next(pipeline.plan_chunks(
+                k, n=len(splits.train), batch_size=64, remainder="drop", chunk=steps, num_epochs=1
+            ))
+            for k in data_keys
+        ]
+        idx = np.stack([p.rows for p in plans])  # (T, steps, B)
         on = lambda x: engine.on_mesh(x, programs.mesh)
         states, alive, metrics = programs.chunk(
             states, on(np.ones(count, bool)), on(splits.train.images), on(splits.train.labels),

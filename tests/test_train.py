@@ -329,6 +329,7 @@ BAD_INPUTS = [
     (["--config.batch_size=abc"], "--config.batch_size", "int"),
     (["--config.transfer.strategy=freeze_all"], "config.transfer.strategy", "linear_probe"),
     (["--config.model.overrides.widht=3"], "'widht'", "widths"),
+    (["--config.model.name=mobilenet_v1"], "model 'mobilenet_v1' cannot take input", "31x31"),
     # An empty cache dir, so the loader must read the (missing) data folder: prepared
     # data already in the default cache would be used without looking at data_dir.
     (
@@ -383,6 +384,10 @@ def test_bad_inputs_in_process_name_the_field():
         ({"data.remainder": "pad"}, r"config.data.remainder='pad' is invalid: must be 'drop'"),
         ({"optim.eps": -1.0}, r"optim.eps"),
         ({"transfer.strategy": "x"}, r"config.transfer.strategy='x' is invalid"),
+        (
+            {"model.name": "mobilenet_v1"},
+            r"model 'mobilenet_v1' cannot take input \(8, 8, 1\): its smallest input is 31x31",
+        ),
     ):
         with pytest.raises(ValueError, match=message):
             train.build_run(fast_config(**changes))

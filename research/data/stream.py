@@ -99,12 +99,14 @@ class RecordSplit:
       records: int64 record ids, increasing.
       label_map: raw label -> run label (a classes selection), or None.
       table: the `pipeline.normalize_table` of the run.
+      channels: the input channel of each output channel (`pipeline.normalize`).
     """
 
     reader: records.RecordReader
     records: np.ndarray
     label_map: np.ndarray | None
     table: np.ndarray
+    channels: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -113,7 +115,7 @@ class RecordSplit:
         """Normalized float32 images `(b, H, W, C)` and int32 labels of examples `rows`."""
         images, labels = self.reader.read(self.records[rows])
         labels = labels if self.label_map is None else self.label_map[labels]
-        return pipeline.normalize(images, self.table), labels.astype(np.int32)
+        return pipeline.normalize(images, self.table, self.channels), labels.astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -140,7 +142,9 @@ class StreamSplits:
         return digest.hexdigest()
 
 
-def open_splits(data_cfg, prepared=None) -> StreamSplits:
+def open_splits(
+    data_cfg, prepared=None, normalization: pipeline.Normalization | None = None
+) -> StreamSplits:
     """The splits of `data_cfg` (a config's `data` section) as records; loads no images.
 
     The first call for a dataset makes one pass over its training records to
@@ -152,6 +156,7 @@ def open_splits(data_cfg, prepared=None) -> StreamSplits:
       data_cfg: name, data_dir, cache_dir, image_size, val_size, split_seed,
         train_size, classes.
       prepared: the opened dataset (`research.data.open_records`), if already open.
+      normalization: instead of the training split's statistics (`pipeline.prepare`).
     """
     from research import data as data_lib  # the sources import this package's modules
 
@@ -165,18 +170,23 @@ def open_splits(data_cfg, prepared=None) -> StreamSplits:
         )
     carved = carve(prepared, d)
     train_reader = prepared.reader("train")
-    histogram = _cached(
-        prepared,
-        f"histogram-{hashlib.sha256(carved.train.tobytes()).hexdigest()[:20]}",
-        lambda: _histogram(train_reader, carved.train),
-    )
-    mean, std = pipeline.mean_std(histogram)
+    channels, notes = None, ()
+    if normalization is None:
+        histogram = _cached(
+            prepared,
+            f"histogram-{hashlib.sha256(carved.train.tobytes()).hexdigest()[:20]}",
+            lambda: _histogram(train_reader, carved.train),
+        )
+        mean, std = pipeline.mean_std(histogram)
+    else:
+        mean, std, channels = normalization.mean, normalization.std, normalization.channels
+        notes = (f"normalized with {normalization.source}'s mean and std",)
     table = pipeline.normalize_table(mean, std)
     images, labels = train_reader.read(carved.train[:1])
     records.check_layout(prepared.builder, "train", images, labels, carved.train[0])
 
     def split(name, ids):
-        return RecordSplit(prepared.reader(name), ids, carved.label_map, table)
+        return RecordSplit(prepared.reader(name), ids, carved.label_map, table, channels)
 
     return StreamSplits(
         name=prepared.name,
@@ -187,7 +197,7 @@ def open_splits(data_cfg, prepared=None) -> StreamSplits:
         input_shape=prepared.image_shape,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
-        notes=(*prepared.notes, *carved.notes),
+        notes=(*prepared.notes, *carved.notes, *notes),
         class_names=carved.class_names,
         source=prepared.source,
     )
@@ -619,19 +629,6 @@ def seed_of(data_key: jax.Array) -> tuple[int, ...]:
     if jax.dtypes.issubdtype(data_key.dtype, jax.dtypes.prng_key):
         data_key = jax.random.key_data(data_key)
     return tuple(int(k) for k in np.asarray(data_key).ravel())
-
-
-def as_gather(images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Chunk batches `(S, B, ...)` in the layout `Steps.train_chunk` gathers from.
-
-    Returns `(images (S*B, ...), labels (S*B,), idx (S, B))` with `idx[s] =
-    s*B .. s*B+B-1`, so today's `train_chunk(state, images, labels, idx)` (and
-    `evaluate`) run streamed batches unchanged: a bridge until the engine scans
-    over batches directly (see the integration notes).
-    """
-    s, b = labels.shape
-    idx = np.arange(s * b, dtype=np.int32).reshape(s, b)
-    return images.reshape(s * b, *images.shape[2:]), labels.reshape(s * b), jax.numpy.asarray(idx)
 
 
 # ------------------------------------------------------------------ background thread

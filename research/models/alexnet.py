@@ -31,6 +31,8 @@ class AlexNet(nn.Module):
     Attributes:
       num_classes: outputs of the head.
       small_input: 3x3 stride-1 stem for 28x28 / 32x32 inputs.
+      width_multiplier: scales every conv's kernels (rounded, at least 1); 1.0 is
+        the published network. For small, fast experiments and test stand-ins.
       pooled_size: side of the adaptive average pooling before the classifier
         (6 in torchvision); None flattens the last feature maps as they are.
       fc_width: width of dense1 and dense2 (4096 in torchvision).
@@ -39,6 +41,7 @@ class AlexNet(nn.Module):
 
     num_classes: int = 1000
     small_input: bool = False
+    width_multiplier: float = 1.0
     pooled_size: int | None = 6
     fc_width: int = 4096
     dropout: float = 0.5
@@ -46,6 +49,8 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if not self.width_multiplier > 0:
+            raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier!r}")
         if self.small_input:
             stem = dict(kernel_size=3, stride=1, padding=1)
         else:
@@ -58,6 +63,7 @@ class AlexNet(nn.Module):
             ("conv5", 256, dict(kernel_size=3, padding=1), True),
         ]
         for i, (name, features, kwargs, pool) in enumerate(convs):
+            features = max(1, int(features * self.width_multiplier + 0.5))
             x = nn.relu(Conv2D(features, **kwargs, dtype=self.dtype, name=name)(x))
             self.sow("features", f"{name}_out", x)
             if pool:  # named after the conv before it: pool1, pool2, pool5 (as in Caffe)
@@ -77,3 +83,7 @@ class AlexNet(nn.Module):
 # are (no upsampling to 6x6) and 512-wide dense layers (0.8M dense parameters at 28x28
 # instead of 21M with 4096).
 SMALL_INPUTS = {"small_input": True, "pooled_size": None, "fc_width": 512}
+
+# The fast tier's stand-in (registry `stand_in`, on top of SMALL_INPUTS): every layer of
+# the network at 1/8 of the conv widths and 16-wide dense layers.
+STAND_IN = {"width_multiplier": 0.125, "fc_width": 16}

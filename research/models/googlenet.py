@@ -60,6 +60,10 @@ _POOL_AFTER = {"3": (3, "pool3"), "4": (2, "pool4")}  # stage -> (window, name);
 # `width_multiplier=0.25` saved only a few percent of it. Paper-size defaults unchanged.
 SMALL_INPUTS = {"small_input": True}
 
+# The fast tier's stand-in (registry `stand_in`, on top of SMALL_INPUTS): one inception
+# block per stage (3a, 4a, 5a) at 1/8 of the widths, with every pool between them.
+STAND_IN = {"stage_sizes": (1, 1, 1), "width_multiplier": 0.125}
+
 
 def _ceil_mode_padding(spatial: Sequence[int], window: int, stride: int) -> tuple:
     """Bottom/right padding that makes a VALID pool give PyTorch's `ceil_mode=True` size.
@@ -166,6 +170,8 @@ class GoogLeNet(nn.Module):
         1.0 is the published network. For small, fast experiments.
       branch3_kernel_size: kernel of the "5x5" branch: 3 (torchvision,
         default) or 5 (the paper).
+      stage_sizes: how many of each stage's inception blocks to build (the
+        first ones), (2, 5, 2) in the paper; fewer make a shallow test stand-in.
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -174,10 +180,19 @@ class GoogLeNet(nn.Module):
     small_input: bool = False
     width_multiplier: float = 1.0
     branch3_kernel_size: int = 3
+    stage_sizes: Sequence[int] = tuple(len(blocks) for _, blocks in _STAGES)
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        full = tuple(len(blocks) for _, blocks in _STAGES)
+        if len(self.stage_sizes) != len(full) or not all(
+            isinstance(n, int) and 1 <= n <= m for n, m in zip(self.stage_sizes, full, strict=True)
+        ):
+            raise ValueError(
+                f"stage_sizes must give 1..{list(full)} blocks for the 3 stages, "
+                f"got {self.stage_sizes!r}"
+            )
         if not self.width_multiplier > 0:
             raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier!r}")
         k = self.branch3_kernel_size
@@ -202,8 +217,8 @@ class GoogLeNet(nn.Module):
         if not self.small_input:
             x = _ceil_max_pool(x, 3, name="pool2")
 
-        for stage, blocks in _STAGES:
-            for letter, channels in zip("abcde", blocks, strict=False):
+        for (stage, blocks), size in zip(_STAGES, self.stage_sizes, strict=True):
+            for letter, channels in zip("abcde", blocks[:size], strict=False):
                 name = f"inception{stage}{letter}"
                 x = Inception(
                     *(width(c) for c in channels),

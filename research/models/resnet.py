@@ -16,6 +16,15 @@ torchvision's init, He normal with fan_out; the head uses Flax's Dense defaults.
 
 Size variants are partials, as in the Flax ImageNet example:
 `ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)`.
+
+New blocks. `ResNet` takes any block class that declares its channel
+`expansion` as a `ClassVar[int]` and is built as
+`block(features=, stride=, zero_init_residual=, dtype=, name=)(x, train=)`,
+returning `features * expansion` channels. The pieces `BasicBlock` and
+`Bottleneck` are made of are public for such blocks: `CONV_INIT` (the conv
+kernels' init), `norm` (the BatchNorm of every conv) and `shortcut` (identity or
+projection). `research/models/se_resnet.py` is the worked example: a new block,
+then `SEResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block=SEBasicBlock)`.
 """
 
 from __future__ import annotations
@@ -31,9 +40,9 @@ import jax.numpy as jnp
 from research.layers import BatchNorm, Conv2D, Dense, GlobalAvgPool, MaxPool2D
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-_BN_EPSILON = 1e-5  # PyTorch BatchNorm2d default
-_BN_MOMENTUM = 0.9  # PyTorch's default momentum 0.1, in Flax's convention (1 - 0.1)
+CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+BN_EPSILON = 1e-5  # PyTorch BatchNorm2d default
+BN_MOMENTUM = 0.9  # PyTorch's default momentum 0.1, in Flax's convention (1 - 0.1)
 
 # Overrides for 28x28x1 / 32x32x3 inputs (the registry's tests, MNIST/CIFAR experiments):
 # the CIFAR stem (3x3/1 conv, no max pool, as in He et al. 2016's CIFAR networks and the
@@ -42,12 +51,30 @@ _BN_MOMENTUM = 0.9  # PyTorch's default momentum 0.1, in Flax's convention (1 - 
 # `width=16` saved only a few percent of it for ResNet-18. Paper-size defaults unchanged.
 SMALL_INPUTS = {"cifar_stem": True}
 
+# The fast tier's stand-in (registry `stand_in`, on top of SMALL_INPUTS): one block per
+# stage in two stages, 8 channels. Still every block type: stage 1's first block keeps
+# the stem's width (identity shortcut for BasicBlock, projection for Bottleneck), stage
+# 2's first block strides (projection shortcut); a second stage-1 block gives Bottleneck
+# its identity shortcut.
+STAND_IN = {"stage_sizes": (1, 1), "width": 8}
+BOTTLENECK_STAND_IN = {"stage_sizes": (2, 1), "width": 8}
 
-def _norm(train: bool, dtype, zero_scale: bool = False, **kwargs) -> BatchNorm:
+
+def norm(train: bool, dtype, zero_scale: bool = False, **kwargs) -> BatchNorm:
+    """The BatchNorm after every conv: torchvision's eps 1e-5 and momentum 0.1.
+
+    Args:
+      train: normalise with the batch's statistics (and update the running ones);
+        False uses the running averages.
+      dtype: compute dtype.
+      zero_scale: initialise the scale to 0 (a block's last BN under
+        `zero_init_residual`), else 1.
+      **kwargs: more `BatchNorm` fields, usually `name=`.
+    """
     return BatchNorm(
         use_running_average=not train,
-        momentum=_BN_MOMENTUM,
-        epsilon=_BN_EPSILON,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
         scale_init=nn.initializers.zeros_init() if zero_scale else nn.initializers.ones_init(),
         dtype=dtype,
         **kwargs,
@@ -66,12 +93,12 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = partial(Conv2D, use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype)
+        conv = partial(Conv2D, use_bias=False, kernel_init=CONV_INIT, dtype=self.dtype)
         y = conv(self.features, 3, stride=self.stride, padding=1, name="conv1")(x)
-        y = nn.relu(_norm(train, self.dtype, name="bn1")(y))
+        y = nn.relu(norm(train, self.dtype, name="bn1")(y))
         y = conv(self.features, 3, padding=1, name="conv2")(y)
-        y = _norm(train, self.dtype, self.zero_init_residual, name="bn2")(y)
-        return nn.relu(y + _shortcut(self, x, self.features, train))
+        y = norm(train, self.dtype, self.zero_init_residual, name="bn2")(y)
+        return nn.relu(y + shortcut(self, x, self.features, train))
 
 
 class Bottleneck(nn.Module):
@@ -86,19 +113,29 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = partial(Conv2D, use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype)
+        conv = partial(Conv2D, use_bias=False, kernel_init=CONV_INIT, dtype=self.dtype)
         out = self.features * self.expansion
         y = conv(self.features, 1, name="conv1")(x)
-        y = nn.relu(_norm(train, self.dtype, name="bn1")(y))
+        y = nn.relu(norm(train, self.dtype, name="bn1")(y))
         y = conv(self.features, 3, stride=self.stride, padding=1, name="conv2")(y)
-        y = nn.relu(_norm(train, self.dtype, name="bn2")(y))
+        y = nn.relu(norm(train, self.dtype, name="bn2")(y))
         y = conv(out, 1, name="conv3")(y)
-        y = _norm(train, self.dtype, self.zero_init_residual, name="bn3")(y)
-        return nn.relu(y + _shortcut(self, x, out, train))
+        y = norm(train, self.dtype, self.zero_init_residual, name="bn3")(y)
+        return nn.relu(y + shortcut(self, x, out, train))
 
 
-def _shortcut(block: nn.Module, x: jax.Array, out: int, train: bool) -> jax.Array:
-    """Identity, or 1x1 strided conv + BN when the stride or the width changes."""
+def shortcut(block: nn.Module, x: jax.Array, out: int, train: bool) -> jax.Array:
+    """A block's shortcut: identity, or 1x1 strided conv + BN when the stride or the width changes.
+
+    Call it from the block's compact `__call__`: the projection's layers are then
+    the block's submodules `proj_conv` and `proj_bn`.
+
+    Args:
+      block: the calling block; its `stride` and `dtype` fields are used.
+      x: the block's input, `(N, H, W, C_in)`.
+      out: the block's output channels.
+      train: as in `norm`.
+    """
     if block.stride == 1 and x.shape[-1] == out:
         return x
     # Called from the block's compact __call__, so these become the block's submodules.
@@ -107,11 +144,11 @@ def _shortcut(block: nn.Module, x: jax.Array, out: int, train: bool) -> jax.Arra
         1,
         stride=block.stride,
         use_bias=False,
-        kernel_init=_CONV_INIT,
+        kernel_init=CONV_INIT,
         dtype=block.dtype,
         name="proj_conv",
     )(x)
-    return _norm(train, block.dtype, name="proj_bn")(x)
+    return norm(train, block.dtype, name="proj_bn")(x)
 
 
 class ResNet(nn.Module):
@@ -128,7 +165,9 @@ class ResNet(nn.Module):
 
     Attributes:
       stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
-      block: `BasicBlock` or `Bottleneck`.
+      block: the block class: `BasicBlock`, `Bottleneck` or any class with a
+        `ClassVar[int]` `expansion` and their constructor fields (see the module
+        docstring).
       num_classes: outputs of the head.
       width: channels of the stem and of stage 1's 3x3 convs (64 in the
         paper); stage i uses `width * 2**(i-1)`.
@@ -141,7 +180,7 @@ class ResNet(nn.Module):
     """
 
     stage_sizes: Sequence[int]
-    block: Any  # BasicBlock or Bottleneck
+    block: Any  # a block class with a ClassVar `expansion`: BasicBlock, Bottleneck, ...
     num_classes: int = 1000
     width: int = 64
     cifar_stem: bool = False
@@ -150,19 +189,23 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        if self.block not in (BasicBlock, Bottleneck):
-            raise ValueError(f"block must be BasicBlock or Bottleneck, got {self.block!r}")
+        expansion = getattr(self.block, "expansion", None)
+        if not isinstance(expansion, int) or isinstance(expansion, bool) or expansion < 1:
+            raise ValueError(
+                f"block must be a block class with a ClassVar[int] expansion >= 1 (BasicBlock, "
+                f"Bottleneck, ...), got {self.block!r} with expansion {expansion!r}"
+            )
         if not isinstance(self.width, int) or self.width < 1:
             raise ValueError(f"width must be an int >= 1, got {self.width!r}")
         if not self.stage_sizes or min(self.stage_sizes) < 1:
             raise ValueError(f"stage_sizes must be non-empty ints >= 1, got {self.stage_sizes!r}")
 
-        conv = partial(Conv2D, use_bias=False, kernel_init=_CONV_INIT, dtype=self.dtype)
+        conv = partial(Conv2D, use_bias=False, kernel_init=CONV_INIT, dtype=self.dtype)
         if self.cifar_stem:
             x = conv(self.width, 3, padding=1, name="stem_conv")(x)
         else:
             x = conv(self.width, 7, stride=2, padding=3, name="stem_conv")(x)
-        x = nn.relu(_norm(train, self.dtype, name="stem_bn")(x))
+        x = nn.relu(norm(train, self.dtype, name="stem_bn")(x))
         if not self.cifar_stem:
             x = MaxPool2D(3, stride=2, padding=1, name="stem_pool")(x)
         self.sow("features", "stem_out", x)

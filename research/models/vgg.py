@@ -46,7 +46,10 @@ class VGG(nn.Module):
         "small VGG" experiments; 1.0 is the published network.
       pool_padding: padding of the max pools: "VALID" (torchvision) or "SAME".
       pooled_size: side of the adaptive average pooling before the classifier
-        (7 in torchvision); None flattens the last feature maps as they are.
+        (7 in torchvision); None flattens the last feature maps as they are, as
+        Keras Applications' VGG16 does (the same function at 224x224, where the
+        pool is the identity; at other sizes Keras's dense1 has another shape, see
+        `research.models.pretrained.from_keras`).
       fc_width: width of dense1 and dense2 (4096 in torchvision).
       dropout: dropout rate after dense1 and dense2.
     """
@@ -104,3 +107,7 @@ VGG19 = partial(VGG, config=VGG19_CONFIG)
 # The registry's overrides for 28x28x1 and 32x32x3 inputs: 'SAME' pools, so five of them
 # leave 1x1x512 at both sizes, flattened as is, and 512-wide dense layers (CIFAR VGGs).
 SMALL_INPUTS = {"pool_padding": "SAME", "pooled_size": None, "fc_width": 512}
+
+# The fast tier's stand-in (registry `stand_in`, on top of SMALL_INPUTS): two blocks, of
+# one and two 8-wide convs, and 16-wide dense layers; every layer type of the family.
+STAND_IN = {"config": ((8, 1), (8, 2)), "fc_width": 16}

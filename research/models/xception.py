@@ -45,6 +45,10 @@ _BN_MOMENTUM = 0.99  # Keras BatchNormalization default (same convention as Flax
 # defaults unchanged.
 SMALL_INPUTS = {"small_input": True, "middle_blocks": 2, "width_multiplier": 0.125}
 
+# The fast tier's stand-in (registry `stand_in`, on top of SMALL_INPUTS): one middle block
+# (the entry and exit flows are fixed) at 1/16 of the widths.
+STAND_IN = {"middle_blocks": 1, "width_multiplier": 0.0625}
+
 
 def _norm(train: bool, dtype, name: str, momentum: float = _BN_MOMENTUM) -> BatchNorm:
     return BatchNorm(

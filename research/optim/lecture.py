@@ -17,8 +17,11 @@ update). Defaults the lecture does not give come from that chapter: AdaGrad
 δ = 1e-8 (Alg. 8.7); α = 0.9 and RMSProp's ρ = 0.9 are the usual values
 (also the base config's).
 
-Where optax 0.2.8 differs from the lecture (the lecture's rule wins here; each
-claim is pinned by a test in `tests/test_optim.py`):
+Where optax 0.2.8's builtins differ from the lecture (read from optax's source:
+why these rules are written here rather than taken from optax). The lecture's
+rule wins here; `tests/test_optim.py` pins our side of each difference, with the
+lecture recurrences and a worked example of the first steps, and leaves optax's
+side to optax:
 
 * **SGD with momentum.** `optax.sgd(ε, momentum=α)` keeps m ← αm + g and steps
   −ε_t m, so the *current* ε_t multiplies every past gradient. The lecture keeps

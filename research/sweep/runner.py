@@ -58,7 +58,6 @@ import ml_collections
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from research.data import pipeline
 from research.sweep import search, space, storage, vmapped
 from research.train import engine, loop, outputs
 
@@ -80,6 +79,15 @@ def resolved_config(workdir: str, trial: space.Trial, named: dict) -> ml_collect
     return space.apply(
         trial.config, {"transfer.pretrained": stage_dir(workdir, named[trial.pretrain])}
     )
+
+
+def _splits(config: ml_collections.ConfigDict, cache: dict):
+    """The trial's data (`loop.prepare_data`), shared by the trials with the same fields."""
+    fields = {"data": config.data.to_dict(), "pretrained": config.transfer.pretrained}
+    key = ("prepared", json.dumps(fields, sort_keys=True, default=str))
+    if key not in cache:
+        cache[key] = loop.prepare_data(config, cache)
+    return cache[key]
 
 
 REPORTS = {"optimizers": "research.sweep.aggregate:report"}  # generic reports, by name
@@ -409,14 +417,15 @@ class _Worker:
 
     # ------------------------------------------------------------------ training
 
-    def _splits(self, config) -> pipeline.Splits:
-        return pipeline.from_config(config.data, self._cache)
+    def _run_of(self, config) -> loop.Run:
+        splits, reason = _splits(config, self._cache)
+        return loop.build_run(config, splits=splits, loader_reason=reason)
 
     def _build(self, configs) -> tuple[Any, Any]:
         key = engine.group_key(configs[0])
         if self._programs is None or self._programs[0] != key:
             self._programs = None  # the last group's compiled programs are let go first
-            run = loop.build_run(configs[0], splits=self._splits(configs[0]))
+            run = self._run_of(configs[0])
             self._programs = (key, run, engine.build_programs(run, self.mode))
         return self._programs[1], self._programs[2]
 
@@ -596,7 +605,7 @@ class _Worker:
         folder = stage_dir(self.workdir, stage)
         self.echo(f"pretrain {stage.name} ({stage.id}) {_overrides_line(stage.overrides)}")
         try:
-            r = loop.train_and_evaluate(stage.config, folder, splits=self._splits(stage.config))
+            r = loop.train_and_evaluate(stage.config, folder, run=self._run_of(stage.config))
         except BaseException as err:
             if queue.fail(frozen, failed=f"{type(err).__name__}: {err}"):
                 queue.enqueue(

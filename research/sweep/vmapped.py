@@ -83,8 +83,21 @@ def probe(
     members = padded(configs, vec.multiple)
     init_keys, data_keys, train_keys = engine.trial_keys(members)
     hps = engine.hyperparams(members, run.steps_per_epoch)
-    rows = [engine.epoch_rows(k, 0, len(splits.train), configs[0]) for k in data_keys]
-    idx = np.stack([np.stack(r[:steps]) for r in rows])  # (T, steps, B)
+    c = configs[0]
+    first = [
+        next(
+            pipeline.plan_chunks(
+                k,
+                n=len(splits.train),
+                batch_size=c.batch_size,
+                remainder=c.data.remainder,
+                chunk=steps,
+                num_epochs=1,
+            )
+        )
+        for k in data_keys
+    ]
+    idx = np.stack([p.rows for p in first])  # (T, steps, B)
 
     def timed(programs, states, index):
         mesh = programs.mesh

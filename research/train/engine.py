@@ -65,7 +65,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research import models, optim
-from research.data import pipeline
+from research.data import pipeline, stream
 from research.layers import conv_algorithms
 from research.train import outputs
 from research.train import transfer as transfer_lib
@@ -146,8 +146,13 @@ class Programs:
       parallel: "sequential" (T = 1 per call, the plain program) or "vmap".
       init: `(init_keys[T], train_keys[T], hyperparams[T]) -> states`.
       reinit: `(states, params, batch_stats, hyperparams) -> states`.
-      chunk: `(states, alive[T], images, labels, idx[T, S, B]) -> (states, alive, metrics[T, S])`.
+      chunk: `(states, alive[T], images, labels, idx[T, S, B]) -> (states, alive, metrics[T, S])`,
+        batches gathered from device-resident data.
+      chunk_batches: `(states, alive[1], images[S, B, ...], labels[S, B]) -> the same`,
+        batches given whole (streamed data; the sequential path only, else None).
       evaluate: `(params, batch_stats, images, labels, idx, mask) -> sums[T]`.
+      evaluate_batches: `(params, batch_stats, images[K, B, ...], labels, mask) -> sums[1]`
+        (sequential only, else None).
       mesh: the mesh their inputs live on.
       multiple: the trial axis is padded to a multiple of this.
       algorithms: the convolution and max-pool algorithms the programs run.
@@ -157,7 +162,9 @@ class Programs:
     init: Any
     reinit: Any
     chunk: Any
+    chunk_batches: Any
     evaluate: Any
+    evaluate_batches: Any
     mesh: Mesh
     multiple: int
     algorithms: dict[str, str]
@@ -238,18 +245,33 @@ def build_programs(run: Run, parallel: str = "sequential", *, devices=None) -> P
             )
             return _unsqueeze(state), ok[None], _unsqueeze(metrics)
 
+        def chunk_batches(states, alive, images, labels):
+            state, ok, metrics = steps.train_batches(_squeeze(states), alive[0], images, labels)
+            return _unsqueeze(state), ok[None], _unsqueeze(metrics)
+
         def evaluate(params, batch_stats, *data):
             return _unsqueeze(steps.evaluate(_squeeze(params), _squeeze(batch_stats), *data))
+
+        def evaluate_batches(params, batch_stats, *data):
+            sums = steps.evaluate_batches(_squeeze(params), _squeeze(batch_stats), *data)
+            return _unsqueeze(sums)
 
         return Programs(
             parallel="sequential",
             init=jax.jit(init, out_shardings=rep),
             reinit=jax.jit(reinit, out_shardings=rep),
             chunk=jax.jit(chunk, donate_argnums=0, out_shardings=(rep, rep, rep)),
+            chunk_batches=jax.jit(chunk_batches, donate_argnums=0, out_shardings=(rep, rep, rep)),
             evaluate=jax.jit(evaluate, out_shardings=rep),
+            evaluate_batches=jax.jit(evaluate_batches, out_shardings=rep),
             mesh=steps.mesh,
             multiple=1,
             algorithms=_algorithms(),
+        )
+    if run.loader == "stream":
+        raise ValueError(
+            "streamed data (data.loader resolved to 'stream') trains one trial at a time: "
+            "set sweep.parallel='sequential' (or data.loader='device' if the data fits)"
         )
     mesh = trials_mesh(devices)
     steps = run.make_steps(mesh)
@@ -266,11 +288,13 @@ def build_programs(run: Run, parallel: str = "sequential", *, devices=None) -> P
             _traced_in(_vmapped_pooling, vmap(steps.train_chunk, in_axes=(0, 0, None, None, 0))),
             donate_argnums=0,
         ),
+        chunk_batches=None,
         evaluate=jax.jit(
             _traced_in(
                 _vmapped_pooling, vmap(steps.evaluate, in_axes=(0, 0, None, None, None, None))
             )
         ),
+        evaluate_batches=None,
         mesh=mesh,
         multiple=mesh.shape["trials"],
         algorithms=algorithms,
@@ -318,55 +342,136 @@ def _put_like(tree, like):
     )
 
 
-def eval_batches(n: int, batch_size: int, n_dev: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index rows covering `n` examples once, and the mask of the padded slots (0)."""
-    batch_size = -(-min(batch_size, n) // n_dev) * n_dev  # a multiple of the device count
-    batches = -(-n // batch_size)
-    idx = np.arange(batches * batch_size, dtype=np.int32)
-    mask = (idx < n).astype(np.float32)
-    idx = np.minimum(idx, n - 1)
-    return idx.reshape(batches, batch_size), mask.reshape(batches, batch_size)
-
-
 def evaluate(run: Run, programs: Programs, states, split) -> list[dict[str, float]]:
-    """Per trial, the mean loss (and accuracy) over a whole split, every example once."""
+    """Per trial, the mean loss (and accuracy) over a whole split, every example once.
+
+    The batches of `pipeline.eval_batches` (padded slots masked), gathered from the
+    device-resident split, or read by the stream loader (`data.loader="stream"`).
+    """
     mesh = programs.mesh
-    idx, mask = eval_batches(len(split), run.config.eval_batch_size, run.steps.mesh.devices.size)
-    totals = programs.evaluate(
-        states.params,
-        states.batch_stats,
-        on_mesh(split.images, mesh),
-        on_mesh(split.labels, mesh),
-        on_mesh(idx, mesh),
-        on_mesh(mask, mesh),
-    )
-    totals = jax.device_get(totals)
+    n_dev = run.steps.mesh.devices.size
+    if run.loader == "stream":
+        totals = None
+        with stream.eval_chunks(
+            split,
+            batch_size=run.config.eval_batch_size,
+            mesh=mesh,
+            read_threads=run.config.data.read_threads,
+            prefetch=run.config.data.prefetch,
+        ) as chunks:
+            for images, labels, mask in chunks:
+                sums = programs.evaluate_batches(
+                    states.params, states.batch_stats, images, labels, mask
+                )
+                sums = jax.device_get(sums)
+                totals = sums if totals is None else jax.tree_util.tree_map(np.add, totals, sums)
+    else:
+        idx, mask = pipeline.eval_batches(len(split), run.config.eval_batch_size, n_dev)
+        totals = programs.evaluate(
+            states.params,
+            states.batch_stats,
+            on_mesh(split.images, mesh),
+            on_mesh(split.labels, mesh),
+            on_mesh(idx, mesh),
+            on_mesh(mask, mesh),
+        )
+        totals = jax.device_get(totals)
     return [
         {k: float(v[i]) / float(totals["count"][i]) for k, v in totals.items() if k != "count"}
         for i in range(len(totals["count"]))
     ]
 
 
-def epoch_rows(data_key: jax.Array, epoch: int, n: int, config) -> list[np.ndarray]:
-    """The example indices of every step of `epoch`, one row per step."""
-    batches = pipeline.epoch_batches(
-        jax.random.fold_in(data_key, epoch), n, config.batch_size, config.data.remainder
-    )
-    return [row for block in batches for row in block]
+class _DeviceFeed:
+    """Chunks of steps over device-resident data: each trial's index rows, stacked."""
+
+    def __init__(self, run, programs, data_keys, chunk: int):
+        self.programs, self.mesh = programs, programs.mesh
+        train, cfg = run.splits.train, run.config
+        self.images = on_mesh(train.images, self.mesh)
+        self.labels = on_mesh(train.labels, self.mesh)
+        self.plan = functools.partial(
+            pipeline.plan_chunks,
+            n=len(train),
+            batch_size=cfg.batch_size,
+            remainder=cfg.data.remainder,
+            chunk=chunk,
+            num_epochs=cfg.num_epochs,
+        )
+        self.data_keys = data_keys
+
+    @contextlib.contextmanager
+    def chunks(self, start: int):
+        """Yields `(plan, run_chunk)`: the chunk's plan and `run_chunk(states, alive)`."""
+
+        def gen():
+            plans_per_trial = [self.plan(k, start_step=start) for k in self.data_keys]
+            for plans in zip(*plans_per_trial, strict=True):
+                idx = on_mesh(np.stack([p.rows for p in plans]), self.mesh)  # (T, S, B)
+                yield plans[0], self._runner(idx)
+
+        yield gen()
+
+    def _runner(self, idx):
+        def run_chunk(states, alive):
+            return self.programs.chunk(states, alive, self.images, self.labels, idx)
+
+        return run_chunk
+
+    def state(self, step: int) -> dict | None:
+        return None
+
+    def check(self, record: dict, step: int) -> None:
+        pass
 
 
-def chunk_end(position: int, chunk: int, rows: Sequence[np.ndarray]) -> int:
-    """Where the chunk of steps starting at `position` ends.
+class _StreamFeed:
+    """Chunks of steps read from the array_record files (one trial: `data.loader="stream"`)."""
 
-    At the next multiple of `chunk` (so a resumed run cuts where the first run
-    did), or earlier where the batch size changes (a kept remainder batch runs
-    in a chunk of its own).
-    """
-    end = min((position // chunk + 1) * chunk, len(rows))
-    sizes = [len(r) for r in rows[position:end]]
-    if len(set(sizes)) > 1:
-        end = position + sizes.index(sizes[-1])
-    return end
+    def __init__(self, run, programs, data_keys, chunk: int):
+        cfg = run.config
+        self.programs = programs
+        self.stream = stream.TrainStream(
+            run.splits.train,
+            data_key=data_keys[0],
+            batch_size=cfg.batch_size,
+            remainder=cfg.data.remainder,
+            chunk=chunk,
+            num_epochs=cfg.num_epochs,
+            mesh=programs.mesh,
+            workers=cfg.data.workers,
+            read_threads=cfg.data.read_threads,
+            prefetch=cfg.data.prefetch,
+            augment_seed=(
+                stream.seed_of(data_keys[0])
+                if cfg.data.augment and cfg.data.augment_on == "host"
+                else None
+            ),
+            dataset_fingerprint=run.splits.fingerprint,
+        )
+
+    @contextlib.contextmanager
+    def chunks(self, start: int):
+        with self.stream.chunks(start) as chunks:
+
+            def gen():
+                for c in chunks:
+                    yield c.plan, self._runner(c)
+
+            yield gen()
+
+    def _runner(self, c):
+        def run_chunk(states, alive):
+            return self.programs.chunk_batches(states, alive, c.images, c.labels)
+
+        return run_chunk
+
+    def state(self, step: int) -> dict:
+        return self.stream.state(step)
+
+    def check(self, record: dict, step: int) -> None:
+        if "data" in record:
+            self.stream.check_state(record["data"], step)
 
 
 @contextlib.contextmanager
@@ -484,95 +589,88 @@ def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None):
     spe = run.steps_per_epoch
     init_keys, data_keys, train_keys = trial_keys(configs)
     hps = hyperparams(configs, spe)
+    chunk = cfg.log_every_steps or spe
+    feed = (_StreamFeed if run.loader == "stream" else _DeviceFeed)(run, programs, data_keys, chunk)
     states = programs.init(init_keys, train_keys, hps)
     alive = np.ones(len(padded), bool)
     diverged: list[int | None] = [None] * len(padded)
     pruned: list[int | None] = [None] * len(padded)
-    states, start = _resume(programs, states, ckpts, alive, diverged, pruned)
+    states, start, records = _resume(programs, states, ckpts, alive, diverged, pruned)
+    for record in records:
+        feed.check(record, start)
     if start == 0 and cfg.transfer.pretrained:
         states = _start_from_pretrained(run, programs, states, hps, members)
 
     mesh = programs.mesh
-    train_split = run.splits.train
-    images, labels = on_mesh(train_split.images, mesh), on_mesh(train_split.labels, mesh)
     logs = [
         outputs.MetricsLog(m.workdir, resume_step=start) if m.workdir else None for m in members
     ]
-    chunk = cfg.log_every_steps or spe
     timing = {"train_seconds": 0.0, "compile_seconds": 0.0, "trained_examples": 0}
     bar = _progress(cfg, run.total_steps, start) if count == 1 and members[0].workdir else None
     step, val, val_step = start, None, -1
+
+    def save():
+        _save(ckpts, states, step, alive, diverged, pruned, feed.state(step))
+
     try:
-        with _stop_requests() as stop:
-            for epoch in range(start // spe, cfg.num_epochs):
+        with _stop_requests() as stop, feed.chunks(start) as chunks:
+            for plan, run_chunk in chunks:
+                was_alive = alive.copy()
+                t0 = time.perf_counter()
+                states, alive_dev, metrics = run_chunk(states, on_mesh(alive, mesh))
+                # Block on every chunk: on CPU with several (forced host) devices,
+                # sharded programs dispatched back to back can deadlock.
+                jax.block_until_ready(states)
+                metrics = jax.device_get(metrics)  # (T, S) each: one host sync per chunk
+                alive = np.array(jax.device_get(alive_dev), bool)
+                elapsed = time.perf_counter() - t0
+                size = plan.rows.shape[0]
+                if step == start:
+                    timing["compile_seconds"] = elapsed
+                else:
+                    timing["train_seconds"] += elapsed
+                    timing["trained_examples"] += int(plan.rows.size)
+                for i in np.flatnonzero(was_alive & ~alive):
+                    bad = np.flatnonzero(~np.isfinite(metrics["loss"][i]))
+                    diverged[i] = step + int(bad[0]) + 1
+                step = plan.step + size
+                for i, metrics_log in enumerate(logs):
+                    if metrics_log is not None and alive[i]:
+                        summary = {f"train_{k}": float(np.mean(v[i])) for k, v in metrics.items()}
+                        epoch = plan.epoch + (plan.position + size) / spe
+                        metrics_log.write(step, epoch=epoch, **summary)
+                if bar is not None:
+                    bar.update(size)
+                    bar.set_postfix({k: f"{float(np.mean(v[0])):.4f}" for k, v in metrics.items()})
                 if not alive[:count].any():
                     break
-                rows = [epoch_rows(k, epoch, len(train_split), cfg) for k in data_keys]
-                position = step - epoch * spe
-                while position < spe:
-                    end = chunk_end(position, chunk, rows[0])
-                    idx = np.stack([np.stack(r[position:end]) for r in rows])  # (T, S, B)
-                    was_alive = alive.copy()
-                    t0 = time.perf_counter()
-                    states, alive_dev, metrics = programs.chunk(
-                        states, on_mesh(alive, mesh), images, labels, on_mesh(idx, mesh)
-                    )
-                    # Block on every chunk: on CPU with several (forced host) devices,
-                    # sharded programs dispatched back to back can deadlock.
-                    jax.block_until_ready(states)
-                    metrics = jax.device_get(metrics)  # (T, S) each: one host sync per chunk
-                    alive = np.array(jax.device_get(alive_dev), bool)
-                    elapsed = time.perf_counter() - t0
-                    if step == start:
-                        timing["compile_seconds"] = elapsed
-                    else:
-                        timing["train_seconds"] += elapsed
-                        timing["trained_examples"] += int(idx[0].size)
-                    for i in np.flatnonzero(was_alive & ~alive):
-                        bad = np.flatnonzero(~np.isfinite(metrics["loss"][i]))
-                        diverged[i] = step + int(bad[0]) + 1
-                    step += end - position
-                    position = end
-                    for i, metrics_log in enumerate(logs):
-                        if metrics_log is not None and alive[i]:
-                            summary = {
-                                f"train_{k}": float(np.mean(v[i])) for k, v in metrics.items()
-                            }
-                            metrics_log.write(step, epoch=epoch + position / spe, **summary)
-                    if bar is not None:
-                        bar.update(idx.shape[1])
-                        bar.set_postfix(
-                            {k: f"{float(np.mean(v[0])):.4f}" for k, v in metrics.items()}
-                        )
+                if plan.epoch_end:
+                    if len(run.splits.val):
+                        val, val_step = evaluate(run, programs, states, run.splits.val), step
+                        for i, metrics_log in enumerate(logs):
+                            if metrics_log is not None and alive[i]:
+                                values = {f"val_{k}": v for k, v in val[i].items()}
+                                metrics_log.write(step, epoch=plan.epoch + 1, **values)
+                        if on_epoch is not None:
+                            live = {i: val[i] for i in range(count) if alive[i]}
+                            for i in set(on_epoch(plan.epoch + 1, live)) & set(live):
+                                alive[i] = False
+                                pruned[i] = step
+                                if i == count - 1:
+                                    alive[count:] = False  # the padding repeats the last trial
+                    every = cfg.checkpoint_every_epochs
+                    last = plan.epoch + 1 == cfg.num_epochs
+                    if last or (every and (plan.epoch + 1) % every == 0):
+                        save()
                     if not alive[:count].any():
-                        break
-                    if stop:
-                        _save(ckpts, states, step, alive, diverged, pruned)
-                        raise Interrupted(
-                            f"stopped by signal {stop[0]} at step {step}; {_where(ckpts)}. "
-                            f"Run the same command again to resume.",
-                            stop[0],
-                        )
-                if not alive[:count].any():
-                    break
-                if len(run.splits.val):
-                    val, val_step = evaluate(run, programs, states, run.splits.val), step
-                    for i, metrics_log in enumerate(logs):
-                        if metrics_log is not None and alive[i]:
-                            metrics_log.write(
-                                step, epoch=epoch + 1, **{f"val_{k}": v for k, v in val[i].items()}
-                            )
-                    if on_epoch is not None:
-                        live = {i: val[i] for i in range(count) if alive[i]}
-                        for i in set(on_epoch(epoch + 1, live)) & set(live):
-                            alive[i] = False
-                            pruned[i] = step
-                            if i == count - 1:
-                                alive[count:] = False  # the padding repeats the last trial
-                last = epoch + 1 == cfg.num_epochs
-                every = cfg.checkpoint_every_epochs
-                if last or (every and (epoch + 1) % every == 0):
-                    _save(ckpts, states, step, alive, diverged, pruned)
+                        break  # every trial stopped at this epoch's end
+                if stop:
+                    save()
+                    raise Interrupted(
+                        f"stopped by signal {stop[0]} at step {step}; {_where(ckpts)}. "
+                        f"Run the same command again to resume.",
+                        stop[0],
+                    )
     finally:
         for metrics_log in logs:
             if metrics_log is not None:
@@ -619,42 +717,46 @@ def _where(ckpts) -> str:
     return f"checkpoints written in {len(dirs)} trial folders"
 
 
-def _save(ckpts, states, step: int, alive, diverged, pruned) -> None:
-    """Each trial's state as checkpoint `step` of its own workdir."""
+def _save(ckpts, states, step: int, alive, diverged, pruned, data_state) -> None:
+    """Each trial's state as checkpoint `step` of its own workdir.
+
+    The record keeps whether the trial is alive (and where it diverged or was
+    stopped) and the data loader's position, for a resume to check.
+    """
     for i, c in enumerate(ckpts):
         if c is not None:
             state = jax.tree_util.tree_map(lambda x, i=i: x[i], states)
-            c.save(
-                state,
-                step=step,
-                extra={
-                    "alive": bool(alive[i]),
-                    "diverged_step": diverged[i],
-                    "pruned_step": pruned[i],
-                },
-            )
+            extra = {
+                "alive": bool(alive[i]),
+                "diverged_step": diverged[i],
+                "pruned_step": pruned[i],
+            }
+            if data_state is not None:
+                extra["data"] = data_state
+            c.save(state, step=step, extra=extra)
 
 
-def _resume(programs, states, ckpts, alive, diverged, pruned) -> tuple[Any, int]:
+def _resume(programs, states, ckpts, alive, diverged, pruned) -> tuple[Any, int, list[dict]]:
     """The newest step every trial has a good checkpoint of, restored; else a fresh start.
 
-    Updates `alive`, `diverged` and `pruned` in place from the checkpoints' records.
+    Updates `alive`, `diverged` and `pruned` in place from the checkpoints' records, and
+    returns `(states, step, records)`.
     """
     if not any(c is not None and c.steps() for c in ckpts):
-        return states, 0
+        return states, 0, []
     rep = NamedSharding(programs.mesh, P())
     like = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=rep), states
     )
     restored = [c.restore(like) if c is not None else None for c in ckpts]
     if any(r is None for r in restored):
-        return states, 0  # some trial has nothing to resume from: all start again
+        return states, 0, []  # some trial has nothing to resume from: all start again
     target = min(r.step for r in restored)
     for i, r in enumerate(restored):
         if r.step != target:
             restored[i] = ckpts[i].restore(like, step=target)
             if restored[i] is None:
-                return states, 0
+                return states, 0, []
     for i, r in enumerate(restored):
         alive[i] = bool(r.record.get("alive", True))
         diverged[i] = r.record.get("diverged_step")
@@ -664,7 +766,7 @@ def _resume(programs, states, ckpts, alive, diverged, pruned) -> tuple[Any, int]
     alive[len(restored) :] = alive[len(restored) - 1]
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
     log.info("resumed from checkpoints at step %d", target)
-    return _put_like(stacked, states), target
+    return _put_like(stacked, states), target, [r.record for r in restored]
 
 
 def _start_from_pretrained(run, programs, states, hps, members):
@@ -733,7 +835,7 @@ def results_record(
     steps_done = int(jax.device_get(state.step))
     train_seconds = timing["train_seconds"]
     record = {
-        "status": "diverged" if diverged_step is not None else "done",
+        "status": "done" if diverged_step is None else "diverged",
         "model": config.model.name,
         "dataset": config.data.name,
         "optimizer": config.optim.name,
@@ -747,6 +849,9 @@ def results_record(
         "val_examples": len(run.splits.val),
         "test_examples": len(run.splits.test),
         "data_notes": list(run.splits.notes),
+        "data_loader": run.loader,
+        "data_loader_reason": run.loader_reason,
+        "class_names": list(run.splits.class_names),
         **{f"val_{k}": v for k, v in val.items()},
         **{f"test_{k}": v for k, v in test.items()},
         "wall_seconds": wall_seconds / group_size,

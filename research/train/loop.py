@@ -21,13 +21,21 @@ import ml_collections
 
 from research import config as config_lib
 from research import models, optim
-from research.data import pipeline
+from research.data import pipeline, stream
 from research.optim import freeze as freeze_lib
 from research.train import engine
+from research.train import transfer as transfer_lib
 from research.train.engine import Interrupted, TrainingDiverged
 from research.train.steps import Steps, make_mesh, make_steps
 
-__all__ = ["Interrupted", "Run", "TrainingDiverged", "build_run", "train_and_evaluate"]
+__all__ = [
+    "Interrupted",
+    "Run",
+    "TrainingDiverged",
+    "build_run",
+    "prepare_data",
+    "train_and_evaluate",
+]
 
 
 @dataclasses.dataclass
@@ -35,7 +43,7 @@ class Run:
     """Everything a run needs, built and validated before anything is written."""
 
     config: ml_collections.ConfigDict
-    splits: pipeline.Splits
+    splits: Any  # pipeline.Splits ("device") or stream.StreamSplits ("stream")
     model: Any
     task: str
     steps: Steps  # the per-trial functions on the ("data",) mesh of every device
@@ -43,17 +51,55 @@ class Run:
     total_steps: int
     freeze_decisions: list = dataclasses.field(default_factory=list)
     make_steps: Callable[[Any], Steps] | None = None  # the same functions on another mesh
+    loader: str = "device"  # how batches reach the step: "device" or "stream"
+    loader_reason: str = ""  # why (data.loader, or "auto"'s measurement)
 
 
-def build_run(config: ml_collections.ConfigDict, *, splits: pipeline.Splits | None = None) -> Run:
+def prepare_data(config: ml_collections.ConfigDict, cache: dict | None = None) -> tuple[Any, str]:
+    """The run's splits on the path `data.loader` resolves to, and the reason for it.
+
+    "device": `pipeline.Splits` (normalized arrays, cached in `cache` by their
+    fields); "stream": `stream.StreamSplits` (the records, no image loaded). A
+    transfer from imported weights normalizes with the source network's mean and
+    std (`transfer.pretrained_normalization`), and data it cannot take is refused.
+
+    Raises:
+      ValueError: naming the field, or why the pretrained network cannot take the data.
+    """
+    data_cfg, pretrained = config.data, config.transfer.pretrained
+    normalization = transfer_lib.pretrained_normalization(pretrained) if pretrained else None
+    loader, reason = stream.choose_loader(data_cfg)
+    if loader == "stream":
+        splits = stream.open_splits(data_cfg, normalization=normalization)
+    else:
+        splits = pipeline.from_config(data_cfg, cache, normalization)
+    if pretrained:
+        notes = transfer_lib.check_pretrained_input(pretrained, splits.input_shape)
+        if notes:
+            splits = dataclasses.replace(splits, notes=(*splits.notes, *notes))
+    return splits, reason
+
+
+def build_run(
+    config: ml_collections.ConfigDict,
+    *,
+    splits: Any = None,
+    loader_reason: str = "prepared splits given by the caller",
+) -> Run:
     """Validates the config, loads and splits the data, builds model, optimizer and steps.
+
+    Args:
+      config: the run's config.
+      splits: prepared data (`prepare_data`), instead of loading `config.data`.
+      loader_reason: why `splits` are on their path, for results.json.
 
     Raises:
       ValueError / FileNotFoundError: with a message naming the bad field or path.
     """
     config_lib.validate(config)
     if splits is None:
-        splits = pipeline.from_config(config.data)
+        splits, loader_reason = prepare_data(config)
+    loader = "stream" if isinstance(splits, stream.StreamSplits) else "device"
     n_train = len(splits.train)
     if config.batch_size > n_train:
         raise ValueError(
@@ -72,6 +118,9 @@ def build_run(config: ml_collections.ConfigDict, *, splits: pipeline.Splits | No
     if config.compute_dtype == "bfloat16":
         overrides["dtype"] = jnp.bfloat16
     model = models.create(config.model.name, num_classes=splits.num_classes, **overrides)
+    # A model that cannot take the data (too small for its downsampling) fails here, in
+    # one line naming the smallest input it takes, not in a traceback from the first step.
+    models.check_input(config.model.name, model, splits.input_shape)
     spe = pipeline.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
     # Hyperparameters injected as arrays: every trial of a group (and a lone run) shares
     # one compiled program and carries its own values in its optimizer state.
@@ -101,6 +150,8 @@ def build_run(config: ml_collections.ConfigDict, *, splits: pipeline.Splits | No
         spe * config.num_epochs,
         decisions,
         steps_on,
+        loader,
+        loader_reason,
     )
 
 

@@ -66,15 +66,21 @@ class Steps:
       init: `(init_key, train_key, hyperparams) -> TrainState`.
       reinit: `(state, params, batch_stats, hyperparams) -> TrainState`, new
         starting parameters (e.g. pretrained) with a fresh optimizer state.
-      train_chunk: `(state, alive, images, labels, idx) -> (state, alive, metrics)`.
+      train_chunk: `(state, alive, images, labels, idx) -> (state, alive, metrics)`,
+        batches gathered by index from device-resident data.
+      train_batches: `(state, alive, images[S, B, ...], labels[S, B]) -> (state, alive,
+        metrics)`, batches given whole (streamed).
       evaluate: `(params, batch_stats, images, labels, idx, mask) -> sums`.
+      evaluate_batches: `(params, batch_stats, images[K, B, ...], labels, mask) -> sums`.
       mesh: the ("data",) mesh the batch is sharded over.
     """
 
     init: Callable[..., TrainState]
     reinit: Callable[..., TrainState]
     train_chunk: Callable[..., tuple[TrainState, jax.Array, dict[str, jax.Array]]]
+    train_batches: Callable[..., tuple[TrainState, jax.Array, dict[str, jax.Array]]]
     evaluate: Callable[..., dict[str, jax.Array]]
+    evaluate_batches: Callable[..., dict[str, jax.Array]]
     mesh: Mesh
 
 
@@ -186,45 +192,74 @@ def make_steps(
         )
         return new_state, {k: v.mean() for k, v in metrics.items()}
 
-    def train_chunk(state: TrainState, alive, images, labels, idx):
-        """Runs `idx.shape[0]` steps; `idx[i]` holds the example indices of step i.
+    def guarded_scan(state, alive, xs, batch_of):
+        """`lax.scan` of `train_step` over `xs` (one element per step) with the divergence
+        guard: a step whose loss is not finite leaves the state as it was and clears
+        `alive` (a bool scalar), and a state that is not alive no longer changes. So a
+        diverging trial is frozen at its last good step; in a group the others go on."""
 
-        `alive` (a bool scalar) is the divergence guard: a step whose loss is not
-        finite leaves the state as it was and clears `alive`, and a state that is
-        not alive no longer changes. So a diverging trial is frozen at its last
-        good step, and in a group of trials the others go on.
-        """
-
-        def body(carry, batch_idx):
+        def body(carry, x):
             state, alive = carry
-            batch = {"image": images[batch_idx], "label": labels[batch_idx]}
-            new, metrics = train_step(state, batch)
+            new, metrics = train_step(state, batch_of(x))
             ok = alive & jnp.isfinite(metrics["loss"])
             new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
             return (new, ok), metrics
 
-        (state, alive), metrics = jax.lax.scan(body, (state, alive), idx)
+        (state, alive), metrics = jax.lax.scan(body, (state, alive), xs)
         return state, alive, metrics
 
-    def evaluate(params, batch_stats, images, labels, idx, mask):
-        """Sums of per-example loss/metrics over all batches `idx`, weighted by `mask`."""
+    def train_chunk(state: TrainState, alive, images, labels, idx):
+        """Runs `idx.shape[0]` steps; `idx[i]` holds the indices of step i's examples in
+        the device-resident `images`/`labels` (`data.loader="device"`)."""
+        return guarded_scan(
+            state, alive, idx, lambda rows: {"image": images[rows], "label": labels[rows]}
+        )
+
+    def train_batches(state: TrainState, alive, images, labels):
+        """Runs `images.shape[0]` steps on batches given whole: `images[i]` `(B, H, W, C)`
+        is step i's batch (`data.loader="stream"`)."""
+        return guarded_scan(
+            state, alive, (images, labels), lambda b: {"image": b[0], "label": b[1]}
+        )
+
+    def evaluation_sums(params, batch_stats, xs, batch_of):
         variables = {"params": params}
         if batch_stats:
             variables["batch_stats"] = batch_stats
 
-        def body(totals, batch):
-            batch_idx, batch_mask = batch
-            x = jax.lax.with_sharding_constraint(images[batch_idx], shard)
-            out = model.apply(variables, x, train=False)
-            _, metrics = loss_and_metrics(out, x, labels[batch_idx], task)
-            sums = {k: jnp.sum(v * batch_mask) for k, v in metrics.items()}
+        def body(totals, x):
+            images, labels, mask = batch_of(x)
+            images = jax.lax.with_sharding_constraint(images, shard)
+            out = model.apply(variables, images, train=False)
+            _, metrics = loss_and_metrics(out, images, labels, task)
+            sums = {k: jnp.sum(v * mask) for k, v in metrics.items()}
             return jax.tree_util.tree_map(jnp.add, totals, sums), None
 
         zeros = {k: jnp.zeros((), jnp.float32) for k in _metric_names(task)}
-        totals, _ = jax.lax.scan(body, zeros, (idx, mask))
+        totals, _ = jax.lax.scan(body, zeros, xs)
+        return totals
+
+    def evaluate(params, batch_stats, images, labels, idx, mask):
+        """Sums of per-example loss/metrics over all batches `idx`, weighted by `mask`."""
+        totals = evaluation_sums(
+            params, batch_stats, (idx, mask), lambda x: (images[x[0]], labels[x[0]], x[1])
+        )
         return {**totals, "count": jnp.sum(mask)}
 
-    return Steps(init=init, reinit=reinit, train_chunk=train_chunk, evaluate=evaluate, mesh=mesh)
+    def evaluate_batches(params, batch_stats, images, labels, mask):
+        """The same sums over batches given whole: `images[k]` is batch k."""
+        totals = evaluation_sums(params, batch_stats, (images, labels, mask), lambda x: x)
+        return {**totals, "count": jnp.sum(mask)}
+
+    return Steps(
+        init=init,
+        reinit=reinit,
+        train_chunk=train_chunk,
+        train_batches=train_batches,
+        evaluate=evaluate,
+        evaluate_batches=evaluate_batches,
+        mesh=mesh,
+    )
 
 
 def _metric_names(task: str) -> tuple[str, ...]:

@@ -39,6 +39,35 @@ class TransferReport:
         return dataclasses.asdict(self)
 
 
+def pretrained_normalization(workdir: str):
+    """The input normalization a transfer from `workdir` must use, or None (ours: measure).
+
+    Imported weights (`scripts/import_weights.py` wrote `pretrained.json`) expect the
+    source network's preprocessing: its mean and std, in its channel order (see
+    `research.models.pretrained.preprocessing` for the policy).
+    """
+    from research.models.pretrained import preprocessing
+
+    pre = preprocessing.preprocessing_for(workdir)
+    if pre is None:
+        return None
+    return preprocessing.normalization(
+        pre, source=f"the pretrained network ({os.path.abspath(workdir)})"
+    )
+
+
+def check_pretrained_input(workdir: str, input_shape) -> list[str]:
+    """Notes on running the pretrained network of `workdir` on `input_shape` data.
+
+    Raises:
+      ValueError: one line when the data cannot be used (another channel count).
+    """
+    from research.models.pretrained import preprocessing
+
+    pre = preprocessing.preprocessing_for(workdir)
+    return [] if pre is None else preprocessing.check_compatible(pre, input_shape)
+
+
 def read_pretrained(workdir: str) -> checkpoint.Restored:
     """The newest good checkpoint of the finished run in `workdir` (checksum verified)."""
     return checkpoint.read(workdir, what="config.transfer.pretrained=")

@@ -1,0 +1,586 @@
+"""Pretrained weights (research.models.pretrained): the zoo computes the source models' logits.
+
+Equality: random weights, random BatchNorm statistics and random biases (the
+defaults 0 / 1 / 0 would hide a swapped or missing statistic), converted, and
+the zoo's logits compared with the source's in eval mode, float32, relative
+error max|ours - theirs| / max|theirs| < 1e-4, at the paper's input size and at
+193x193 (odd sizes: padding, ceil-mode and adaptive pooling differ). The full
+tier checks every model; the fast tier ResNet-18 at 49x49.
+
+Also: weights files are data (a pickle that would run code is refused and does
+not run), scripts/import_weights.py writes a run that `transfer.load_pretrained`
+takes, and the preprocessing record and policy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import requires
+
+from research import models
+from research.models import pretrained
+from research.models.pretrained import files, keras_zoo, torchvision_zoo
+from research.models.pretrained.preprocessing import (
+    check_compatible,
+    normalize,
+    preprocessing_for,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "import_weights.py")
+TOLERANCE = 1e-4  # relative error in float32
+ODD = 193  # an odd size where SAME / symmetric padding, ceil mode and adaptive bins differ
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _torchvision():
+    """torchvision.models (through torch_compat), or a skip naming the missing package."""
+    requires("torch")
+    from research.models.torch_compat import import_torchvision_models
+
+    try:
+        return import_torchvision_models()
+    except ImportError:
+        requires("torchvision")  # skips (fails under CI) with the install hint
+        raise
+
+
+def _keras():
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = requires("keras")
+    requires("h5py")
+    return keras
+
+
+def _randomize_torch(model, seed: int):
+    """Random biases and BatchNorm scale, shift, running mean and variance, in place."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                module.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                module.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def _randomize_keras(model, seed: int):
+    """The same for a Keras model: BatchNorm gamma, beta, moving mean/variance and biases."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = weights[0].shape[0]
+            gamma, mean, var = (
+                rng.uniform(0.5, 1.5, n),
+                rng.normal(0, 0.2, n),
+                rng.uniform(0.5, 1.5, n),
+            )
+            layer.set_weights([gamma, rng.normal(0, 0.1, n), mean, var])
+        elif getattr(layer, "use_bias", False) and weights:
+            layer.set_weights([*weights[:-1], rng.normal(0, 0.1, weights[-1].shape)])
+    return model
+
+
+def _ours(name: str, variables, x: np.ndarray, **overrides) -> np.ndarray:
+    model = models.create(name, num_classes=1000, **overrides)
+    return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+
+
+def _rel_err(ours: np.ndarray, theirs: np.ndarray) -> float:
+    assert ours.shape == theirs.shape
+    return float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+
+
+def _images(size: int, n: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
+
+
+def _torchvision_model(name: str, seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    return _randomize_torch(getattr(_torchvision(), name)(**kwargs), seed + 1)
+
+
+def _torch_logits(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()  # NHWC -> NCHW
+
+
+def _check_torchvision(name: str, sizes) -> dict[int, float]:
+    source = _torchvision_model(name)
+    variables = pretrained.from_torchvision(name, source.state_dict())
+    errors = {}
+    for size in sizes:
+        x = _images(size)
+        errors[size] = _rel_err(_ours(name, variables, x), _torch_logits(source, x))
+    print(f"torchvision {name}: relative error {errors}")
+    return errors
+
+
+# --------------------------------------------------------------------------- equality
+
+
+def test_resnet18_matches_torchvision_at_a_small_odd_size():
+    errors = _check_torchvision("resnet18", (49,))  # 49 -> 25 -> 13 -> 7 -> 4 -> 2
+    assert errors[49] < TOLERANCE, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["alexnet", "vgg11", "vgg16", "googlenet", "resnet18", "resnet34", "resnet50"]
+)
+def test_torchvision_logits_match(name):
+    errors = _check_torchvision(name, (224, ODD))
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+KERAS_APPLICATIONS = {"xception": "Xception", "vgg16": "VGG16", "mobilenet_v1": "MobileNet"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["xception", "vgg16", "mobilenet_v1"])
+def test_keras_logits_match(name):
+    keras = _keras()
+    if name not in models.names():
+        pytest.skip(f"the zoo has no {name!r} yet (being added on branch `zoo`)")
+    paper = models.spec(name).paper_input_shape[0]
+    errors = {}
+    for size in (paper, ODD):
+        application = getattr(keras.applications, KERAS_APPLICATIONS[name])
+        keras.utils.set_random_seed(size)  # Keras's own initial kernels, reproducibly
+        source = _randomize_keras(
+            application(weights=None, input_shape=(size, size, 3), classifier_activation=None),
+            seed=size,
+        )
+        # Keras's VGG16 flattens its last map as is (no adaptive pooling): at 193x193 its
+        # fc1 has 6*6*512 inputs, the zoo's `pooled_size=None`.
+        overrides = {"pooled_size": None} if name == "vgg16" and size != 224 else {}
+        variables = pretrained.from_keras(
+            name, source, overrides=overrides, input_shape=(size, size, 3)
+        )
+        x = _images(size)
+        theirs = np.asarray(source(x, training=False))
+        errors[size] = _rel_err(_ours(name, variables, x, **overrides), theirs)
+    print(f"keras {name}: relative error {errors}")
+    assert max(errors.values()) < TOLERANCE, errors
+
+
+@pytest.mark.slow
+def test_googlenet_published_input_transform_is_its_preprocessing():
+    # torchvision builds the published GoogLeNet with transform_input=True on
+    # ImageNet-normalized input; the zoo's network without it on the recorded
+    # preprocessing (0.5 / 0.5) is the same function.
+    import torch
+
+    torch.manual_seed(0)
+    source = _randomize_torch(
+        _torchvision().googlenet(aux_logits=False, init_weights=True, transform_input=True), 1
+    )
+    variables = pretrained.from_torchvision("googlenet", source.state_dict())
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    imagenet = normalize(pixels, torchvision_zoo.MODELS.get("resnet18").preprocessing.as_dict())
+    recorded = torchvision_zoo.MODELS.get("googlenet").preprocessing.as_dict()
+    ours = _ours("googlenet", variables, normalize(pixels, recorded))
+    assert _rel_err(ours, _torch_logits(source, imagenet)) < TOLERANCE
+
+
+# --------------------------------------------------------------------------- conversion errors
+
+
+def test_mismatched_or_missing_weight_names_the_parameter_and_both_shapes():
+    import torch
+
+    tv = _torchvision()
+    narrow = tv.resnet18().state_dict()
+    narrow["layer1.0.conv1.weight"] = torch.zeros(64, 32, 3, 3)
+    with pytest.raises(ValueError) as err:
+        pretrained.from_torchvision("resnet18", narrow)
+    assert str(err.value) == (
+        "torchvision resnet18: 'layer1.0.conv1.weight' has shape (64, 32, 3, 3) but "
+        "params/stage1_block1/conv1/kernel needs (64, 64, 3, 3) as OIHW, (3, 3, 64, 64) in "
+        "the zoo's layout"
+    )
+    ten_classes = tv.resnet18(num_classes=10).state_dict()
+    with pytest.raises(ValueError, match=r"'fc.bias' has shape \(10,\) but params/head/bias "):
+        pretrained.from_torchvision("resnet18", ten_classes)
+
+    missing = tv.resnet18().state_dict()
+    del missing["layer2.0.bn1.running_var"]
+    with pytest.raises(ValueError, match=r"no 'layer2\.0\.bn1\.running_var', needed for "):
+        pretrained.from_torchvision("resnet18", missing)
+
+    with pytest.raises(ValueError, match=r"'layer1\.2\.conv1\.weight' .* no place for"):
+        pretrained.from_torchvision("resnet18", tv.resnet34().state_dict())
+    with pytest.raises(ValueError, match="unknown torchvision model 'resnet19'.*'resnet18'"):
+        pretrained.from_torchvision("resnet19", {})
+
+
+def test_keras_unnamed_layers_are_taken_in_creation_order():
+    names = ["block1_conv1", "conv2d_10", "conv2d_2", "conv2d", "batch_normalization_1"]
+    assert keras_zoo._unnamed(names, "conv2d") == ["conv2d", "conv2d_2", "conv2d_10"]
+    assert keras_zoo._unnamed(names, "batch_normalization") == ["batch_normalization_1"]
+
+
+# --------------------------------------------------------------------------- files are data
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickled object whose loading calls `_touch(marker)`: what a malicious file does."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_touch, (self.marker,))
+
+
+def _touch(path: str) -> None:
+    with open(path, "w") as f:
+        f.write("code ran")
+
+
+def _import_script():
+    """scripts/import_weights.py as a module, to call its `main` in this process."""
+    sys.path.insert(0, os.path.dirname(SCRIPT))  # its `import _checkout`
+    try:
+        spec = importlib.util.spec_from_file_location("import_weights", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(os.path.dirname(SCRIPT))
+    return module
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path, capsys):
+    torch = requires("torch")
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pth"
+    torch.save({"conv1.weight": _RunsCodeWhenUnpickled(str(marker))}, path)
+    with pytest.raises(ValueError, match=r"would need to run code to load \(GLOBAL .*_touch\)"):
+        files.read_state_dict(str(path))
+
+    out = tmp_path / "run"
+    argv = ["--source=torchvision", "--model=resnet18", f"--out={out}"]
+    assert _import_script().main([*argv, f"--weights-file={path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: weights file") and "refused" in err and err.count("\n") == 1
+    assert not marker.exists(), "the pickle's code ran"
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["model.pth"]
+
+
+def test_wrong_weights_exit_2_with_one_line_and_write_nothing(tmp_path, capsys):
+    torch = requires("torch")
+    path = tmp_path / "resnet34.pth"
+    torch.save(_torchvision().resnet34().state_dict(), path)
+    out = tmp_path / "run"
+    argv = ["--source=torchvision", "--model=resnet18", f"--out={out}", f"--weights-file={path}"]
+    assert _import_script().main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: torchvision resnet18: the weights have 'layer1.2.conv1.weight'")
+    assert err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["resnet34.pth"]  # no DIR, no temporary folder
+
+
+def test_keras_weight_files_read_like_the_model(tmp_path):
+    keras = _keras()
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inputs = layers.Input((12, 12, 3))
+    x = layers.Conv2D(4, 3, use_bias=False, name="block1_conv1")(inputs)
+    x = layers.BatchNormalization(name="block1_conv1_bn")(x)
+    shortcut = layers.BatchNormalization()(layers.Conv2D(5, 1, strides=2, padding="same")(x))
+    x = layers.SeparableConv2D(5, 3, padding="same", use_bias=False, name="sep")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = layers.add([layers.MaxPooling2D(3, 2, padding="same")(x), shortcut])
+    outputs = layers.Dense(3, name="predictions")(layers.GlobalAveragePooling2D()(x))
+    model = _randomize_keras(keras.Model(inputs, outputs), seed=0)
+    model.save_weights(tmp_path / "m.weights.h5")  # Keras 3 layout
+    model.save(tmp_path / "m.h5")  # legacy layout (the published files')
+    want = files.read_keras_model(model)
+    assert len(want) == 7 and [w.shape for w in want["sep"]] == [(3, 3, 4, 1), (1, 1, 4, 5)]
+    for name in ("m.weights.h5", "m.h5"):
+        got = files.read_keras_h5(str(tmp_path / name))
+        assert sorted(got) == sorted(want), name
+        for layer in want:
+            assert len(got[layer]) == len(want[layer])
+            for a, b in zip(got[layer], want[layer], strict=True):
+                np.testing.assert_array_equal(a, b)
+    (tmp_path / "m.pth").write_bytes((tmp_path / "m.h5").read_bytes())
+    with pytest.raises(ValueError, match="expected a Keras .h5 or .weights.h5 file"):
+        files.read_keras_h5(str(tmp_path / "m.pth"))
+
+
+def _restored(out) -> dict:
+    """The variables of the run in `out`, read as any run's are (checksum verified)."""
+    from research.train import checkpoint
+
+    restored = checkpoint.read(str(out))
+    assert restored.step == 0
+    return {"params": restored.state["params"], "batch_stats": restored.state["batch_stats"]}
+
+
+def _assert_same_tree(got, want):
+    got_flat = dict(jax.tree_util.tree_leaves_with_path(got))
+    want_flat = dict(jax.tree_util.tree_leaves_with_path(want))
+    assert got_flat.keys() == want_flat.keys()
+    for path, value in want_flat.items():
+        np.testing.assert_array_equal(np.asarray(got_flat[path]), value, err_msg=str(path))
+
+
+@pytest.mark.slow
+def test_keras_weights_h5_and_safetensors_through_the_script(tmp_path, capsys):
+    keras = _keras()
+    requires("safetensors")
+    from safetensors.numpy import save_file
+
+    script = _import_script()
+    # Keras 3 `.weights.h5` of a random Xception (the input size does not change its weights).
+    keras.utils.set_random_seed(2)
+    source = _randomize_keras(keras.applications.Xception(weights=None, input_shape=(71, 71, 3)), 2)
+    source.save_weights(tmp_path / "xception.weights.h5")
+    out = tmp_path / "xception"
+    argv = ["--source=keras", "--model=xception", f"--out={out}"]
+    assert script.main([*argv, f"--weights-file={tmp_path / 'xception.weights.h5'}"]) == 0
+    want = pretrained.from_keras("xception", source)
+    _assert_same_tree(_restored(out), want)
+
+    # A torchvision state_dict as .safetensors (no torch needed to read it).
+    state_dict = {k: v.numpy() for k, v in _torchvision_model("resnet18").state_dict().items()}
+    save_file(state_dict, str(tmp_path / "resnet18.safetensors"))
+    out = tmp_path / "resnet18"
+    argv = ["--source=torchvision", "--model=resnet18", f"--out={out}"]
+    assert script.main([*argv, f"--weights-file={tmp_path / 'resnet18.safetensors'}"]) == 0
+    want = pretrained.from_torchvision("resnet18", state_dict)
+    _assert_same_tree(_restored(out), want)
+    assert "wrote" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- import -> transfer
+
+
+def _experiment():
+    spec = importlib.util.spec_from_file_location(
+        "compare_freezing", os.path.join(ROOT, "experiments", "compare_freezing.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def imported_resnet18(tmp_path_factory):
+    """A random ResNet-18 saved as .pth and imported by the script, where the imagenet_resnet18
+    variant of compare_freezing looks for it (relative to `root`)."""
+    torch = requires("torch")
+    root = tmp_path_factory.mktemp("pretrained")
+    source = _torchvision_model("resnet18", seed=3)
+    pth = root / "resnet18-random.pth"
+    torch.save(source.state_dict(), pth)
+    out = root / _experiment().IMAGENET_PRETRAINED["resnet18"]
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--source", "torchvision", "--model", "resnet18"]
+        + ["--out", str(out), "--weights-file", str(pth)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    return root, out, pth, source
+
+
+def test_imported_run_loads_through_transfer(imported_resnet18):
+    from research.train import transfer
+
+    _, out, pth, source = imported_resnet18
+    want = pretrained.from_torchvision("resnet18", source.state_dict())
+    # The transfer study's model: CIFAR-10's 10 classes at 32x32, the published stem.
+    model = models.create("resnet18", num_classes=10)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    fresh = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    params, stats, report = transfer.load_pretrained(
+        str(out), fresh["params"], fresh["batch_stats"]
+    )
+    assert report.replaced == ["params/head/bias", "params/head/kernel"]
+    assert len(report.loaded) == 100  # 60 params + 40 BatchNorm statistics
+    loaded = {"params": params, "batch_stats": stats}
+    for collection in ("params", "batch_stats"):
+        flat_got = dict(jax.tree_util.tree_leaves_with_path(loaded[collection]))
+        flat_want = dict(jax.tree_util.tree_leaves_with_path(want[collection]))
+        for path, value in flat_want.items():
+            if "head" in jax.tree_util.keystr(path):
+                continue
+            np.testing.assert_array_equal(np.asarray(flat_got[path]), value)
+
+    # The checkpoint is an ordinary one: it restores with its checksum verified.
+    _assert_same_tree(_restored(out), want)
+
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    assert results["params"] == 11_689_512 and results["model"] == "resnet18"
+    with open(out / "pretrained.json") as f:
+        record = json.load(f)
+    assert record["weights_sha256"] == files.sha256_file(str(pth))
+    assert record["source"] == "torchvision" and record["is_published_file"] is False
+    assert record["weights"] == "local file"
+    assert record["published_weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert preprocessing_for(str(out)) == record["preprocessing"]
+    assert record["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_a_transfer_run_uses_the_sources_preprocessing_or_says_why_not(imported_resnet18, tmp_path):
+    """loop.prepare_data: RGB data normalized with ImageNet's mean/std (not its own), and
+    1-channel data refused in one line before anything is trained."""
+    from conftest import write_image_folder
+
+    from research.config import get_base_config
+    from research.train import loop
+
+    _, out, _, _ = imported_resnet18
+    written = write_image_folder(tmp_path / "photos", per_class=6)
+    config = get_base_config()
+    config.data.name = f"folder:{tmp_path / 'photos'}"
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.data.val_size = 0
+    config.transfer.pretrained = str(out)
+    splits, _ = loop.prepare_data(config)
+    assert splits.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert splits.std == pytest.approx((0.229, 0.224, 0.225))
+    assert any("normalized with the pretrained network" in n for n in splits.notes)
+    assert any("the source network was trained on 224x224" in n for n in splits.notes)
+    # Every pixel went through (v / 255 - mean) / std with ImageNet's numbers.
+    values = np.concatenate([v.reshape(-1, 3) for v in written.values()]).astype(np.float32)
+    expect = (values / 255.0 - np.float32([0.485, 0.456, 0.406])) / np.float32(
+        [0.229, 0.224, 0.225]
+    )
+    got = np.concatenate([splits.train.images.reshape(-1, 3), splits.test.images.reshape(-1, 3)])
+    assert sorted(map(tuple, np.round(got, 4))) == sorted(map(tuple, np.round(expect, 4)))
+
+    config.data.name = "digits"
+    with pytest.raises(ValueError, match=r"takes 3-channel RGB images but the data has 1 channel"):
+        loop.prepare_data(config)
+
+
+def test_imagenet_transfer_variant_uses_the_imported_run(imported_resnet18, monkeypatch):
+    from research.sweep import space
+
+    root, out, _, _ = imported_resnet18
+    monkeypatch.chdir(root)  # the variant names the folder relative to the repo root
+    trials = space.expand(_experiment().get_config("imagenet_resnet18"))  # validates each
+    assert len(trials) == 8 * 3 * 3  # strategies x target sizes x seeds
+    sources = {t.config.transfer.pretrained for t in trials}
+    assert sources == {"", "runs/pretrained/resnet18_torchvision"}
+    assert {t.config.data.name for t in trials} == {"cifar10"}
+    assert {t.config.transfer.n for t in trials} == {0, 1, 5, 10}
+    notes = check_compatible(preprocessing_for(str(out)), (32, 32, 3))
+    assert notes == [
+        "the data is 32x32, the source network was trained on 224x224 crops: it runs at "
+        "32x32 (no resizing), so its features see objects at ~0.14x the scale they were "
+        "trained on"
+    ]
+
+
+@pytest.mark.parametrize("model", ["resnet18", "vgg16"])
+def test_imagenet_variants_expand_and_validate(model, tmp_path, monkeypatch):
+    from research.sweep import space
+
+    experiment = _experiment()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="transfer.pretrained.*no checkpoints"):
+        space.expand(experiment.get_config(f"imagenet_{model}"))  # not imported yet
+    (tmp_path / experiment.IMAGENET_PRETRAINED[model] / "checkpoints").mkdir(parents=True)
+    trials = space.expand(experiment.get_config(f"imagenet_{model}"))
+    assert len(trials) == 8 * 3 * 3
+    assert {t.config.model.name for t in trials} == {model}
+    assert dict(trials[0].config.model.overrides) == {}  # the published stem: the weights fit
+    freeze_n = {t.config.transfer.n for t in trials if t.config.transfer.strategy != "scratch"}
+    assert freeze_n == {0, *experiment.IMAGENET_FREEZE_N[model]}
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_check_compatible_refuses_other_channel_counts_in_one_line():
+    pre = torchvision_zoo.MODELS.get("resnet18").preprocessing.as_dict()
+    with pytest.raises(ValueError) as err:
+        check_compatible(pre, (28, 28, 1))
+    assert str(err.value) == (
+        "the pretrained network takes 3-channel RGB images but the data has 1 channel "
+        "(28x28x1): use 3-channel data (e.g. cifar10, not mnist) or train from scratch"
+    )
+    assert check_compatible(pre, (224, 224, 3)) == []
+    caffe = keras_zoo.MODELS.get("vgg16").preprocessing.as_dict()
+    assert check_compatible(caffe, (224, 224, 3)) == [
+        "channels reversed RGB -> BGR, as the source network expects"
+    ]
+
+
+def test_normalize_worked_example_and_missing_record(tmp_path):
+    pre = {"mean": [0.5, 0.25, 0.0], "std": [0.5, 0.25, 1.0], "channel_order": "BGR"}
+    pixels = np.array([[[[255, 0, 51]]]], np.uint8)  # one RGB pixel: 1.0, 0.0, 0.2
+    # BGR: (0.2, 0.0, 1.0) -> ((0.2 - 0.5) / 0.5, (0.0 - 0.25) / 0.25, (1 - 0) / 1)
+    np.testing.assert_allclose(normalize(pixels, pre)[0, 0, 0], [-0.6, -1.0, 1.0], rtol=1e-6)
+    assert preprocessing_for(str(tmp_path)) is None  # one of our own runs: no record
+    (tmp_path / "pretrained.json").write_text("{}")
+    with pytest.raises(ValueError, match="no 'preprocessing' entry"):
+        preprocessing_for(str(tmp_path))
+
+
+def test_torchvision_table_matches_torchvision_weights():
+    tv = _torchvision()
+    for name in torchvision_zoo.MODELS:
+        entry = torchvision_zoo.MODELS.get(name)
+        weights = tv.get_model_weights(name)
+        assert entry.weights == f"{weights.__name__}.{weights.DEFAULT.name}", name
+        assert entry.url == weights.DEFAULT.url
+        transform = weights.DEFAULT.transforms()
+        pre = entry.preprocessing
+        assert list(pre.input_size) == transform.crop_size * 2
+        assert [pre.resize_size] == transform.resize_size
+        if name == "googlenet":  # transform_input=True folds ImageNet's into (x - 0.5) / 0.5
+            assert (pre.mean, pre.std) == ((0.5,) * 3, (0.5,) * 3)
+        else:
+            assert (list(pre.mean), list(pre.std)) == (transform.mean, transform.std)
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [("xception", "xception"), ("vgg16", "vgg16"), ("mobilenet_v1", "mobilenet")],
+)
+def test_keras_table_matches_keras_preprocess_input(name, module):
+    keras = _keras()
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    theirs = getattr(keras.applications, module).preprocess_input(pixels.astype(np.float32))
+    pre = keras_zoo.MODELS.get(name).preprocessing.as_dict()
+    np.testing.assert_allclose(normalize(pixels, pre), np.asarray(theirs), atol=1e-4)
+
+
+def test_torchvision_import_works_without_its_c_extension():
+    import torch
+
+    tv = _torchvision()
+    logits = tv.resnet18(num_classes=3).eval()(torch.zeros(1, 3, 32, 32))
+    assert tuple(logits.shape) == (1, 3)
