@@ -4,11 +4,17 @@
 
 Override any config field on the command line, e.g. `--config.sweep.parallel=vmap`.
 Running the same command again resumes: finished trials are not run again.
-Several processes may run the same command on the same DIR at once.
+Any number of processes, on any number of hosts, may run the same command
+against one storage (`--config.sweep.storage`: a shared journal file or a
+database URL; default DIR/optuna.journal): each trial runs once, a lost
+worker's trial is taken over, and each command returns when every trial of the
+sweep has finished.
 
 Exit codes: 0 done; 2 bad input (a message names the field or path); 74 the
 operating system refused a write (disk full, read-only folder: the message
-names the path; finished trials are kept and the same command resumes).
+names the path; finished trials are kept and the same command resumes);
+128 + N stopped by signal N (SIGTERM, SIGINT: checkpoints written, the trials
+handed back to the study for any worker to resume).
 """
 
 from __future__ import annotations
@@ -36,7 +42,12 @@ def main(argv) -> int:
     config, workdir = load_config(_CONFIG), _WORKDIR.value
     absl_logging.set_verbosity(absl_logging.WARNING)
     setup_environment(config)
+    import optuna
+
     from research.sweep import expand, run_sweep
+    from research.train import Interrupted
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our lines say what each trial did
 
     if "sweep" not in config:
         fail("the config has no `sweep` section; start from research.sweep.get_sweep_config()")
@@ -45,15 +56,20 @@ def main(argv) -> int:
         done = run_sweep(config, workdir, echo=lambda line: print(line, flush=True))
     except (ValueError, FileNotFoundError) as err:
         fail(err)
+    except Interrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 128 + err.signum
     except OSError as err:
         fail(describe_os_error(err) + "; finished trials are kept", EXIT_OS_ERROR)
+    pruned = f" ({len(done['pruned'])} pruned)" if done["pruned"] else ""
+    recorded = f", recorded {len(done['recorded'])} from results.json" if done["recorded"] else ""
     print(
-        f"ran {len(done['ran'])}, skipped {len(done['skipped'])} finished, of {done['trials']} "
-        f"trials ({done['parallel']}) in {done['seconds']:.0f} s"
+        f"ran {len(done['ran'])}{pruned}{recorded}, skipped {len(done['skipped'])} finished, of "
+        f"{done['trials']} trials ({done['parallel']}) in {done['seconds']:.0f} s"
     )
     with open(os.path.join(workdir, "summary.md")) as f:
         print(f.read())
-    print(f"tables and plots: {workdir}")
+    print(f"tables and plots: {workdir}; study {done['study']} in {done['storage']}")
     return 0
 
 

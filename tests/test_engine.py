@@ -123,6 +123,9 @@ def sweep_args(workdir, parallel, epochs=3):
         '--config.sweep.grids=({"optim.name": ("momentum",), "optim.learning_rate": (0.03,)},)',
         "--config.sweep.axes.seed=(0, 1, 2)",
         f"--config.sweep.parallel={parallel}",
+        # A killed sweep's trials are taken over 3 s after their heartbeat stops.
+        "--config.sweep.heartbeat_seconds=0.5",
+        "--config.sweep.grace_seconds=3",
     ]
 
 

@@ -19,7 +19,7 @@ from research.studies import architectures as study_architectures
 from research.studies import autoencoder as study_autoencoder
 from research.studies import filters as study_filters
 from research.studies import freezing as study_freezing
-from research.sweep import run_sweep, space
+from research.sweep import run_sweep, runner, space
 from research.sweep.space import get_sweep_config
 
 
@@ -83,7 +83,7 @@ def test_filters_report_writes_figures_and_table(tmp_path, monkeypatch):
     assert "| sobel_x |" in text and "test accuracy" in text
 
     # The figures' arrays: kernels and maps of the trained model, for one test image.
-    (trial,) = space.expand(config)
+    (trial,) = runner.records(config, str(tmp_path))
     out = study_filters.write_report(str(tmp_path), [trial], config, natural_dataset=None)
     assert out["kernels"].shape == (32, 3, 3)
     assert set(out["maps"]) == {"conv1", "conv2"}
@@ -144,7 +144,9 @@ def test_autoencoder_report_table_figure_and_probe(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert text.count("| digits |") == 2 and "probe test accuracy" in text
     assert os.path.getsize(tmp_path / "reconstructions.png") > 1000
-    grid = study_autoencoder.reconstruction_grid(str(tmp_path), space.expand(config), {})
+    records = runner.records(config, str(tmp_path))  # from the sweep's storage
+    assert [r.state for r in records] == ["complete"] * 4
+    grid = study_autoencoder.reconstruction_grid(str(tmp_path), records, {})
     assert list(grid["digits"]) == ["original", "latent 2", "latent 8"]
     for images in grid["digits"].values():
         assert images.shape == (study_autoencoder.NUM_SHOWN, 8, 8, 1)

@@ -1,7 +1,8 @@
-"""Sweeps: expansion and ids, choosing on validation, the path rule, kill and resume, sharing.
+"""Sweeps: expansion and ids, choosing on validation, the path rule, kill and resume, stages.
 
-Runs that need their own process (kill and resume, two processes, the command
-line) go through `scripts/sweep.py` in a subprocess, on tiny digits sweeps.
+Runs that need their own process (kill and resume, the command line) go through
+`scripts/sweep.py` in a subprocess, on tiny digits sweeps. Several workers on
+one storage, takeover of lost trials, TPE and pruning: tests/test_sweep_workers.py.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
+import optuna
 import pytest
 
-from research.sweep import aggregate, claims, runner, space, vmapped
+from research.sweep import aggregate, runner, space, storage, vmapped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "sweep.py")
@@ -30,6 +31,9 @@ TINY = [
     '--config.sweep.grids=({"optim.name": ("sgd",), "optim.learning_rate": (0.03, 0.1, 0.3)},)',
     "--config.sweep.axes.seed=(0, 1)",
     "--config.sweep.parallel=sequential",
+    # A killed worker's trial is taken over after 3 s without a heartbeat.
+    "--config.sweep.heartbeat_seconds=0.5",
+    "--config.sweep.grace_seconds=3",
 ]
 
 
@@ -99,6 +103,25 @@ def test_plain_axes_are_a_product_and_random_mode_is_seeded():
     assert [t.id for t in space.expand(config)] != first
     config.sweep.num_samples = 100  # more than the grid: the whole grid
     assert len(space.expand(config)) == 8
+
+
+def test_trial_ids_hash_the_whole_config_so_a_non_swept_change_makes_new_ids():
+    config = sweep_config(seed=(0, 1))
+    ids = [t.id for t in space.expand(config)]
+    assert ids[0] == space.config_id(space.expand(config)[0].config)
+    config.progress = True  # cosmetic: the same trials
+    config.log_every_steps = 7
+    assert [t.id for t in space.expand(config)] == ids
+    config.num_epochs = 2  # not swept, but it changes what the trials compute
+    changed = [t.id for t in space.expand(config)]
+    assert len(set(changed)) == 2 and not set(changed) & set(ids)
+    # The study of a sweep: the same fields (and the search), not the storage or report.
+    name = storage.study_name(config)
+    config.sweep.storage = "elsewhere.journal"
+    config.sweep.report = "research.studies.freezing:report"
+    assert storage.study_name(config) == name
+    config.sweep.pruner = "median"
+    assert storage.study_name(config) != name
 
 
 def test_trial_ids_are_stable_hashes_of_the_overrides():
@@ -202,26 +225,6 @@ def test_the_first_runs_path_is_kept_by_every_later_run(tmp_path):
     assert runner.fixed_parallel(config, workdir)[0] == "vmap"
 
 
-# ------------------------------------------------------------------ locks
-
-
-def test_a_claim_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
-    path = str(tmp_path / "t.lock")
-    assert claims.try_claim(path)
-    assert not claims.try_claim(path)  # held by a live process (this one)
-    claims.release(path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    with open(path, "w") as f:
-        json.dump({"pid": dead.pid, "host": socket.gethostname(), "time": 0}, f)
-    assert claims.try_claim(path)
-    with open(path) as f:
-        assert json.load(f)["pid"] == os.getpid()
-    with open(path, "w") as f:  # another host's lock is never taken
-        json.dump({"pid": dead.pid, "host": "elsewhere", "time": 0}, f)
-    assert not claims.try_claim(path)
-
-
 # ------------------------------------------------------------------ aggregation
 
 
@@ -284,7 +287,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     proc.communicate()
     before = results_files(workdir)
     assert 1 <= len(before) < 6, "the kill should land after the first trial and before the last"
-    assert os.listdir(os.path.join(workdir, "locks"))  # the dead process's lock is left behind
+    with open(os.path.join(workdir, "sweep.json")) as f:
+        name = json.load(f)["study"]
+    journal = storage.open_storage(os.path.join(workdir, "optuna.journal"))
+    study = optuna.load_study(study_name=name, storage=journal)
+    running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
     done = run_cli(workdir, epochs=4)
     assert done.returncode == 0, done.stderr
@@ -292,7 +299,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert len(after) == 6
     for path, mtime in before.items():
         assert after[path] == mtime  # finished trials were not run again
-    assert f"skipped {len(before)} finished" in done.stdout
+    assert f"ran {6 - len(before)}," in done.stdout  # only the unfinished trials trained
+    # The dead worker's trial stood RUNNING in the study: taken over once its heartbeat stopped
+    # (and if its results.json was written before the kill, recorded without training again).
+    assert ("took over trial" in done.stdout) == bool(running)
     with open(os.path.join(workdir, "trials.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6
@@ -315,22 +325,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     with open(os.path.join(workdir, "sweep.json")) as f:
         manifest = json.load(f)
     assert manifest["parallel"] == "sequential" and len(manifest["trials"]) == 6
-    assert not [n for n in os.listdir(os.path.join(workdir, "locks")) if n.endswith(".lock")]
-
-
-@pytest.mark.slow
-def test_two_processes_share_a_sweep_and_run_each_trial_once(tmp_path):
-    workdir = str(tmp_path / "sweep")
-    procs = [run_cli(workdir, wait=False) for _ in range(2)]
-    outs = [p.communicate(timeout=400) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    ran = [
-        line.split()[1] for out, _ in outs for line in out.splitlines() if line.startswith("trial ")
-    ]
-    assert len(ran) == 6 and len(set(ran)) == 6  # every trial exactly once, over both
-    assert len(results_files(workdir)) == 6
-    with open(os.path.join(workdir, "trials.csv")) as f:
-        assert len(list(csv.DictReader(f))) == 6
+    assert manifest["storage"] == os.path.join(workdir, "optuna.journal")
+    study = optuna.load_study(
+        study_name=manifest["study"], storage=storage.open_storage(manifest["storage"])
+    )
+    assert sorted(t.state.name for t in study.trials).count("COMPLETE") == 6
 
 
 # ------------------------------------------------------------------ pretraining stages
@@ -362,7 +361,7 @@ def test_stage_ids_enter_the_ids_of_the_trials_that_use_them():
     assert before["digits_0to4"] != after["digits_0to4"]
     (stage,) = space.stages(stage_config()).values()
     assert stage.overrides == {"data.classes": [0, 1, 2, 3, 4], "num_epochs": 1}
-    assert stage.id == space.trial_id(stage.overrides)
+    assert stage.id == space.config_id(stage.config)
 
 
 def test_a_trial_naming_an_unknown_stage_is_an_error():

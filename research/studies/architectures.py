@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from research.sweep import aggregate, space
+from research.sweep import aggregate, storage
 
 # Input shape of one example per dataset (HWC); other datasets are loaded to find it.
 INPUT_SHAPES = {
@@ -61,14 +61,11 @@ def _flops(config) -> float:
     return flops_per_example(config.model.name, overrides, _input_shape(config), classes)
 
 
-def trial_row(workdir: str, trial: space.Trial, flops: bool = True) -> dict[str, Any] | None:
+def trial_row(trial: storage.Record, flops: bool = True) -> dict[str, Any] | None:
     """The trial's row, or None if it has not finished."""
-    path = os.path.join(workdir, "trials", trial.id, "results.json")
-    if not os.path.exists(path):
+    if not trial.finished:
         return None
-    with open(path) as f:
-        r = json.load(f)
-    c = trial.config
+    r, c = trial.results, trial.config
     return {
         "trial_id": trial.id,
         "dataset": c.data.name,
@@ -174,9 +171,9 @@ def plot(summary: list[dict], path: str) -> None:
                 )
 
 
-def report(workdir: str, trials: list[space.Trial], config=None) -> dict:
+def report(workdir: str, trials: list[storage.Record], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_flops.png."""
-    rows = [r for t in trials if (r := trial_row(workdir, t)) is not None]
+    rows = [r for t in trials if (r := trial_row(t)) is not None]
     summary = summarize(rows)
     aggregate.save_tables(
         workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))

@@ -23,7 +23,6 @@ MSE units: the pipeline standardizes pixels, so the training loss (and
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -85,13 +84,15 @@ def _setting(trial) -> tuple[str, int]:
 
 
 def trial_row(workdir: str, trial, cache: dict) -> dict[str, Any] | None:
-    """The trial's row (probe included), or None if it has not finished."""
-    folder = os.path.join(workdir, "trials", trial.id)
-    path = os.path.join(folder, "results.json")
-    if not os.path.exists(path):
+    """The trial's row (probe included), or None if it has not finished.
+
+    The numbers come from the storage (`trial.results`); the probe needs the
+    trained parameters, from the trial's folder.
+    """
+    if not trial.finished:
         return None
-    with open(path) as f:
-        results = json.load(f)
+    folder = os.path.join(workdir, "trials", trial.id)
+    results = trial.results
     dataset, latent = _setting(trial)
     row = {
         "trial_id": trial.id,
@@ -167,7 +168,7 @@ def reconstruction_grid(workdir: str, trials, cache: dict) -> dict[str, dict[str
     grid: dict[str, dict[str, np.ndarray]] = {}
     for trial in trials:
         folder = os.path.join(workdir, "trials", trial.id)
-        if not os.path.exists(os.path.join(folder, "results.json")):
+        if not trial.finished:
             continue
         dataset, latent = _setting(trial)
         entry = grid.setdefault(dataset, {})

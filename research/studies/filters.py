@@ -20,7 +20,6 @@ Each figure is drawn from arrays a function returns (`filter_responses`,
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax.numpy as jnp
@@ -148,18 +147,16 @@ def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: str)
     plt.close(fig)
 
 
-def _first_finished(workdir: str, trials):
+def _first_finished(trials):
     for trial in trials:
-        path = os.path.join(workdir, "trials", trial.id, "results.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                return trial, json.load(f)
+        if trial.finished:
+            return trial, trial.results
     return None, None
 
 
 def write_report(workdir: str, trials, config, *, natural_dataset: str | None) -> dict:
     """The report, with a test image of `natural_dataset` beside the trial's (None: none)."""
-    trial, results = _first_finished(workdir, trials)
+    trial, results = _first_finished(trials)
     if trial is None:
         aggregate.write_text(os.path.join(workdir, "summary.md"), "No finished trials yet.\n")
         return {}

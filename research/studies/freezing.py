@@ -13,13 +13,12 @@ line per strategy, one panel per pair).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
-from research.sweep import aggregate, space
+from research.sweep import aggregate, space, storage
 
 
 def strategy_label(config) -> str:
@@ -38,7 +37,7 @@ def target_label(config) -> str:
     return f"{config.data.name}[{','.join(str(c) for c in classes)}]"
 
 
-def pair_labels(trials: list[space.Trial]) -> dict[str, str]:
+def pair_labels(trials: list[space.Trial] | list[storage.Record]) -> dict[str, str]:
     """Target label -> "source -> target", the source being the stage its trials use."""
     sources: dict[str, list[str]] = {}
     for t in trials:
@@ -49,14 +48,11 @@ def pair_labels(trials: list[space.Trial]) -> dict[str, str]:
     return {k: f"{'+'.join(v) or '(none)'} → {k}" for k, v in sources.items()}
 
 
-def trial_row(workdir: str, trial: space.Trial, pairs: dict[str, str]) -> dict[str, Any] | None:
+def trial_row(trial: storage.Record, pairs: dict[str, str]) -> dict[str, Any] | None:
     """The trial's row, or None if it has not finished."""
-    path = os.path.join(workdir, "trials", trial.id, "results.json")
-    if not os.path.exists(path):
+    if not trial.finished:
         return None
-    with open(path) as f:
-        r = json.load(f)
-    c = trial.config
+    r, c = trial.results, trial.config
     return {
         "trial_id": trial.id,
         "pair": pairs[target_label(c)],
@@ -166,10 +162,10 @@ def plot(summary: list[dict], path: str) -> None:
         axes[-1].legend(fontsize=7, loc="lower right")
 
 
-def report(workdir: str, trials: list[space.Trial], config=None) -> dict:
+def report(workdir: str, trials: list[storage.Record], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_target_size.png."""
     pairs = pair_labels(trials)
-    rows = [r for t in trials if (r := trial_row(workdir, t, pairs)) is not None]
+    rows = [r for t in trials if (r := trial_row(t, pairs)) is not None]
     summary = summarize(rows)
     aggregate.save_tables(
         workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))

@@ -1,9 +1,12 @@
 """Sweeps: a base experiment plus axes, run as independent, resumable trials.
 
 space.py     the sweep config (`get_sweep_config`), grid/random expansion, trial ids
-claims.py    O_EXCL lock files, so processes sharing a sweep never run a trial twice
+storage.py   the sweep's state as an Optuna study (journal file or database): the
+             queue of trials that any number of workers share, heartbeats, records
+search.py    Optuna params, the TPE search space and sampler, the pruners
 vmapped.py   which path a sweep's groups take ("vmap" or "sequential"), and the timing probe
-runner.py    `run_sweep(config, workdir)`: claim, group, train (research.train.engine), report
+runner.py    `run_sweep(config, workdir)`: a worker: claim, group, train
+             (research.train.engine), tell, report
 aggregate.py trials.csv, summary.md/.csv (best ε on validation), plots: the generic report
 
 Study-specific reports live in `research.studies`, named by each experiment.

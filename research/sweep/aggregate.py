@@ -1,27 +1,33 @@
-"""From finished trials to tables and plots.
+"""From finished trials to tables and plots, read from the sweep's storage.
 
-`trials.csv` has one row per finished trial. `summary.csv`/`summary.md` have
-one row per *setting*: the swept fields other than the learning rate and the
-seed (typically the optimizer). For each setting the learning rate is chosen
-on VALIDATION accuracy, averaged over seeds (a diverged trial counts as
-accuracy 0, so a learning rate that diverges for some seed is not chosen over
-one that never does at the same mean); test accuracy and final training loss
-are then reported at that learning rate as mean ± sample standard deviation
-over seeds. The test split plays no part in the choice.
+Rows come from the storage's records of the trials (`storage.Record`: their
+results as user attrs, their validation accuracy per epoch as intermediate
+values); only the loss-curve plot reads the trials' folders (metrics.jsonl).
+`trials.csv` has one row per finished trial: an export of the storage.
+
+`summary.csv`/`summary.md` have one row per *setting*: the swept fields other
+than the learning rate and the seed (typically the optimizer). For each
+setting the learning rate is chosen on VALIDATION accuracy, averaged over
+seeds (a diverged trial counts as accuracy 0, so a learning rate that diverges
+for some seed is not chosen over one that never does at the same mean); test
+accuracy and final training loss are then reported at that learning rate as
+mean ± sample standard deviation over seeds. The test split plays no part in
+the choice. A pruned trial (stopped early by `sweep.pruner`) counts as
+accuracy 0 there too, like a diverged one: it never competes as if it had
+finished.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from typing import Any
 
 import numpy as np
 
-from research.sweep import space
+from research.sweep import storage
 from research.train import outputs
 
 LR_FIELD = "optim.learning_rate"
@@ -45,30 +51,30 @@ def _get(config, field: str):
     return node
 
 
-def trial_row(workdir: str, trial: space.Trial, target_accuracy: float) -> dict[str, Any] | None:
-    """The trial's row, or None if it has not finished."""
-    folder = os.path.join(workdir, "trials", trial.id)
-    path = os.path.join(folder, "results.json")
-    if not os.path.exists(path):
+def trial_row(record: storage.Record, target_accuracy: float) -> dict[str, Any] | None:
+    """The trial's row, or None if it has not finished.
+
+    `steps_to_target` is the step of the first epoch end whose validation
+    accuracy (the trial's intermediate value) reached `target_accuracy`.
+    """
+    if not record.finished:
         return None
-    with open(path) as f:
-        results = json.load(f)
-    records = outputs.read_jsonl(os.path.join(folder, "metrics.jsonl"))
-    train = [r for r in records if "train_loss" in r]
+    results = record.results
+    spe = results.get("steps_per_epoch")
     reached = [
-        r["step"]
-        for r in records
-        if isinstance(r.get("val_accuracy"), float) and r["val_accuracy"] >= target_accuracy
+        epoch * spe
+        for epoch, value in sorted(record.values.items())
+        if spe and value is not None and value >= target_accuracy
     ]
-    row = {"trial_id": trial.id}
-    for field in (*trial.overrides, "optim.name", LR_FIELD, SEED_FIELD):
-        row[field] = _get(trial.config, field)
+    row = {"trial_id": record.id}
+    for field in (*record.overrides, "optim.name", LR_FIELD, SEED_FIELD):
+        row[field] = _get(record.config, field)
     row.update(
         status=results.get("status", "done"),
         val_accuracy=results.get("val_accuracy"),
         test_accuracy=results.get("test_accuracy"),
         test_loss=results.get("test_loss"),
-        final_train_loss=train[-1]["train_loss"] if train else None,
+        final_train_loss=results.get("final_train_loss"),
         steps_to_target=reached[0] if reached else None,
         wall_seconds=results.get("wall_seconds"),
         params_sha256=results.get("params_sha256"),
@@ -77,8 +83,11 @@ def trial_row(workdir: str, trial: space.Trial, target_accuracy: float) -> dict[
 
 
 def curves(workdir: str, trial_id: str) -> tuple[list[int], list[float]]:
-    """Steps and training losses from a trial's metrics.jsonl."""
-    records = outputs.read_jsonl(os.path.join(workdir, "trials", trial_id, "metrics.jsonl"))
+    """Steps and training losses from a trial's metrics.jsonl (none if not on this host)."""
+    path = os.path.join(workdir, "trials", trial_id, "metrics.jsonl")
+    if not os.path.exists(path):
+        return [], []
+    records = outputs.read_jsonl(path)
     train = [r for r in records if "train_loss" in r]
     return [r["step"] for r in train], [_num(r["train_loss"]) for r in train]
 
@@ -178,10 +187,13 @@ def save_tables(workdir: str, rows: list[dict], summary: list[dict], summary_md:
     write_text(os.path.join(workdir, "summary.md"), summary_md)
 
 
-def markdown(summary: list[dict], target_accuracy: float, *, finished: int, total: int) -> str:
+def markdown(
+    summary: list[dict], target_accuracy: float, *, finished: int, total: int, pruned: int = 0
+) -> str:
     """The summary as a markdown table."""
     if not summary:
         return "No finished trials yet.\n"
+    stopped = f" ({pruned} pruned: counted as accuracy 0, never chosen)" if pruned else ""
     setting_fields = [k for k in summary[0] if k not in _SUMMARY_KEYS]
     head = [
         *setting_fields,
@@ -193,7 +205,7 @@ def markdown(summary: list[dict], target_accuracy: float, *, finished: int, tota
         f"steps to val acc ≥ {target_accuracy:g}",
     ]
     lines = [
-        f"Trials finished: {finished}/{total}. Learning rate chosen on mean validation "
+        f"Trials finished: {finished}/{total}{stopped}. Learning rate chosen on mean validation "
         f"accuracy over seeds; test accuracy and final training loss are mean ± std over "
         f"seeds at that learning rate.",
         "",
@@ -230,24 +242,21 @@ _SUMMARY_KEYS = (
 )
 
 
-def write_tables(workdir: str, trials: list[space.Trial], *, target_accuracy: float) -> dict:
+def write_tables(workdir: str, records: list[storage.Record], *, target_accuracy: float) -> dict:
     """Writes trials.csv, summary.csv, summary.md and the two plots from finished trials."""
-    rows = [r for t in trials if (r := trial_row(workdir, t, target_accuracy)) is not None]
+    rows = [r for t in records if (r := trial_row(t, target_accuracy)) is not None]
     summary = summarize(rows, target_accuracy)
-    save_tables(
-        workdir,
-        rows,
-        summary,
-        markdown(summary, target_accuracy, finished=len(rows), total=len(trials)),
-    )
+    pruned = sum(r["status"] == "pruned" for r in rows)
+    text = markdown(summary, target_accuracy, finished=len(rows), total=len(records), pruned=pruned)
+    save_tables(workdir, rows, summary, text)
     if rows:
         _plots(workdir, rows, summary)
     return {"rows": rows, "summary": summary}
 
 
-def report(workdir: str, trials: list[space.Trial], config) -> dict:
+def report(workdir: str, records: list[storage.Record], config) -> dict:
     """The generic "optimizers" report: `write_tables` at `sweep.target_accuracy`."""
-    return write_tables(workdir, trials, target_accuracy=config.sweep.target_accuracy)
+    return write_tables(workdir, records, target_accuracy=config.sweep.target_accuracy)
 
 
 def _label(summary_row: dict) -> str:

@@ -45,11 +45,22 @@ The `sweep` section of a config (defaults in `get_sweep_config`):
     it. A finished stage (results.json present) is never trained again.
   * `sweep.mode`: "grid" runs every point; "random" runs `sweep.num_samples`
     points drawn without replacement from that grid with `sweep.sample_seed`
-    (the same seed gives the same trials, in every process).
+    (the same seed gives the same trials, in every process); "tpe" runs
+    `sweep.num_samples` trials proposed one by one by Optuna's TPE sampler
+    from the results so far, searching the grid's fields: the learning rate
+    as a log-uniform range between the grid's smallest and largest value,
+    every other field among its grid values (`research.sweep.search`).
+  * `sweep.pruner`: "none", "median" or "successive_halving": a trial whose
+    validation metric at an epoch end is poor against the other trials' at
+    the same epoch is stopped there (`status: "pruned"`).
+  * `sweep.storage`, `sweep.heartbeat_seconds`, `sweep.grace_seconds`: where
+    the sweep's state lives and how lost workers are detected
+    (`research.sweep.storage`).
 
-A trial is the base config with its overrides applied. Its id is a hash of the
-overrides (`trial_id`), so it does not depend on the order of the axes, on
-the other trials or on the process that computes it.
+A trial is the base config with its overrides applied. Its id (`config_id`)
+is a hash of that whole config (cosmetic fields such as `progress` aside), so
+it does not depend on the order of the axes, on the other trials or on the
+process that computes it, and a changed non-swept field gives new ids.
 """
 
 from __future__ import annotations
@@ -65,9 +76,11 @@ import ml_collections
 import numpy as np
 
 from research import config as config_lib
+from research.train import outputs
 
-MODES = ("grid", "random")
+MODES = ("grid", "random", "tpe")
 PARALLEL = ("auto", "vmap", "sequential")
+PRUNERS = ("none", "median", "successive_halving")
 
 
 def get_sweep_config() -> ml_collections.ConfigDict:
@@ -77,11 +90,28 @@ def get_sweep_config() -> ml_collections.ConfigDict:
     # Tables/plots written after the trials: "optimizers" (the generic tables of
     # research.sweep.aggregate) or a study's "module:function" (research.studies).
     s.report = "optimizers"
-    s.mode = "grid"  # "grid": every point; "random": num_samples points of the grid
+    # "grid": every point; "random": num_samples points of the grid; "tpe": num_samples
+    # trials proposed by Optuna's TPE sampler within the grid's fields and ranges.
+    s.mode = "grid"
     s.axes = ml_collections.ConfigDict()  # nested like the config; leaves: lists of values
     s.grids = ()  # tuple of sub-grids (dicts field -> values); their union x axes
-    s.num_samples = 0  # random mode: trials drawn without replacement (0: all)
-    s.sample_seed = 0  # random mode: seed of the draw
+    s.num_samples = 0  # random: trials drawn without replacement (0: all); tpe: trials run
+    s.sample_seed = 0  # random: seed of the draw; tpe: seed of the sampler
+    s.startup_trials = 5  # tpe: random trials before TPE models the results
+    # Early stopping, judged on the validation metric at each epoch end: "none", "median"
+    # (below the median of finished trials at that epoch) or "successive_halving".
+    s.pruner = "none"
+    s.pruner_min_epochs = 1  # epochs every trial trains before a pruner may stop it
+    s.pruner_startup_trials = 3  # median: trials that finish before it judges any
+    s.reduction_factor = 3  # successive_halving: keep the best 1/this at each rung
+    # A pruner judges a trial against all others, so in a grid that compares optimizers a
+    # slow starter would be stopped by a fast one: refused unless this is True.
+    s.prune_comparisons = False
+    # Where the sweep's state lives (an Optuna study): "" = DIR/optuna.journal; a path (a
+    # journal file); or a database URL: sqlite:///sweep.db, postgresql://user@host/db.
+    s.storage = ""
+    s.heartbeat_seconds = 10.0  # a worker marks each trial it runs as alive this often
+    s.grace_seconds = 60.0  # a trial whose heartbeat stood still this long is taken over
     # How trials that differ only in numeric optimizer hyperparameters and seed run:
     # "vmap" as one compiled program over a trial axis, "sequential" one after another,
     # "auto" by the engine's rule: vmap on GPU/TPU, sequential on CPU (research.sweep.vmapped).
@@ -103,8 +133,8 @@ class Trial:
     """One point of a sweep.
 
     Attributes:
-      id: `trial_id(overrides)`, also the name of its folder.
-      index: position in the expanded sweep (decides the host in multi-host runs).
+      id: `config_id` of its config (and its stage), also the name of its folder.
+      index: position in the expanded sweep (orders the tables).
       overrides: dotted field -> value, sorted by field.
       config: the base config with the overrides applied, without `sweep`.
     """
@@ -122,7 +152,7 @@ class Stage:
 
     Attributes:
       name: its key in `sweep.pretrain` (trials refer to it as "pretrain:NAME").
-      id: `trial_id(overrides)`, also the name of its folder `DIR/pretrain/<id>`.
+      id: `config_id(config)`, also the name of its folder `DIR/pretrain/<id>`.
       overrides: dotted field -> value, sorted by field.
       config: the base config with the overrides applied, without `sweep`.
     """
@@ -166,14 +196,72 @@ def stages(config: ml_collections.ConfigDict) -> dict[str, Stage]:
             config_lib.validate(cfg)
         except ValueError as e:
             raise ValueError(f"sweep.pretrain.{name}: {e}") from None
-        out[name] = Stage(name, trial_id(overrides), overrides, cfg)
+        out[name] = Stage(name, config_id(cfg), overrides, cfg)
     return out
 
 
-def trial_id(overrides: Mapping[str, Any]) -> str:
-    """A stable 12-hex-digit id: SHA-256 of the overrides as sorted JSON."""
-    text = json.dumps(_plain(dict(overrides)), sort_keys=True, separators=(",", ":"))
+def trial_id(fields: Mapping[str, Any]) -> str:
+    """A stable 12-hex-digit id: SHA-256 of a mapping as sorted JSON."""
+    text = json.dumps(_plain(dict(fields)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Every field of `config` as {dotted field: value}, cosmetic fields left out.
+
+    Cosmetic fields (`outputs.COSMETIC_FIELDS`: progress bar, logging and
+    checkpoint cadence) change how a run is shown or stored, not what it
+    computes, and a resumed run may change them.
+    """
+    flat = outputs.flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
+    return {k: v for k, v in flat.items() if k.split(".")[0] not in outputs.COSMETIC_FIELDS}
+
+
+# Sweep fields that change how a sweep is run or reported, not which trials it runs
+# or what they compute: they are not part of `sweep_id`.
+OPERATIONAL_FIELDS = (
+    "report",
+    "parallel",
+    "group_size",
+    "target_accuracy",
+    "storage",
+    "heartbeat_seconds",
+    "grace_seconds",
+)
+
+
+def sweep_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config_fields` of a sweep config without its `OPERATIONAL_FIELDS`."""
+    return {
+        k: v
+        for k, v in config_fields(config).items()
+        if not (k.startswith("sweep.") and k.split(".")[1] in OPERATIONAL_FIELDS)
+    }
+
+
+def sweep_id(config: ml_collections.ConfigDict) -> str:
+    """`trial_id` of `sweep_fields`: the sweep's identity (its study's name)."""
+    return trial_id(sweep_fields(config))
+
+
+def trial_scope(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """What a trial's id covers beyond its own config: its sweep, when a pruner runs.
+
+    A trial's results depend on its config alone, so trials of different sweeps
+    with the same config share a folder (and its results). With a pruner they
+    do not: whether a trial is stopped depends on the other trials, so its
+    folder belongs to its sweep.
+    """
+    return {"sweep": sweep_id(config)} if config.sweep.pruner != "none" else {}
+
+
+def config_id(config: ml_collections.ConfigDict, **extra) -> str:
+    """`trial_id` of the whole config (`config_fields`) plus `extra` fields.
+
+    The id of a trial or stage: two configs that compute the same thing share
+    it; any other change, swept or not, gives a new one.
+    """
+    return trial_id({**config_fields(config), **extra})
 
 
 def _plain(value):
@@ -284,8 +372,100 @@ def apply(base: ml_collections.ConfigDict, overrides: Mapping[str, Any]):
 def expand(config: ml_collections.ConfigDict) -> list[Trial]:
     """The trials of a sweep config, each config validated.
 
+    Under `sweep.mode = "tpe"` these are the grid's points: not the trials that
+    will run (TPE proposes those as results come in) but the fields and ranges
+    it searches, every one validated.
+
     Raises:
       ValueError: naming the bad sweep field, axis or trial value.
+    """
+    s = config.sweep
+    check_sweep_fields(config)
+    grid = points(config)
+    names = {p.get("optim.name", config.optim.name) for p in grid}
+    if s.pruner != "none" and s.mode == "grid" and len(names) > 1 and not s.prune_comparisons:
+        raise ValueError(
+            f"sweep.pruner={s.pruner!r} on a grid that compares optimizers "
+            f"({', '.join(sorted(names))}) would stop a slow starter by a fast one's progress "
+            f"and count it as if it had finished; use sweep.pruner='none', or set "
+            f"sweep.prune_comparisons=True to prune anyway"
+        )
+    if s.mode == "tpe":
+        rates = {p["optim.learning_rate"] for p in grid if "optim.learning_rate" in p}
+        if len(rates) < 2:
+            raise ValueError(
+                "sweep.mode='tpe' searches the learning rate between the grid's smallest and "
+                "largest value: sweep optim.learning_rate over at least two values"
+            )
+    if s.mode == "random" and s.num_samples and s.num_samples < len(grid):
+        chosen = np.random.default_rng(s.sample_seed).choice(len(grid), s.num_samples, False)
+        grid = [grid[i] for i in sorted(chosen)]
+    base = base_config(config)
+    named = stages(config)
+    trials, seen = [], {}
+    scope = trial_scope(config)
+    for point in grid:
+        trial = make_trial(base, point, named, len(trials), scope)
+        if trial.id in seen:
+            continue
+        seen[trial.id] = True
+        trials.append(trial)
+    if not trials:
+        raise ValueError("the sweep has no trials: set sweep.axes or sweep.grids")
+    return trials
+
+
+def make_trial(
+    base: ml_collections.ConfigDict,
+    point: Mapping[str, Any],
+    named: Mapping[str, Stage],
+    index: int,
+    scope: Mapping[str, str] | None = None,
+) -> Trial:
+    """The trial of one point (dotted field -> value) of the sweep, its config validated.
+
+    `scope` (`trial_scope`) enters the id beside the config.
+
+    Raises:
+      ValueError: naming the trial's overrides and the bad field or value.
+    """
+    overrides = dict(sorted(point.items()))
+    cfg = apply(base, overrides)
+    stage, checked = "", cfg
+    if str(cfg.transfer.pretrained).startswith(PRETRAIN_PREFIX):
+        stage = cfg.transfer.pretrained[len(PRETRAIN_PREFIX) :]
+        if stage not in named:
+            raise ValueError(
+                f"trial {overrides}: transfer.pretrained={cfg.transfer.pretrained!r} names "
+                f"no stage of sweep.pretrain (stages: {', '.join(named) or 'none'})"
+            )
+        checked = apply(cfg, {"transfer.pretrained": ""})  # the stage's folder comes later
+    try:
+        config_lib.validate(checked)
+    except ValueError as e:
+        raise ValueError(f"trial {overrides}: {e}") from None
+    # A trial's id covers its stage's id: a changed stage means new trials.
+    extra = {"sweep.pretrain": named[stage].id} if stage else {}
+    tid = config_id(cfg, **extra, **{f"scope.{k}": v for k, v in (scope or {}).items()})
+    return Trial(tid, index, overrides, cfg, stage)
+
+
+def _check_number(s, field: str, minimum, kind=int, above: bool = False) -> None:
+    value = s[field]
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    ok = ok and (value > minimum if above else value >= minimum)
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(
+            f"sweep.{field}={value!r} is invalid: must be {what} {'>' if above else '>='} {minimum}"
+        )
+
+
+def check_sweep_fields(config: ml_collections.ConfigDict) -> None:
+    """Checks the `sweep` section's own fields (not the axes).
+
+    Raises:
+      ValueError: naming the field, the value and what would be valid.
     """
     s = config.sweep
     if s.mode not in MODES:
@@ -294,44 +474,44 @@ def expand(config: ml_collections.ConfigDict) -> list[Trial]:
         raise ValueError(
             f"sweep.parallel={s.parallel!r} is invalid: must be one of {', '.join(PARALLEL)}"
         )
-    for field, minimum in (("num_samples", 0), ("sample_seed", 0), ("group_size", 1)):
-        value = s[field]
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"sweep.{field}={value!r} is invalid: must be an integer >= {minimum}")
+    if s.pruner not in PRUNERS:
+        raise ValueError(
+            f"sweep.pruner={s.pruner!r} is invalid: must be one of {', '.join(PRUNERS)}"
+        )
+    for field, minimum in (
+        ("num_samples", 0),
+        ("sample_seed", 0),
+        ("group_size", 1),
+        ("startup_trials", 0),
+        ("pruner_min_epochs", 0),
+        ("pruner_startup_trials", 0),
+        ("reduction_factor", 2),
+    ):
+        _check_number(s, field, minimum)
+    _check_number(s, "heartbeat_seconds", 0, (int, float), above=True)
+    _check_number(s, "grace_seconds", 0, (int, float), above=True)
+    if s.grace_seconds <= 2 * s.heartbeat_seconds:
+        raise ValueError(
+            f"sweep.grace_seconds={s.grace_seconds!r} is invalid: must be more than twice "
+            f"sweep.heartbeat_seconds={s.heartbeat_seconds!r}, or a worker that is merely slow "
+            f"to write its heartbeat loses its trial"
+        )
+    if not isinstance(s.prune_comparisons, bool):
+        raise ValueError(f"sweep.prune_comparisons={s.prune_comparisons!r} must be True or False")
+    if not isinstance(s.storage, str):
+        raise ValueError(f"sweep.storage={s.storage!r} must be a path or a database URL")
     if not 0 <= s.target_accuracy <= 1:
         raise ValueError(f"sweep.target_accuracy={s.target_accuracy!r} must be in [0, 1]")
-    grid = points(config)
-    if s.mode == "random" and s.num_samples and s.num_samples < len(grid):
-        chosen = np.random.default_rng(s.sample_seed).choice(len(grid), s.num_samples, False)
-        grid = [grid[i] for i in sorted(chosen)]
-    base = base_config(config)
-    named = stages(config)
-    trials, seen = [], {}
-    for point in grid:
-        overrides = dict(sorted(point.items()))
-        cfg = apply(base, overrides)
-        stage, checked = "", cfg
-        if str(cfg.transfer.pretrained).startswith(PRETRAIN_PREFIX):
-            stage = cfg.transfer.pretrained[len(PRETRAIN_PREFIX) :]
-            if stage not in named:
-                raise ValueError(
-                    f"trial {overrides}: transfer.pretrained={cfg.transfer.pretrained!r} names "
-                    f"no stage of sweep.pretrain (stages: {', '.join(named) or 'none'})"
-                )
-            checked = apply(cfg, {"transfer.pretrained": ""})  # the stage's folder comes later
-        # A trial's id covers its stage's id: a changed stage means new trials.
-        tid = trial_id({**overrides, "sweep.pretrain": named[stage].id} if stage else overrides)
-        if tid in seen:
-            continue
-        try:
-            config_lib.validate(checked)
-        except ValueError as e:
-            raise ValueError(f"trial {overrides}: {e}") from None
-        seen[tid] = True
-        trials.append(Trial(tid, len(trials), overrides, cfg, stage))
-    if not trials:
-        raise ValueError("the sweep has no trials: set sweep.axes or sweep.grids")
-    return trials
+    if s.mode == "tpe" and s.num_samples < 1:
+        raise ValueError(
+            "sweep.num_samples=0 is invalid for sweep.mode='tpe': give the number of trials to run"
+        )
+    if (s.mode == "tpe" or s.pruner != "none") and not config.data.val_size:
+        what = "sweep.mode='tpe'" if s.mode == "tpe" else f"sweep.pruner={s.pruner!r}"
+        raise ValueError(
+            f"{what} judges trials on the validation split, and data.val_size=0 has none; "
+            f"set data.val_size (e.g. 0.1)"
+        )
 
 
 def swept_fields(trials: list[Trial]) -> list[str]:

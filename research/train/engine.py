@@ -25,6 +25,9 @@ Everything else lives here, once, for both:
     state (inside the compiled chunk, see `steps.train_chunk`) and recorded as
     diverged at its step; the others go on. `on_diverge="stop"` (the command
     line) raises `TrainingDiverged` after the results are written;
+  * early stopping: `on_epoch`, called with each epoch's validation metrics,
+    may name trials to stop there (a sweep's pruner); they are frozen the same
+    way and recorded as pruned at that step;
   * checkpoints and resume: each trial's state is saved in its own workdir
     (`checkpoints/<step>`, with whether it is alive); a group restores the
     newest step that all its trials have, so a killed group resumes to the same
@@ -51,7 +54,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -498,6 +501,7 @@ def train(
     parallel: str = "sequential",
     programs: Programs | None = None,
     on_diverge: str = "record",
+    on_epoch: OnEpoch | None = None,
 ) -> list[Outcome]:
     """Trains the trials of one group to `num_epochs`, each resumed from its workdir.
 
@@ -508,6 +512,14 @@ def train(
       programs: `build_programs(run, parallel)`, to reuse compiled functions.
       on_diverge: "record" (a diverged trial is recorded, the others go on) or
         "stop" (also raise `TrainingDiverged` once the results are written).
+      on_epoch: called after each epoch's validation (none without a validation
+        split) as `on_epoch(epoch, val)`: `epoch` counts the epochs done (1 after
+        the first), `val` maps the position in `members` of each trial still
+        training to its validation metrics (`{"loss": ..., "accuracy": ...}`).
+        It returns the positions of trials to stop there: each is frozen like a
+        diverged trial (its state no longer changes, the others go on) and its
+        results have `status: "pruned"`, `pruned_step`, the validation metrics
+        of that epoch and no test metrics.
 
     Returns:
       One `Outcome` per member, in order.
@@ -526,11 +538,26 @@ def train(
         raise ValueError("engine.train: the members differ in more than seed and hyperparameters")
     programs = programs or build_programs(run, parallel)
     if programs.parallel == "sequential":
-        return [out for m in members for out in _train(run, programs, [m], on_diverge)]
-    return _train(run, programs, members, on_diverge)
+        return [
+            out
+            for k, m in enumerate(members)
+            for out in _train(run, programs, [m], on_diverge, _shifted(on_epoch, k))
+        ]
+    return _train(run, programs, members, on_diverge, on_epoch)
 
 
-def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str):
+# on_epoch(epoch, {position: validation metrics}) -> positions to stop (see `train`).
+OnEpoch = Callable[[int, dict[int, dict[str, float]]], Iterable[int]]
+
+
+def _shifted(on_epoch: OnEpoch | None, k: int) -> OnEpoch | None:
+    """`on_epoch` for a group of one: member 0 is member `k` of the whole list."""
+    if on_epoch is None:
+        return None
+    return lambda epoch, val: {i - k for i in on_epoch(epoch, {i + k: v for i, v in val.items()})}
+
+
+def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str, on_epoch=None):
     locked: list[str] = []
     ckpts: list[Checkpointer | None] = []
     try:
@@ -544,7 +571,7 @@ def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str)
             Checkpointer(os.path.join(m.workdir, "checkpoints"), keep=keep) if m.workdir else None
             for m in members
         ]
-        return _fit(run, programs, members, ckpts, on_diverge)
+        return _fit(run, programs, members, ckpts, on_diverge, on_epoch)
     finally:
         for c in ckpts:
             if c is not None:
@@ -553,7 +580,7 @@ def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str)
             outputs.unlock_workdir(w)
 
 
-def _fit(run, programs, members, ckpts, on_diverge):
+def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None):
     t_start = time.perf_counter()
     count = len(members)
     padded = members + members[-1:] * (-count % programs.multiple)
@@ -567,7 +594,8 @@ def _fit(run, programs, members, ckpts, on_diverge):
     states = programs.init(init_keys, train_keys, hps)
     alive = np.ones(len(padded), bool)
     diverged: list[int | None] = [None] * len(padded)
-    states, start, records = _resume(programs, states, ckpts, alive, diverged)
+    pruned: list[int | None] = [None] * len(padded)
+    states, start, records = _resume(programs, states, ckpts, alive, diverged, pruned)
     for record in records:
         feed.check(record, start)
     if start == 0 and cfg.transfer.pretrained:
@@ -582,7 +610,7 @@ def _fit(run, programs, members, ckpts, on_diverge):
     step, val, val_step = start, None, -1
 
     def save():
-        _save(ckpts, states, step, alive, diverged, feed.state(step))
+        _save(ckpts, states, step, alive, diverged, pruned, feed.state(step))
 
     try:
         with _stop_requests() as stop, feed.chunks(start) as chunks:
@@ -623,10 +651,19 @@ def _fit(run, programs, members, ckpts, on_diverge):
                             if metrics_log is not None and alive[i]:
                                 values = {f"val_{k}": v for k, v in val[i].items()}
                                 metrics_log.write(step, epoch=plan.epoch + 1, **values)
+                        if on_epoch is not None:
+                            live = {i: val[i] for i in range(count) if alive[i]}
+                            for i in set(on_epoch(plan.epoch + 1, live)) & set(live):
+                                alive[i] = False
+                                pruned[i] = step
+                                if i == count - 1:
+                                    alive[count:] = False  # the padding repeats the last trial
                     every = cfg.checkpoint_every_epochs
                     last = plan.epoch + 1 == cfg.num_epochs
                     if last or (every and (plan.epoch + 1) % every == 0):
                         save()
+                    if not alive[:count].any():
+                        break  # every trial stopped at this epoch's end
                 if stop:
                     save()
                     raise Interrupted(
@@ -652,13 +689,15 @@ def _fit(run, programs, members, ckpts, on_diverge):
             m.config,
             run,
             state,
-            val=val[i] if val is not None and alive[i] else {},
+            # A pruned trial was frozen right after this validation: the same numbers.
+            val=val[i] if val is not None and (alive[i] or pruned[i] is not None) else {},
             test=test[i] if alive[i] else {},
             timing=timing,
             wall_seconds=wall,
             programs=programs,
             group_size=count,
             diverged_step=diverged[i],
+            pruned_step=pruned[i],
             checkpoints=ckpts[i],
             resumed_from_step=start,
         )
@@ -678,25 +717,29 @@ def _where(ckpts) -> str:
     return f"checkpoints written in {len(dirs)} trial folders"
 
 
-def _save(ckpts, states, step: int, alive, diverged, data_state) -> None:
+def _save(ckpts, states, step: int, alive, diverged, pruned, data_state) -> None:
     """Each trial's state as checkpoint `step` of its own workdir.
 
-    The record keeps whether the trial is alive (and where it diverged) and the
-    data loader's position, for a resume to check.
+    The record keeps whether the trial is alive (and where it diverged or was
+    stopped) and the data loader's position, for a resume to check.
     """
     for i, c in enumerate(ckpts):
         if c is not None:
             state = jax.tree_util.tree_map(lambda x, i=i: x[i], states)
-            extra = {"alive": bool(alive[i]), "diverged_step": diverged[i]}
+            extra = {
+                "alive": bool(alive[i]),
+                "diverged_step": diverged[i],
+                "pruned_step": pruned[i],
+            }
             if data_state is not None:
                 extra["data"] = data_state
             c.save(state, step=step, extra=extra)
 
 
-def _resume(programs, states, ckpts, alive, diverged) -> tuple[Any, int, list[dict]]:
+def _resume(programs, states, ckpts, alive, diverged, pruned) -> tuple[Any, int, list[dict]]:
     """The newest step every trial has a good checkpoint of, restored; else a fresh start.
 
-    Updates `alive` and `diverged` in place from the checkpoints' records, and
+    Updates `alive`, `diverged` and `pruned` in place from the checkpoints' records, and
     returns `(states, step, records)`.
     """
     if not any(c is not None and c.steps() for c in ckpts):
@@ -717,6 +760,7 @@ def _resume(programs, states, ckpts, alive, diverged) -> tuple[Any, int, list[di
     for i, r in enumerate(restored):
         alive[i] = bool(r.record.get("alive", True))
         diverged[i] = r.record.get("diverged_step")
+        pruned[i] = r.record.get("pruned_step")
     trees = [jax.device_get(r.state) for r in restored]
     trees += trees[-1:] * (len(alive) - len(trees))  # the padding repeats the last trial
     alive[len(restored) :] = alive[len(restored) - 1]
@@ -779,11 +823,14 @@ def results_record(
     diverged_step: int | None,
     checkpoints: Checkpointer | None,
     resumed_from_step: int = 0,
+    pruned_step: int | None = None,
 ) -> dict[str, Any]:
     """The one schema of `results.json`, for every run and every sweep trial.
 
     Times of a group are shared equally among its trials (what one trial cost).
     A diverged trial has `status: "diverged"`, the step, and no val/test metrics.
+    A pruned trial (stopped by `train`'s `on_epoch`) has `status: "pruned"`,
+    `pruned_step`, the validation metrics it was stopped on and no test metrics.
     """
     steps_done = int(jax.device_get(state.step))
     train_seconds = timing["train_seconds"]
@@ -829,6 +876,9 @@ def results_record(
         "versions": _versions(),
         "git_commit": outputs.git_commit(),
     }
+    if pruned_step is not None and diverged_step is None:
+        record["status"] = "pruned"
+        record["pruned_step"] = pruned_step
     if diverged_step is not None:
         record["diverged_step"] = diverged_step
         kept = checkpoints.steps() if checkpoints is not None else []
