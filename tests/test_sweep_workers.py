@@ -99,6 +99,9 @@ def sweep_config(**sweep):
 # ------------------------------------------------------------------ the storage's transitions
 
 
+# The fast tier runs the journal file; SQLite (the same code past open_storage) is slow-tier.
+BOTH = ["journal", pytest.param("sqlite", marks=pytest.mark.slow)]
+
 CLAIMER = """
 import sys, time
 sys.path.insert(0, {root!r})
@@ -115,7 +118,7 @@ with storage.Heartbeats(study._storage, 60.0) as beats:
 """
 
 
-@pytest.mark.parametrize("kind", sorted(STORAGES))
+@pytest.mark.parametrize("kind", BOTH)
 def test_of_workers_racing_for_the_same_trials_exactly_one_gets_each(tmp_path, kind):
     url = storage.storage_url(STORAGES[kind](tmp_path), str(tmp_path))
     study = optuna.create_study(study_name="race", storage=storage.open_storage(url))
@@ -185,10 +188,7 @@ def test_a_stale_trial_is_taken_over_by_exactly_one_worker_with_its_history():
 # ------------------------------------------------------------------ workers on one storage
 
 
-# The fast tier runs the journal file; SQLite (the same code past open_storage) is slow-tier.
-BOTH = ["journal", pytest.param("sqlite", marks=pytest.mark.slow)]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", BOTH)
 def test_two_workers_share_a_sweep_and_run_each_trial_once(tmp_path, kind):
     workdir = str(tmp_path / "sweep")
@@ -208,6 +208,7 @@ def test_two_workers_share_a_sweep_and_run_each_trial_once(tmp_path, kind):
     assert {t.state for t in study.trials} == {TrialState.COMPLETE}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", BOTH)
 def test_a_killed_workers_trial_is_taken_over_and_resumed_from_its_checkpoint(tmp_path, kind):
     workdir = str(tmp_path / "sweep")
