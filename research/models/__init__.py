@@ -33,6 +33,7 @@ from typing import Any
 import flax.linen as nn
 
 from research.models import (
+    airbench,
     alexnet,
     autoencoder,
     googlenet,
@@ -90,6 +91,7 @@ MODELS: Registry[ModelSpec] = Registry(
         "xception": ModelSpec(
             xception.Xception, (299, 299, 3), small_overrides=xception.SMALL_INPUTS
         ),
+        "airbench": ModelSpec(airbench.Airbench, (32, 32, 3), 10),
     },
 )
 
