@@ -118,6 +118,11 @@ def build_run(
     if config.compute_dtype == "bfloat16":
         overrides["dtype"] = jnp.bfloat16
     model = models.create(config.model.name, num_classes=splits.num_classes, **overrides)
+    if hasattr(model, "data_init") and loader == "stream":
+        raise ValueError(
+            f"config.model.name={config.model.name!r} initialises from the training images "
+            f"(data_init), which needs data.loader='device' (resolved to 'stream': {loader_reason})"
+        )
     spe = pipeline.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
     total = pipeline.total_steps(spe, config.num_epochs, config.last_epoch_fraction)
     policy = config.data.augment_policy if config.data.augment else None
