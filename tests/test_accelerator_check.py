@@ -63,7 +63,7 @@ def test_smoke_prints_the_full_table_and_writes_its_json(tmp_path, data_root):
     assert table in proc.stdout
     assert record["mode"] == "smoke" and record["backend"] == "cpu"
     assert record["versions"]["jax"] and record["git_commit"] and record["device_kind"]
-    assert list(record["parts"]) == ["tests", "lenet", "trials", "resnet50", "speedrun"]
+    assert list(record["parts"]) == ["tests", "lenet", "trials", "speedrun", "resnet50"]
     rows = {p: v["rows"] for p, v in record["parts"].items()}
     for part, part_rows in rows.items():
         assert part_rows and all(r["verdict"] != "error" for r in part_rows), (part, part_rows)

@@ -4,9 +4,10 @@
 per-step randomness (dropout, augmentation) is `fold_in(state.key, state.step)`,
 so a step's result depends on nothing but its inputs. (Draws that must stay
 fixed for the whole run, such as the alternating flip's coin per example, use
-`fold_in(state.key, RUN_KEY_DATA)`, a number no step count reaches.) For speed the engine runs
-chunks of steps with `lax.scan` inside one compiled call (`train_chunk`), the
-dataset already on the device and each step gathering its batch by index.
+`fold_in(state.key, RUN_KEY_DATA)`, a number no step count reaches.) For speed
+the engine runs chunks of steps with `lax.scan` inside one compiled call
+(`train_chunk`), the dataset already on the device and each step gathering its
+batch by index.
 The functions here are for one trial; `research.train.engine` compiles them as
 they are or vmapped over a trial axis.
 
