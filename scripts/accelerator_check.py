@@ -219,7 +219,20 @@ def _pct(x: float) -> str:
 
 
 def part_tests(ctx: Context) -> list[Row]:
-    rows = []
+    return [_guarded("tests", check, ctx) for check in (_conv_tests, _determinism, _bfloat16)]
+
+
+def _guarded(part: str, check: Callable[[Context], Row], ctx: Context) -> Row:
+    """`check(ctx)`, or a row with its error: one failing check does not hide the others."""
+    try:
+        return check(ctx)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        traceback.print_exc()
+        return Row(part, check.__name__.strip("_"), f"error: {first[:300]}", verdict="error")
+
+
+def _conv_tests(ctx: Context) -> Row:
     # This process holds JAX's preallocated share of the GPU: the tests allocate as they go.
     env = {
         **os.environ,
@@ -236,20 +249,15 @@ def part_tests(ctx: Context) -> list[Row]:
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", summary)}
     ok = proc.returncode == 0 and counts.get("passed", 0) > 0
-    rows.append(
-        Row(
-            "tests",
-            "conv/pool algorithms = XLA's, fwd + grad (tests/test_conv_algorithms.py, "
-            "matmul precision highest)",
-            summary or proc.stderr.strip()[-300:],
-            "all pass",
-            "pass" if ok else "fail",
-            {"returncode": proc.returncode, **counts},
-        )
+    return Row(
+        "tests",
+        "conv/pool algorithms = XLA's, fwd + grad (tests/test_conv_algorithms.py, "
+        "matmul precision highest)",
+        summary or proc.stderr.strip()[-300:],
+        "all pass",
+        "pass" if ok else "fail",
+        {"returncode": proc.returncode, **counts},
     )
-    rows.append(_determinism(ctx))
-    rows.append(_bfloat16(ctx))
-    return rows
 
 
 def _speedrun_smoke_config(ctx, widths=(8, 16, 16)):
