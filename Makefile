@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup setup-test train test test-all lint format bench
+.PHONY: setup setup-test train test test-all lint format bench accel-check accel-wheels accel-data accel-peers
 TEST_STAMP := $(VENV)/.test-stamp
 
 $(STAMP): requirements.txt
@@ -45,3 +45,41 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# ---------------------------------------------------------------- accelerators (README, "Accelerators")
+# The full check on a GPU machine (scripts/accelerator_check.py; `--smoke` is the CPU version).
+accel-check:
+	$(PYTHON) scripts/accelerator_check.py --out runs/accel
+
+# Wheels of the packages the GPU image lacks (Python 3.12, manylinux x86-64) into .whl/.
+# The image has jax, flax, optax, orbax-checkpoint, numpy, scipy, absl-py, etils, protobuf,
+# pyarrow, requests, tqdm, wrapt, attrs, PyYAML, matplotlib, pillow, scikit-learn, torch.
+ACCEL_WHEELS := ml-collections==1.1.0 tensorflow-datasets==4.9.10 array-record==0.8.6 \
+	grain==0.2.18 tensorboardx==2.6.5 dm-tree==0.1.10 immutabledict==4.3.1 \
+	simple-parsing==0.1.9 docstring-parser==0.18.0 tensorflow-metadata==1.21.0 \
+	googleapis-common-protos==1.76.0 termcolor==3.3.0 toml==0.10.2 portpicker==1.6.0 \
+	importlib-resources==7.1.0
+ACCEL_SDISTS := promise==2.3
+WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64
+accel-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(WHEEL_PLATFORMS) -d .whl $(ACCEL_WHEELS)
+	$(PYTHON) -m pip wheel --no-deps -w .whl $(ACCEL_SDISTS)  # pure Python, built here
+	du -sh .whl
+
+# shared/data in three pieces under 64 MiB each (.gpu-data/1, 2, 3), one device call each.
+ACCEL_DATA_SRC ?= $(or $(RESEARCH_DATA_DIR),../shared/data)
+accel-data:
+	rm -rf .gpu-data
+	$(PYTHON) scripts/accelerator_check.py --pack-data $(ACCEL_DATA_SRC) --out .gpu-data
+
+# airbench94.py (Jordan 2024) for the side-by-side speedrun, from a clone of its repository
+# (github.com/KellerJordan/cifar10-airbench; fetched, never committed: .peers/ is ignored).
+AIRBENCH_GIT ?=
+accel-peers:
+	test -n "$(AIRBENCH_GIT)" || (echo "error: set AIRBENCH_GIT=<a clone of KellerJordan/cifar10-airbench>" >&2; exit 2)
+	mkdir -p .peers
+	git --git-dir=$(AIRBENCH_GIT) show HEAD:legacy/airbench94.py > .peers/airbench94.py \
+		|| git -C $(AIRBENCH_GIT) show HEAD:legacy/airbench94.py > .peers/airbench94.py

@@ -20,6 +20,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.seed = 0  # one integer; every random key of the run is split from it
     c.batch_size = 128  # examples per optimizer step (global, over all devices and hosts)
     c.num_epochs = 10  # passes over the training split
+    # Share of the last epoch that is trained, in (0, 1]: num_epochs=10 with 0.9 trains
+    # 9.9 epochs, 9 whole ones and ceil(0.9 x steps per epoch) steps of the tenth
+    # (airbench94's count); schedules end with the cut epoch. 1.0: whole epochs.
+    c.last_epoch_fraction = 1.0
     c.eval_batch_size = 1000  # examples per evaluation step (no effect on results)
     c.log_every_steps = 50  # host sync + metrics.jsonl line every this many steps (0: per epoch)
     c.checkpoint_every_epochs = 1  # orbax checkpoint cadence; 0 disables periodic checkpoints
@@ -27,6 +31,16 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.progress = True  # a tqdm progress bar on stderr
     c.deterministic = True  # XLA deterministic ops on GPU (CPU is deterministic anyway)
     c.compute_dtype = "float32"  # "float32" or "bfloat16": activations/matmuls; params stay float32
+    # Test-time augmentation of every evaluation (validation and test): the logits are a
+    # weighted mean over views of each image (research.data.pipeline.TTA). "none"; "flip":
+    # the image and its mirror, 1/2 each; "flip_translate": airbench94's, 1/4 each on
+    # those two, 1/8 each on both shifted by one pixel up-left and down-right (reflect).
+    c.eval_tta = "none"
+
+    c.loss = ml_collections.ConfigDict()
+    # alpha: classification targets (1 - alpha) * one_hot + alpha / classes (0: plain
+    # cross-entropy; PyTorch's CrossEntropyLoss(label_smoothing=alpha)).
+    c.loss.label_smoothing = 0.0
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "lenet5"  # a name from research.models.names()
@@ -41,7 +55,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.split_seed = 0  # seed of the train/validation split (not `seed`: all runs share it)
     c.data.train_size = 0  # keep only this many training examples after the split (0: all)
     c.data.classes = ()  # keep only these labels, relabelled 0..k-1 in this order (): all
-    c.data.augment = False  # random crop (pad 4) + horizontal flip (CIFAR-style)
+    c.data.augment = False  # augment training batches with data.augment_policy
+    # What data.augment does (research.data.pipeline.AUGMENTATIONS): "crop_flip", random
+    # crop after zero padding 4 + random horizontal flip (CIFAR-style); "airbench",
+    # airbench94's alternating flip (each image mirrored in every other epoch) + random
+    # translation by up to 2 pixels with reflect padding (needs data.loader="device").
+    c.data.augment_policy = "crop_flip"
     # Where data.augment runs: "device" (inside the step: a streamed run then equals a
     # device run bit for bit) or "host" (numpy, in the stream loader's workers; other
     # random draws, so other numbers; needs data.loader="stream").
@@ -74,10 +93,23 @@ def get_base_config() -> ml_collections.ConfigDict:
     # optimizer's own default from the lecture's source (1e-7 AdaGrad, 1e-6 RMSProp, 1e-8 Adam).
     c.optim.eps = config_dict.placeholder(float)
     c.optim.weight_decay = 0.0  # lambda: L2 penalty lambda/2 * sum(W^2) over weights, not biases
-    c.optim.schedule = "constant"  # constant | step | cosine | warmup_cosine
-    c.optim.warmup_epochs = 0.0  # linear warmup length for warmup_cosine (epochs)
+    # Which parameters weight_decay covers: "weights" (kernels: the lecture's L2) or "all"
+    # (biases and BatchNorm parameters too, as PyTorch's SGD weight_decay does).
+    c.optim.weight_decay_mask = "weights"
+    c.optim.schedule = "constant"  # constant | step | cosine | warmup_cosine | warmup_linear
+    c.optim.warmup_epochs = 0.0  # linear warmup length for warmup_cosine/warmup_linear (epochs)
     c.optim.step_every_epochs = 0.0  # step schedule: multiply by step_factor every this many
     c.optim.step_factor = 0.1  # step schedule multiplier
+    c.optim.start_factor = 0.0  # warmup_linear: learning rate at step 0, times epsilon
+    c.optim.end_factor = 0.0  # warmup_linear: learning rate at the last step, times epsilon
+    # Lookahead (Zhang et al. 2019) with airbench94's EMA schedule: every k steps the
+    # slow copy of the variables (parameters and BatchNorm statistics) moves towards the
+    # trained ones, slow <- slow + (1 - d_t)(fast - slow) with d_t = decay * (t / T)^power
+    # (t: steps taken, T: the run's steps), and training goes on from slow. After the last
+    # step the variables are the slow copy (what is evaluated and saved). k = 0: off.
+    c.optim.lookahead_every = 0
+    c.optim.lookahead_decay = 0.95**5  # decay d at the end of the run
+    c.optim.lookahead_power = 3.0  # d_t grows as (t / T)^power
     c.optim.clip_norm = 0.0  # global gradient-norm clipping threshold (0: off)
 
     c.transfer = ml_collections.ConfigDict()
@@ -119,6 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ValueError: naming the field (`config.<path>`), the value and what is valid.
     """
     from research import data, models, optim
+    from research.data import pipeline
 
     for field, minimum in (
         ("seed", 0),
@@ -134,8 +167,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ("data.workers", 0),
         ("data.read_threads", 0),
         ("data.prefetch", 1),
+        ("optim.lookahead_every", 0),
     ):
         _check_int(config, field, minimum)
+    if not 0 < config.last_epoch_fraction <= 1:
+        _fail("last_epoch_fraction", config.last_epoch_fraction, "must be in (0, 1]")
+    if config.eval_tta not in pipeline.TTA:
+        _fail("eval_tta", config.eval_tta, f"one of {', '.join(pipeline.TTA.names())}")
+    if not 0 <= config.loss.label_smoothing < 1:
+        _fail("loss.label_smoothing", config.loss.label_smoothing, "must be in [0, 1)")
     if config.compute_dtype not in ("float32", "bfloat16"):
         _fail("compute_dtype", config.compute_dtype, "must be 'float32' or 'bfloat16'")
     if config.model.name not in models.MODELS:
@@ -166,12 +206,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("data.augment_on", d.augment_on, "must be 'device' or 'host'")
     if d.augment_on == "host" and d.loader != "stream":
         _fail("data.augment_on", d.augment_on, "'host' needs data.loader='stream'")
+    if d.augment_policy not in pipeline.AUGMENTATIONS:
+        _fail("data.augment_policy", d.augment_policy, f"one of {pipeline.AUGMENTATIONS.names()}")
+    if d.augment and d.augment_on == "host" and d.augment_policy != "crop_flip":
+        _fail("data.augment_policy", d.augment_policy, "host augmentation has only 'crop_flip'")
+    if (
+        d.augment
+        and pipeline.AUGMENTATIONS.get(d.augment_policy).needs_rows
+        and d.loader == "stream"
+    ):
+        _fail("data.augment_policy", d.augment_policy, "needs data.loader='device' (or 'auto')")
     if not config.data.val_size >= 0:
         _fail("data.val_size", config.data.val_size, "must be a fraction in [0, 1) or a count")
     if config.optim.name not in optim.OPTIMIZERS:
         _fail("optim.name", config.optim.name, f"known optimizers: {', '.join(optim.names())}")
     if not config.optim.learning_rate > 0:
         _fail("optim.learning_rate", config.optim.learning_rate, "must be > 0 (epsilon)")
+    if config.optim.weight_decay_mask not in optim.WEIGHT_DECAY_MASKS:
+        _fail("optim.weight_decay_mask", config.optim.weight_decay_mask, "'weights' or 'all'")
+    if not 0 <= config.optim.lookahead_decay <= 1:
+        _fail("optim.lookahead_decay", config.optim.lookahead_decay, "must be in [0, 1]")
+    if not config.optim.lookahead_power >= 0:
+        _fail("optim.lookahead_power", config.optim.lookahead_power, "must be >= 0")
     from research.optim import freeze
 
     t = config.transfer

@@ -41,7 +41,7 @@ def test_uncovered_parameters_are_an_error_listing_them():
 
 @pytest.mark.parametrize(
     "rules,match",
-    [([("(", "freeze")], "not a valid regex"), ([(".*", "thaw")], "'train', 'freeze' or 'scale")],
+    [([("(", "freeze")], "not a valid regex"), ([(".*", "thaw")], "'train', 'freeze', 'scale:F'")],
 )
 def test_bad_rules(rules, match):
     with pytest.raises(ValueError, match=match):

@@ -87,8 +87,20 @@ def ref_adam(grad, theta, steps, lr, b1, b2, eps):
     return np.stack(out)
 
 
+def ref_sgd_nesterov(grad, theta, steps, lr, momentum):
+    """PyTorch's SGD(nesterov=True): b <- αb + g; θ <- θ - ε_t (g + αb) (not the lecture's)."""
+    b, out = np.zeros_like(theta), [theta]
+    for t in range(steps):
+        g = grad(theta)
+        b = momentum * b + g
+        theta = theta - lr(t) * (g + momentum * b)
+        out.append(theta)
+    return np.stack(out)
+
+
 REFERENCES = {
     "sgd": ref_sgd,
+    "sgd_nesterov": ref_sgd_nesterov,
     "momentum": ref_momentum,
     "nesterov": ref_nesterov,
     "adagrad": ref_adagrad,
@@ -100,6 +112,7 @@ HPARAMS = {
     "sgd": dict(learning_rate=f32(0.1)),
     "momentum": dict(learning_rate=f32(0.05), momentum=f32(0.9)),
     "nesterov": dict(learning_rate=f32(0.05), momentum=f32(0.9)),
+    "sgd_nesterov": dict(learning_rate=f32(0.05), momentum=f32(0.9)),
     "adagrad": dict(learning_rate=f32(0.1), eps=f32(1e-7)),
     # ρ = 0.99: with ρ = 0.9 the quadratic's coordinate with a small gradient gets steps
     # ε/√r so large that float32 rounding grows ~3x per step, and the comparison would
@@ -267,12 +280,48 @@ def test_every_hyperparameter_has_a_range_and_a_config_field(name):
 
 
 def test_names_and_lecture_defaults():
-    assert optim.names() == ("adagrad", "adam", "momentum", "nesterov", "rmsprop", "sgd")
+    assert optim.names() == (
+        "adagrad",
+        "adam",
+        "momentum",
+        "nesterov",
+        "rmsprop",
+        "sgd",
+        "sgd_nesterov",
+    )
     assert optim.defaults("sgd") == {}
     assert optim.defaults("adagrad") == {"eps": 1e-7}
     assert optim.defaults("rmsprop") == {"decay": 0.9, "eps": 1e-6}
     assert optim.defaults("adam") == {"b1": 0.9, "b2": 0.999, "eps": 1e-8}
     assert optim.defaults("momentum") == optim.defaults("nesterov") == {"momentum": 0.9}
+    assert optim.defaults("sgd_nesterov") == {"momentum": 0.9}
+
+
+def test_sgd_nesterov_is_optax_nesterov_and_the_lecture_only_for_a_constant_rate():
+    """PyTorch's form equals optax.sgd(nesterov=True) under a schedule too; the lecture's
+    rule (its φ sequence) agrees with it for a constant ε only."""
+    sched = schedules.step(f32(0.05), every_steps=5, factor=f32(0.5))
+    ours = run_optax(
+        optim.create("sgd_nesterov", learning_rate=sched, momentum=0.9),
+        quad_grad_jax,
+        QUAD_THETA0,
+        20,
+    )
+    theirs = run_optax(
+        optax.sgd(sched, momentum=0.9, nesterov=True), quad_grad_jax, QUAD_THETA0, 20
+    )
+    np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=ATOL)
+    lecture = run_optax(
+        optim.create("nesterov", learning_rate=sched, momentum=0.9), quad_grad_jax, QUAD_THETA0, 20
+    )
+    assert np.max(np.abs(lecture[6:] - ours[6:])) > 1e-3
+    constant = {"learning_rate": f32(0.05), "momentum": 0.9}
+    np.testing.assert_allclose(
+        run_optax(optim.create("sgd_nesterov", **constant), quad_grad_jax, QUAD_THETA0, 20),
+        run_optax(optim.create("nesterov", **constant), quad_grad_jax, QUAD_THETA0, 20),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 # --- Our side of each difference from optax (lecture.py's docstring) ---------------------

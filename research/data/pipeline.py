@@ -25,6 +25,10 @@ read from disk, `research.data.stream`):
     horizontal flip with probability 1/2), in JAX, so it runs on the device
     inside the jitted step; `augment_host` is the same recipe in numpy for the
     streaming loader's worker processes (`data.augment_on = "host"`).
+    `AUGMENTATIONS` names the on-device policies `data.augment_policy` chooses
+    from (`crop_flip`, the recipe above, and `airbench`'s alternating flip with
+    a reflect-padded translation); `TTA` names the test-time augmentations of
+    `eval_tta` (the views an evaluation averages the logits over).
 
 Small datasets live on the device whole: the training step receives indices
 and gathers its batch there, so no host loop touches individual batches.
@@ -34,11 +38,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from research.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +385,22 @@ def steps_per_epoch(n: int, batch_size: int, remainder: str = "drop") -> int:
     raise ValueError(f"data.remainder must be 'drop' or 'keep', got {remainder!r}")
 
 
+def total_steps(steps_per_epoch: int, num_epochs: int, last_epoch_fraction: float = 1.0) -> int:
+    """Optimizer steps of a run: `num_epochs` epochs, the last one cut to `last_epoch_fraction`.
+
+    The cut epoch keeps `ceil(fraction * steps_per_epoch)` steps, so 10 epochs of 48 steps
+    with fraction 0.9 give 9 * 48 + 44 = 476 = ceil(9.9 * 48) steps (airbench's count).
+    """
+    if not 0 < last_epoch_fraction <= 1:
+        raise ValueError(
+            f"last_epoch_fraction={last_epoch_fraction!r} must be in (0, 1] (1: whole epochs)"
+        )
+    if last_epoch_fraction == 1:
+        return steps_per_epoch * num_epochs
+    last = math.ceil(steps_per_epoch * last_epoch_fraction - 1e-9)  # 0.9 * 48 = 43.2 -> 44
+    return steps_per_epoch * (num_epochs - 1) + max(last, 1)
+
+
 def epoch_batches(key: jax.Array, n: int, batch_size: int, remainder: str = "drop") -> list:
     """The batches of one epoch as index arrays, shuffled by `key`.
 
@@ -427,19 +449,23 @@ def plan_chunks(
     chunk: int,
     num_epochs: int,
     start_step: int = 0,
+    last_epoch_fraction: float = 1.0,
 ) -> Iterator[ChunkPlan]:
     """The run's steps from `start_step` on, cut into chunks, in order.
 
     Epoch `e`'s order is `epoch_batches(fold_in(data_key, e), ...)`. Chunks end at
     multiples of `chunk` steps within the epoch, at the epoch's end, and before
     the kept remainder batch (a different shape runs alone), so a run resumed at
-    any step cuts the rest of the epoch exactly where the first run did.
+    any step cuts the rest of the epoch exactly where the first run did. The last
+    epoch stops after `total_steps(...)` (its chunk then counts as the epoch's end).
     """
     spe = steps_per_epoch(n, batch_size, remainder)
+    stop = total_steps(spe, num_epochs, last_epoch_fraction)
     step = start_step
     for epoch in range(start_step // spe, num_epochs):
         batches = epoch_batches(jax.random.fold_in(data_key, epoch), n, batch_size, remainder)
         rows = [row for block in batches for row in block]  # per-step index rows
+        rows = rows[: stop - epoch * spe]  # the last epoch may be cut short
         position = step - epoch * spe
         while position < len(rows):
             end = min((position // chunk + 1) * chunk, len(rows))
@@ -524,3 +550,108 @@ def augment_host(
     xs = offsets[:, 1:] + np.arange(w)  # (b, W)
     xs = np.where(flips[:, None], xs[:, ::-1], xs)
     return padded[np.arange(b)[:, None, None], ys[:, :, None], xs[:, None, :]]
+
+
+# ------------------------------------------------------------------ augmentation policies
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentPolicy:
+    """An on-device training augmentation, chosen by `data.augment_policy`.
+
+    Attributes:
+      fn: `fn(key, images, *, epoch, rows, run_key) -> images`: `key` is this
+        step's augmentation key, `images` the `(B, H, W, C)` batch, `epoch` the
+        0-based epoch (int32 scalar), `rows` the `(B,)` indices of the examples in
+        the training split (None when the policy does not need them), and
+        `run_key` a key fixed for the whole run (for draws that must stay the
+        same from epoch to epoch).
+      needs_rows: the policy needs `rows`, which only the device loader has.
+    """
+
+    fn: Callable[..., jax.Array]
+    needs_rows: bool = False
+
+
+def _crop_flip(key, images, *, epoch, rows, run_key):
+    del epoch, rows, run_key
+    return augment(key, images)
+
+
+def translate(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
+    """Each image shifted by its `offsets[i] - pad` pixels (rows, columns), reflect-padded.
+
+    Args:
+      images: `(N, H, W, C)`.
+      offsets: `(N, 2)` int32 in `[0, 2 pad]`: the crop's top-left corner in the
+        image padded by `pad` pixels on each side (`pad`: no shift).
+      pad: the largest shift.
+    """
+    n, h, w, c = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def alternating_flip(images: jax.Array, *, epoch, rows, run_key) -> jax.Array:
+    """airbench's alternating flip: example i is mirrored in epoch e iff `b_i XOR (e odd)`.
+
+    `b_i` is a coin drawn once per run and example (`fold_in(run_key, i)`), so each
+    image is seen mirrored in every other epoch instead of in a random half of them.
+    """
+    base = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(run_key, i)))(rows)
+    flip = base ^ (epoch % 2 == 1)
+    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+def _airbench(key, images, *, epoch, rows, run_key, pad: int = 2):
+    images = alternating_flip(images, epoch=epoch, rows=rows, run_key=run_key)
+    offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * pad + 1)
+    return translate(images, offsets, pad)
+
+
+# data.augment_policy -> policy. "crop_flip" is `augment` (zero pad 4, random crop,
+# random flip); "airbench" is airbench94's (Jordan 2024): the alternating flip, then a
+# random translation by up to 2 pixels each way, uniform over the 5 x 5 shifts, with
+# reflect padding (airbench pads the pre-flipped images once and crops each epoch: the
+# same distribution).
+AUGMENTATIONS: Registry[AugmentPolicy] = Registry(
+    "augmentation policy",
+    {
+        "crop_flip": AugmentPolicy(_crop_flip),
+        "airbench": AugmentPolicy(_airbench, needs_rows=True),
+    },
+)
+
+
+# ------------------------------------------------------------------ test-time augmentation
+
+
+def _identity_views(images):
+    return [(1.0, images)]
+
+
+def _flip_views(images):
+    return [(0.5, images), (0.5, images[:, :, ::-1, :])]
+
+
+def _flip_translate_views(images):
+    """airbench's tta_level=2: half the weight on the image and its mirror, the other half
+    on both of them shifted by one pixel up-left and down-right (reflect padding)."""
+    n = images.shape[0]
+    views = [(0.5 * w, v) for w, v in _flip_views(images)]
+    for offset in (0, 2):  # the crop's corner in the 1-pixel padded image: (-1, -1) and (+1, +1)
+        shifted = translate(images, jnp.full((n, 2), offset, jnp.int32), 1)
+        views += [(0.5 * w / 2, v) for w, v in _flip_views(shifted)]
+    return views
+
+
+# eval_tta -> views(images) -> [(weight, view)]; an evaluation's logits are
+# sum(weight * model(view)). Weights sum to 1. "none" is the plain evaluation.
+TTA: Registry[Callable[[jax.Array], list]] = Registry(
+    "test-time augmentation",
+    {"none": _identity_views, "flip": _flip_views, "flip_translate": _flip_translate_views},
+)

@@ -472,6 +472,7 @@ class TrainStream:
       remainder: "drop" or "keep" (`pipeline.epoch_batches`).
       chunk: steps per chunk (the loop's logging interval, or an epoch).
       num_epochs: epochs of the run.
+      last_epoch_fraction: share of the last epoch trained (`pipeline.total_steps`).
       mesh: the device mesh (one axis, "data").
       workers: grain worker processes (0: read in this process's threads).
       read_threads: threads reading in each process.
@@ -489,6 +490,7 @@ class TrainStream:
         chunk: int,
         num_epochs: int,
         mesh: Mesh,
+        last_epoch_fraction: float = 1.0,
         workers: int = 0,
         read_threads: int = 2,
         prefetch: int = 2,
@@ -501,6 +503,7 @@ class TrainStream:
         self.remainder = remainder
         self.chunk = chunk
         self.num_epochs = num_epochs
+        self.last_epoch_fraction = last_epoch_fraction
         self.steps_per_epoch = pipeline.steps_per_epoch(len(split), batch_size, remainder)
         self.dataset_fingerprint = dataset_fingerprint
         self.reader = _Reader(
@@ -522,6 +525,7 @@ class TrainStream:
             chunk=self.chunk,
             num_epochs=self.num_epochs,
             start_step=start_step,
+            last_epoch_fraction=self.last_epoch_fraction,
         )
 
     def chunks(self, start_step: int = 0) -> Prefetch:

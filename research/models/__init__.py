@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models import (
+    airbench,
     alexnet,
     autoencoder,
     googlenet,
@@ -247,6 +248,20 @@ MODELS: Registry[ModelSpec] = Registry(
             params_source="Keras Applications MobileNet",
             small_overrides=mobilenet.SMALL_INPUTS,
             stand_in=mobilenet.STAND_IN,
+        ),
+        "airbench": ModelSpec(
+            airbench.Airbench,
+            (32, 32, 3),
+            paper_num_classes=10,
+            trainable_params=1_971_640,
+            # At 32x32x3: whiten 2*2*3*24+24 = 312; block1 3*3*24*64 + 3*3*64*64 + 2*64
+            # (BatchNorm biases; no scales) = 50,816; block2 3*3*64*256 + 3*3*256*256 +
+            # 2*256 = 737,792; block3 2*3*3*256*256 + 2*256 = 1,180,160; head 256*10
+            # (no bias) = 2,560.
+            params_source=(
+                "by formula: 312 + 50,816 + 737,792 + 1,180,160 + 2,560 (airbench94's net)"
+            ),
+            stand_in={"widths": (8, 16, 16)},
         ),
     },
 )

@@ -3,8 +3,9 @@
 Entry points:
 
   create(name, *, learning_rate, inject=False, **hparams)  one lecture optimizer
-  from_config(optim_cfg, *, steps_per_epoch, num_epochs, inject=False)
+  from_config(optim_cfg, *, steps_per_epoch, num_epochs, inject=False, total_steps=None)
       clip → L2 → optimizer (with the schedule as its learning rate)
+  lookahead_from_config(optim_cfg, *, total_steps)  the step's lookahead (lookahead.py), or None
   learning_rate_schedule(optim_cfg, *, steps_per_epoch, num_epochs)  ε_t, for logging
   set_hyperparams(state, **values)  change injected hyperparameters (e.g. per trial)
   names(), defaults(name), weight_mask(params), add_l2(weight_decay)
@@ -17,7 +18,10 @@ in `RANGES` and, to be set from a config, a field of the same name in
 `config.optim` (research/config.py). The update rules and every difference from
 optax's builtins are in `lecture.py`. `SCHEDULES` maps a name to
 `f(value, **steps) -> optax.Schedule`, whose keyword arguments are taken from
-`{total_steps, warmup_steps, every_steps, factor}`.
+`{total_steps, warmup_steps, every_steps, factor, start_factor, end_factor}`.
+
+Beyond the lecture: "sgd_nesterov" is PyTorch's `SGD(nesterov=True)` (the form
+recipes such as airbench94 are written in; `lecture.sgd_nesterov`).
 
 Sweeps: with `inject=True` the result is wrapped in `optax.inject_hyperparams`,
 so the numeric hyperparameters live in `state.hyperparams` as arrays. Trials
@@ -42,6 +46,7 @@ import numpy as np
 import optax
 
 from research.optim import lecture, schedules
+from research.optim.lookahead import Lookahead
 from research.optim.regularize import add_l2, is_weight, weight_mask
 from research.registry import Registry, UnknownNameError
 
@@ -50,6 +55,8 @@ __all__ = [
     "OPTIMIZERS",
     "RANGES",
     "SCHEDULES",
+    "WEIGHT_DECAY_MASKS",
+    "Lookahead",
     "Range",
     "add_l2",
     "create",
@@ -57,6 +64,7 @@ __all__ = [
     "from_config",
     "is_weight",
     "learning_rate_schedule",
+    "lookahead_from_config",
     "names",
     "set_hyperparams",
     "weight_mask",
@@ -71,6 +79,8 @@ OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry(
         "adagrad": lecture.adagrad,
         "rmsprop": lecture.rmsprop,
         "adam": lecture.adam,
+        # Beyond the lecture: PyTorch's form of Nesterov momentum (ε_t multiplies the buffer).
+        "sgd_nesterov": lecture.sgd_nesterov,
     },
 )
 
@@ -81,6 +91,7 @@ SCHEDULES: Registry[Callable[..., optax.Schedule]] = Registry(
         "step": schedules.step,
         "cosine": schedules.cosine,
         "warmup_cosine": schedules.warmup_cosine,
+        "warmup_linear": schedules.warmup_linear,
     },
 )
 
@@ -119,7 +130,12 @@ RANGES: dict[str, Range] = {
     "warmup_epochs": Range(0, _INF, True, False, "warmup length in epochs"),
     "step_every_epochs": Range(0, _INF, True, False, "epochs between step drops"),
     "step_factor": Range(0, 1, False, True, "multiplier at each step drop"),
+    "start_factor": Range(0, _INF, True, False, "warmup_linear's first value, times ε"),
+    "end_factor": Range(0, _INF, True, False, "warmup_linear's last value, times ε"),
 }
+
+# optim.weight_decay_mask -> which parameters the L2 term covers (None: all of them).
+WEIGHT_DECAY_MASKS = {"weights": weight_mask, "all": None}
 
 
 def names() -> tuple[str, ...]:
@@ -263,10 +279,13 @@ CONFIG_FIELDS = (
     "b2",
     "eps",
     "weight_decay",
+    "weight_decay_mask",
     "schedule",
     "warmup_epochs",
     "step_every_epochs",
     "step_factor",
+    "start_factor",
+    "end_factor",
     "clip_norm",
 )
 
@@ -287,6 +306,11 @@ def _read_config(optim_cfg, steps_per_epoch: int, num_epochs: int) -> dict[str, 
             key.get(c[field])
         except UnknownNameError as e:
             raise UnknownNameError(f"optim.{field}: {e}") from None
+    if c["weight_decay_mask"] not in WEIGHT_DECAY_MASKS:
+        raise ValueError(
+            f"optim.weight_decay_mask={c['weight_decay_mask']!r} must be one of "
+            f"{', '.join(WEIGHT_DECAY_MASKS)}"
+        )
     for field, value in c.items():
         if field == "eps" and value is None:
             continue  # the optimizer's own default
@@ -295,14 +319,22 @@ def _read_config(optim_cfg, steps_per_epoch: int, num_epochs: int) -> dict[str, 
     return c
 
 
-def _schedule(c: Mapping[str, Any], steps_per_epoch: int, num_epochs: int):
-    """The schedule factory and the step arguments it takes, from config fields."""
+def _schedule(
+    c: Mapping[str, Any], steps_per_epoch: int, num_epochs: int, total_steps: int | None = None
+):
+    """The schedule factory and the step arguments it takes, from config fields.
+
+    `total_steps` (default `num_epochs * steps_per_epoch`) is where the run ends
+    (shorter when the last epoch is cut: `config.last_epoch_fraction`).
+    """
     factory = SCHEDULES.get(c["schedule"])
     available = {
-        "total_steps": num_epochs * steps_per_epoch,
+        "total_steps": total_steps or num_epochs * steps_per_epoch,
         "warmup_steps": round(c["warmup_epochs"] * steps_per_epoch),
         "every_steps": round(c["step_every_epochs"] * steps_per_epoch),
         "factor": c["step_factor"],
+        "start_factor": c["start_factor"],
+        "end_factor": c["end_factor"],
     }
     wanted = {k: v for k, v in available.items() if k in inspect.signature(factory).parameters}
     if wanted.get("every_steps", 1) < 1:
@@ -319,31 +351,40 @@ def _schedule(c: Mapping[str, Any], steps_per_epoch: int, num_epochs: int):
     return factory, wanted
 
 
-def learning_rate_schedule(optim_cfg, *, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+def learning_rate_schedule(
+    optim_cfg, *, steps_per_epoch: int, num_epochs: int, total_steps: int | None = None
+) -> optax.Schedule:
     """ε_t of the config: `optim.learning_rate` shaped by `optim.schedule`.
 
     Args:
       optim_cfg: `config.optim` (research/config.py).
       steps_per_epoch: optimizer updates per epoch, to turn epochs into steps.
       num_epochs: epochs in the run; cosine schedules reach 0 at its end.
+      total_steps: the run's steps, when its last epoch is cut (default: whole epochs).
 
     Returns:
       The schedule, a function of the update count (0 on the first update).
     """
     c = _read_config(optim_cfg, steps_per_epoch, num_epochs)
-    factory, steps = _schedule(c, steps_per_epoch, num_epochs)
+    factory, steps = _schedule(c, steps_per_epoch, num_epochs, total_steps)
     return factory(c["learning_rate"], **steps)
 
 
 def from_config(
-    optim_cfg, *, steps_per_epoch: int, num_epochs: int, inject: bool = False
+    optim_cfg,
+    *,
+    steps_per_epoch: int,
+    num_epochs: int,
+    inject: bool = False,
+    total_steps: int | None = None,
 ) -> optax.GradientTransformation:
     """The optimizer described by `config.optim`: clip → L2 → lecture optimizer.
 
     1. `optim.clip_norm` > 0: rescale the gradient to that global norm when it
        is larger (`optax.clip_by_global_norm`); 0 turns clipping off.
     2. `optim.weight_decay` = λ > 0: add λW to the gradient of every weight
-       (`add_l2`, `weight_mask`), the gradient of the lecture's λ/2 Σ W².
+       (`add_l2`, `weight_mask`), the gradient of the lecture's λ/2 Σ W²; with
+       `optim.weight_decay_mask = "all"`, λθ for every parameter θ.
     3. The optimizer `optim.name`, given only the hyperparameters it takes
        (`defaults(name)`), with `optim.eps` None meaning its default, and
        `learning_rate_schedule(...)` as its learning rate.
@@ -358,6 +399,7 @@ def from_config(
         optimizer's hyperparameters, `weight_decay` (the L2 step is always
         present, so a sweep may include λ = 0) and `clip_norm` (only when > 0 in
         the config: clipping on or off is fixed at build time).
+      total_steps: the run's steps when its last epoch is cut (default: whole epochs).
 
     Returns:
       The chained transformation.
@@ -368,7 +410,8 @@ def from_config(
     """
     c = _read_config(optim_cfg, steps_per_epoch, num_epochs)
     optimizer = OPTIMIZERS.get(c["name"])
-    schedule, steps = _schedule(c, steps_per_epoch, num_epochs)
+    schedule, steps = _schedule(c, steps_per_epoch, num_epochs, total_steps)
+    mask = WEIGHT_DECAY_MASKS[c["weight_decay_mask"]]
     hparams = {"learning_rate": c["learning_rate"]}
     for key, default in defaults(c["name"]).items():
         hparams[key] = default if key == "eps" and c[key] is None else c[key]
@@ -382,7 +425,7 @@ def from_config(
         if "clip_norm" in h:
             parts.append(optax.clip_by_global_norm(h.pop("clip_norm")))
         if "weight_decay" in h:
-            parts.append(add_l2(h.pop("weight_decay")))
+            parts.append(add_l2(h.pop("weight_decay"), mask=mask))
         learning_rate = schedule(h.pop("learning_rate"), **steps)
         parts.append(optimizer(learning_rate=learning_rate, **h))
         return optax.chain(*parts)
@@ -394,3 +437,17 @@ def from_config(
         [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in hparams]
     )
     return optax.inject_hyperparams(build)(**hparams)
+
+
+def lookahead_from_config(optim_cfg, *, total_steps: int) -> Lookahead | None:
+    """The lookahead of `config.optim` (`optim.lookahead_*`) for a run of `total_steps`, or
+    None when `optim.lookahead_every` is 0."""
+    every = optim_cfg.lookahead_every
+    if not every:
+        return None
+    return Lookahead(
+        every=every,
+        decay=optim_cfg.lookahead_decay,
+        power=optim_cfg.lookahead_power,
+        total_steps=total_steps,
+    )

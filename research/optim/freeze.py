@@ -5,13 +5,20 @@ Rules are an ordered list of `(regex, rule)` over parameter paths such as
 
   * the first pattern that matches a path (`re.search`) decides its rule;
   * every parameter must be matched (a final `(".*", "train")` is the usual catch-all);
-  * rules are "train", "freeze", or "scale:F" (train with the learning rate times F);
+  * rules are "train", "freeze", "scale:F" (train with the learning rate times F),
+    "grad_scale:F" (the gradient times F before the optimizer: with the SGD family, the
+    learning rate of the data term times F while the weight-decay step stays as it is,
+    airbench94's `bias_scaler`; adaptive optimizers are nearly invariant to it) or
+    "freeze_after:E" (train for E epochs, then frozen: airbench94's whitening bias);
   * every decision is reported, so a run's log says exactly what was frozen.
 
 `freeze(tx, params, rules)` wraps an optimizer with `optax.multi_transform`: frozen
 parameters get `optax.set_to_zero()`, so their *final* update is exactly zero and
 no momentum, Adam moment or weight decay can move them (they also hold no
-optimizer state). Scaled groups get the optimizer followed by `optax.scale(F)`.
+optimizer state). Scaled groups get the optimizer followed by `optax.scale(F)`;
+"grad_scale:F" groups get `optax.scale(F)` before it; "freeze_after:E" groups the
+optimizer followed by a factor that is 1 for the first round(E × steps per epoch)
+updates and 0 after (their final update is then exactly zero, as for "freeze").
 
 BatchNorm policy (`batch_norm_interceptor`): by default a BatchNorm layer whose
 scale and bias are frozen normalises with its running averages and does not
@@ -33,6 +40,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 log = logging.getLogger(__name__)
@@ -48,20 +56,22 @@ def param_path(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
+RULE_FORMS = "'train', 'freeze', 'scale:F', 'grad_scale:F' (F > 0) or 'freeze_after:E' (E >= 0)"
+
+
 def _check_rule(rule: str) -> str:
     if rule in ("train", "freeze"):
         return rule
-    match = re.fullmatch(r"scale:(.+)", rule)
+    match = re.fullmatch(r"(scale|grad_scale|freeze_after):(.+)", str(rule))
     if match:
         try:
-            factor = float(match.group(1))
+            number = float(match.group(2))
         except ValueError:
-            factor = math.nan
-        if factor > 0 and math.isfinite(factor):
+            number = math.nan
+        low_ok = number >= 0 if match.group(1) == "freeze_after" else number > 0
+        if low_ok and math.isfinite(number):
             return rule
-    raise ValueError(
-        f"transfer.rules: rule {rule!r} must be 'train', 'freeze' or 'scale:F' with a number F > 0"
-    )
+    raise ValueError(f"transfer.rules: rule {rule!r} must be {RULE_FORMS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,19 +121,35 @@ def label_params(params: Mapping[str, Any], rules: Sequence[Rule]) -> tuple[Any,
 
 
 def freeze(
-    tx: optax.GradientTransformation, params: Mapping[str, Any], rules: Sequence[Rule]
+    tx: optax.GradientTransformation,
+    params: Mapping[str, Any],
+    rules: Sequence[Rule],
+    *,
+    steps_per_epoch: int | None = None,
 ) -> tuple[optax.GradientTransformation, list[Decision]]:
-    """Wraps `tx` so that parameters follow `rules` (see the module docstring)."""
+    """Wraps `tx` so that parameters follow `rules` (see the module docstring).
+
+    `steps_per_epoch` turns the epochs of "freeze_after:E" rules into updates.
+    """
     labels, decisions = label_params(params, rules)
     used = {d.rule for d in decisions}
     transforms: dict[str, optax.GradientTransformation] = {}
     for rule in used:
+        kind, _, number = rule.partition(":")
         if rule == "train":
             transforms[rule] = tx
         elif rule == "freeze":
             transforms[rule] = optax.set_to_zero()
+        elif kind == "grad_scale":
+            transforms[rule] = optax.chain(optax.scale(float(number)), tx)
+        elif kind == "freeze_after":
+            if not steps_per_epoch:
+                raise ValueError(f"transfer.rules: {rule!r} needs the run's steps per epoch")
+            steps = round(float(number) * steps_per_epoch)
+            factor = optax.scale_by_schedule(lambda count, n=steps: jnp.where(count < n, 1.0, 0.0))
+            transforms[rule] = optax.chain(tx, factor)
         else:
-            transforms[rule] = optax.chain(tx, optax.scale(float(rule.split(":")[1])))
+            transforms[rule] = optax.chain(tx, optax.scale(float(number)))
     return optax.multi_transform(transforms, labels), decisions
 
 

@@ -60,7 +60,7 @@ def add_l2(weight_decay, mask=weight_mask) -> optax.GradientTransformation:
     Args:
       weight_decay: λ ≥ 0, a number, a jnp scalar or a schedule.
       mask: a pytree of bools like the parameters, or a function of the
-        parameters returning one; `weight_mask` by default.
+        parameters returning one; `weight_mask` by default; None: every parameter.
 
     Returns:
       The transformation; it needs `params` in `update`.

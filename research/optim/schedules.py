@@ -10,6 +10,8 @@ converts the config's epochs with `steps_per_epoch`.
   step           ε_t = ε · factor^⌊t / every_steps⌋
   cosine         ε_t = ε · ½(1 + cos(π min(t, T) / T)), reaching 0 at t = T
   warmup_cosine  ε_t = ε · (t + 1) / W for t < W, then cosine from ε at t = W to 0 at t = T
+  warmup_linear  ε_t = ε · (a + (1 − a) t / W) for t < W, then linear from ε at t = W to
+                 ε · b at t = T (airbench94's: a = 0.2, b = 0.07, W = 23% of T)
 
 The warmup starts at ε/W rather than at 0 (optax's `warmup_cosine_decay_schedule`
 starts at its `init_value`, usually 0), so the first update is never wasted; it
@@ -104,5 +106,39 @@ def warmup_cosine(value, *, warmup_steps: int, total_steps: int) -> optax.Schedu
         return value * jnp.where(
             count < warmup_steps, warmup, _cosine_factor(count, warmup_steps, total_steps)
         )
+
+    return schedule
+
+
+def warmup_linear(
+    value, *, warmup_steps: int, total_steps: int, start_factor: float, end_factor: float
+) -> optax.Schedule:
+    """Linear from ε·a to ε over `warmup_steps`, then linear from ε to ε·b at `total_steps`.
+
+    ε_t = ε (a + (1 − a) t / W) for t < W; ε (1 + (b − 1)(t − W) / (T − W)) for W ≤ t ≤ T;
+    ε·b after T. airbench94's `get_lr` with a = 0.2, b = 0.07 and W = int(0.23 T).
+
+    Args:
+      value: ε, the peak (reached at t = W).
+      warmup_steps: W ≥ 0.
+      total_steps: T > W.
+      start_factor: a ≥ 0, the value at step 0 in units of ε.
+      end_factor: b ≥ 0, the value at step T in units of ε.
+
+    Returns:
+      The schedule.
+    """
+    _check_steps("warmup_steps", warmup_steps, minimum=0)
+    _check_steps("total_steps", total_steps, minimum=warmup_steps + 1)
+    for name, factor in (("start_factor", start_factor), ("end_factor", end_factor)):
+        if not factor >= 0:
+            raise ValueError(f"{name} must be >= 0, got {factor!r}")
+
+    def schedule(count):
+        count = jnp.asarray(count)
+        warmup = start_factor + (1 - start_factor) * count / max(warmup_steps, 1)
+        progress = jnp.clip((count - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
+        decay = 1 + (end_factor - 1) * progress
+        return value * jnp.where(count < warmup_steps, warmup, decay)
 
     return schedule

@@ -397,6 +397,7 @@ class _DeviceFeed:
             remainder=cfg.data.remainder,
             chunk=chunk,
             num_epochs=cfg.num_epochs,
+            last_epoch_fraction=cfg.last_epoch_fraction,
         )
         self.data_keys = data_keys
 
@@ -438,6 +439,7 @@ class _StreamFeed:
             remainder=cfg.data.remainder,
             chunk=chunk,
             num_epochs=cfg.num_epochs,
+            last_epoch_fraction=cfg.last_epoch_fraction,
             mesh=programs.mesh,
             workers=cfg.data.workers,
             read_threads=cfg.data.read_threads,
@@ -598,6 +600,8 @@ def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None):
     states, start, records = _resume(programs, states, ckpts, alive, diverged, pruned)
     for record in records:
         feed.check(record, start)
+    if start == 0 and hasattr(run.model, "data_init"):
+        states = _data_init(run, programs, states, hps)
     if start == 0 and cfg.transfer.pretrained:
         states = _start_from_pretrained(run, programs, states, hps, members)
 
@@ -767,6 +771,27 @@ def _resume(programs, states, ckpts, alive, diverged, pruned) -> tuple[Any, int,
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
     log.info("resumed from checkpoints at step %d", target)
     return _put_like(stacked, states), target, [r.record for r in restored]
+
+
+def _data_init(run, programs, states, hps):
+    """The model's data-dependent initialisation, once per trial before the first step.
+
+    A zoo model may define `data_init(variables, train_images) -> variables` (e.g.
+    airbench's whitening layer, set from patches of the training images);
+    `train_images` are the normalized training split's (N, H, W, C) host images.
+    """
+    host = jax.device_get((states.params, states.batch_stats))
+    done = []
+    for i in range(states.step.shape[0]):  # each trial of the (padded) group
+        params, batch_stats = jax.tree_util.tree_map(lambda x, i=i: x[i], host)
+        out = run.model.data_init(
+            {"params": params, "batch_stats": batch_stats}, run.splits.train.images
+        )
+        done.append((out["params"], out.get("batch_stats", batch_stats)))
+    params, batch_stats = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *done)
+    params = _put_like(params, states.params)
+    batch_stats = _put_like(batch_stats, states.batch_stats)
+    return programs.reinit(states, params, batch_stats, hps)
 
 
 def _start_from_pretrained(run, programs, states, hps, members):

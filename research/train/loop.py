@@ -121,13 +121,30 @@ def build_run(
     # A model that cannot take the data (too small for its downsampling) fails here, in
     # one line naming the smallest input it takes, not in a traceback from the first step.
     models.check_input(config.model.name, model, splits.input_shape)
+    if hasattr(model, "data_init") and loader == "stream":
+        raise ValueError(
+            f"config.model.name={config.model.name!r} initialises from the training images "
+            f"(data_init), which needs data.loader='device' (resolved to 'stream': {loader_reason})"
+        )
     spe = pipeline.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
+    total = pipeline.total_steps(spe, config.num_epochs, config.last_epoch_fraction)
+    policy = config.data.augment_policy if config.data.augment else None
+    if policy and pipeline.AUGMENTATIONS.get(policy).needs_rows and loader == "stream":
+        raise ValueError(
+            f"config.data.augment_policy={policy!r} needs each example's index, which only "
+            f"data.loader='device' has (data.loader resolved to 'stream': {loader_reason})"
+        )
     # Hyperparameters injected as arrays: every trial of a group (and a lone run) shares
     # one compiled program and carries its own values in its optimizer state.
     tx = optim.from_config(
-        config.optim, steps_per_epoch=spe, num_epochs=config.num_epochs, inject=True
+        config.optim,
+        steps_per_epoch=spe,
+        num_epochs=config.num_epochs,
+        inject=True,
+        total_steps=total,
     )
-    tx, decisions, interceptor = _apply_transfer_rules(config.transfer, model, splits, tx)
+    tx, decisions, interceptor = _apply_transfer_rules(config.transfer, model, splits, tx, spe)
+    lookahead = optim.lookahead_from_config(config.optim, total_steps=total)
 
     def steps_on(mesh) -> Steps:
         return make_steps(
@@ -138,6 +155,11 @@ def build_run(
             augment=config.data.augment,
             mesh=mesh,
             interceptor=interceptor,
+            augment_policy=config.data.augment_policy,
+            steps_per_epoch=spe,
+            label_smoothing=config.loss.label_smoothing,
+            eval_tta=config.eval_tta,
+            lookahead=lookahead,
         )
 
     return Run(
@@ -147,7 +169,7 @@ def build_run(
         spec.task,
         steps_on(mesh),
         spe,
-        spe * config.num_epochs,
+        total,
         decisions,
         steps_on,
         loader,
@@ -155,7 +177,7 @@ def build_run(
     )
 
 
-def _apply_transfer_rules(cfg, model, splits, tx):
+def _apply_transfer_rules(cfg, model, splits, tx, steps_per_epoch: int):
     """Wraps `tx` with the run's freezing rules; returns (tx, decisions, BN interceptor)."""
     rules = [tuple(r) for r in cfg.rules]
     if not rules and cfg.strategy == "scratch":
@@ -167,7 +189,7 @@ def _apply_transfer_rules(cfg, model, splits, tx):
         rules = freeze_lib.strategy_rules(
             cfg.strategy, shapes, head=cfg.head, n=cfg.n, backbone_scale=cfg.backbone_lr_scale
         )
-    tx, decisions = freeze_lib.freeze(tx, shapes, rules)
+    tx, decisions = freeze_lib.freeze(tx, shapes, rules, steps_per_epoch=steps_per_epoch)
     frozen = freeze_lib.frozen_modules(decisions)
     return tx, decisions, freeze_lib.batch_norm_interceptor(frozen, cfg.batch_norm)
 

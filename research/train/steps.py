@@ -2,9 +2,12 @@
 
 `train_step(state, batch) -> (state, metrics)` is one optimizer step; the
 per-step randomness (dropout, augmentation) is `fold_in(state.key, state.step)`,
-so a step's result depends on nothing but its inputs. For speed the engine runs
-chunks of steps with `lax.scan` inside one compiled call (`train_chunk`), the
-dataset already on the device and each step gathering its batch by index.
+so a step's result depends on nothing but its inputs. (Draws that must stay
+fixed for the whole run, such as the alternating flip's coin per example, use
+`fold_in(state.key, RUN_KEY_DATA)`, a number no step count reaches.) For speed
+the engine runs chunks of steps with `lax.scan` inside one compiled call
+(`train_chunk`), the dataset already on the device and each step gathering its
+batch by index.
 The functions here are for one trial; `research.train.engine` compiles them as
 they are or vmapped over a trial axis.
 
@@ -32,7 +35,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research import optim
-from research.data.pipeline import augment as augment_images
+from research.data import pipeline
+from research.optim.lookahead import Lookahead, LookaheadState
+
+RUN_KEY_DATA = np.uint32(0xFFFFFFFF)  # fold_in(train key, this): the run's fixed draws
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -98,13 +104,20 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P("data"))
 
 
-def loss_and_metrics(logits_or_recon, images, labels, task: str):
-    """Mean loss and metrics of one batch. `mask` weights are applied by the caller."""
+def loss_and_metrics(logits_or_recon, images, labels, task: str, label_smoothing: float = 0.0):
+    """Per-example loss and metrics of one batch. `mask` weights are applied by the caller.
+
+    `label_smoothing` = α > 0: cross-entropy against (1 − α) one_hot + α / classes.
+    """
     out = logits_or_recon.astype(jnp.float32)
     if task == "reconstruct":
         per_example = jnp.mean((out - images.astype(jnp.float32)) ** 2, axis=(1, 2, 3))
         return per_example, {"loss": per_example}
-    per_example = optax.softmax_cross_entropy_with_integer_labels(out, labels)
+    if label_smoothing:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, out.shape[-1]), label_smoothing)
+        per_example = optax.softmax_cross_entropy(out, targets)
+    else:
+        per_example = optax.softmax_cross_entropy_with_integer_labels(out, labels)
     correct = (jnp.argmax(out, axis=-1) == labels).astype(jnp.float32)
     return per_example, {"loss": per_example, "accuracy": correct}
 
@@ -118,6 +131,11 @@ def make_steps(
     augment: bool = False,
     mesh: Mesh | None = None,
     interceptor: Callable | None = None,
+    augment_policy: str = "crop_flip",
+    steps_per_epoch: int = 0,
+    label_smoothing: float = 0.0,
+    eval_tta: str = "none",
+    lookahead: Lookahead | None = None,
 ) -> Steps:
     """Builds the init, training-chunk and evaluation functions of a run.
 
@@ -126,17 +144,34 @@ def make_steps(
       tx: the optimizer (any optax transformation, e.g. from `research.optim`).
       input_shape: `(H, W, C)` of one example.
       task: "classify" (cross-entropy + accuracy) or "reconstruct" (MSE).
-      augment: apply `research.data.pipeline.augment` to each training batch.
+      augment: augment each training batch with `augment_policy`.
       mesh: the device mesh (default: all devices on one "data" axis).
       interceptor: a Flax method interceptor active during the training forward
         pass (e.g. `research.optim.freeze.batch_norm_interceptor`).
+      augment_policy: a name from `research.data.pipeline.AUGMENTATIONS`.
+      steps_per_epoch: the run's steps per epoch (a policy's `epoch` is
+        `step // steps_per_epoch`; needed by policies that use it).
+      label_smoothing: α of the classification loss (`loss_and_metrics`).
+      eval_tta: a name from `research.data.pipeline.TTA`: the views every
+        evaluation averages the logits over.
+      lookahead: `research.optim.Lookahead` applied to (params, batch_stats) after
+        every update (its slow copy lives in the optimizer state), or None.
     """
     mesh = make_mesh() if mesh is None else mesh
     shard = batch_sharded(mesh)
+    policy = pipeline.AUGMENTATIONS.get(augment_policy) if augment else None
+    if policy is not None and policy.needs_rows and steps_per_epoch < 1:
+        raise ValueError(f"augment_policy={augment_policy!r} needs steps_per_epoch >= 1")
+    views = pipeline.TTA.get(eval_tta)
+    if eval_tta != "none" and task != "classify":
+        raise ValueError(f"eval_tta={eval_tta!r} averages logits: task must be 'classify'")
 
-    def opt_init(params, hyperparams):
+    def opt_init(params, hyperparams, batch_stats=None):
         opt_state = tx.init(params)
-        return optim.set_hyperparams(opt_state, **hyperparams) if hyperparams else opt_state
+        opt_state = optim.set_hyperparams(opt_state, **hyperparams) if hyperparams else opt_state
+        if lookahead is None:
+            return opt_state
+        return LookaheadState(opt_state, {"params": params, "batch_stats": batch_stats or {}})
 
     def init(init_key, train_key, hyperparams=None) -> TrainState:
         """A fresh state; `hyperparams` (name -> value) go into the injected optimizer state."""
@@ -144,27 +179,35 @@ def make_steps(
         # Dropout at init time gets its own key: no key is used twice.
         dropout_key = jax.random.fold_in(init_key, 1)
         variables = model.init({"params": init_key, "dropout": dropout_key}, x, train=False)
-        params = variables["params"]
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=opt_init(params, hyperparams),
+            batch_stats=batch_stats,
+            opt_state=opt_init(params, hyperparams, batch_stats),
             key=train_key,
         )
 
     def reinit(state: TrainState, params, batch_stats, hyperparams=None) -> TrainState:
         """New starting parameters (e.g. pretrained) with a fresh optimizer state."""
         return state.replace(
-            params=params, batch_stats=batch_stats, opt_state=opt_init(params, hyperparams)
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_init(params, hyperparams, batch_stats),
         )
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(state.key, state.step)
         aug_key, dropout_key = jax.random.split(key)
         images = batch["image"]
-        if augment:
-            images = augment_images(aug_key, images)
+        if policy is not None:
+            images = policy.fn(
+                aug_key,
+                images,
+                epoch=state.step // max(steps_per_epoch, 1),
+                rows=batch.get("rows"),
+                run_key=jax.random.fold_in(state.key, RUN_KEY_DATA),
+            )
         images = jax.lax.with_sharding_constraint(images, shard)
 
         def loss_fn(params):
@@ -179,14 +222,26 @@ def make_steps(
                     rngs={"dropout": dropout_key},
                     mutable=["batch_stats"],
                 )
-            per_example, metrics = loss_and_metrics(out, images, batch["label"], task)
+            per_example, metrics = loss_and_metrics(
+                out, images, batch["label"], task, label_smoothing
+            )
             return per_example.mean(), (metrics, new_vars.get("batch_stats", {}))
 
         (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        if lookahead is None:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        else:
+            updates, inner = tx.update(grads, state.opt_state.inner, state.params)
+            fast = {
+                "params": optax.apply_updates(state.params, updates),
+                "batch_stats": batch_stats,
+            }
+            fast, slow = lookahead.sync(state.step + 1, fast, state.opt_state.slow)
+            params, batch_stats = fast["params"], fast["batch_stats"]
+            opt_state = LookaheadState(inner, slow)
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
@@ -211,9 +266,12 @@ def make_steps(
     def train_chunk(state: TrainState, alive, images, labels, idx):
         """Runs `idx.shape[0]` steps; `idx[i]` holds the indices of step i's examples in
         the device-resident `images`/`labels` (`data.loader="device"`)."""
-        return guarded_scan(
-            state, alive, idx, lambda rows: {"image": images[rows], "label": labels[rows]}
-        )
+
+        def batch_of(rows):
+            batch = {"image": images[rows], "label": labels[rows]}
+            return {**batch, "rows": rows} if policy is not None and policy.needs_rows else batch
+
+        return guarded_scan(state, alive, idx, batch_of)
 
     def train_batches(state: TrainState, alive, images, labels):
         """Runs `images.shape[0]` steps on batches given whole: `images[i]` `(B, H, W, C)`
@@ -230,8 +288,14 @@ def make_steps(
         def body(totals, x):
             images, labels, mask = batch_of(x)
             images = jax.lax.with_sharding_constraint(images, shard)
-            out = model.apply(variables, images, train=False)
-            _, metrics = loss_and_metrics(out, images, labels, task)
+            if eval_tta == "none":
+                out = model.apply(variables, images, train=False)
+            else:  # the weighted mean of the logits over the views (pipeline.TTA)
+                out = sum(
+                    w * model.apply(variables, v, train=False).astype(jnp.float32)
+                    for w, v in views(images)
+                )
+            _, metrics = loss_and_metrics(out, images, labels, task, label_smoothing)
             sums = {k: jnp.sum(v * mask) for k, v in metrics.items()}
             return jax.tree_util.tree_map(jnp.add, totals, sums), None
 
