@@ -514,3 +514,35 @@ def test_a_streamed_run_killed_and_resumed_equals_an_uninterrupted_one(data_root
     resumed = run(killed, "stream")
     assert resumed["resumed_from_step"] == 20
     assert resumed["params_sha256"] == streamed["params_sha256"]
+
+
+def test_host_augmentation_is_not_applied_again_in_the_step(tmp_path):
+    """data.augment_on="host": the stream's workers augment, so the step must not; its
+    train_batches is then the same function as a run's without augmentation."""
+    from conftest import write_image_folder
+
+    from research.config import get_base_config
+    from research.train import loop
+
+    write_image_folder(tmp_path / "photos", per_class=8)
+
+    def built(augment: bool):
+        c = get_base_config()
+        c.model.name = "simple_cnn"
+        c.model.overrides = {"widths": (4,), "dense": 8}
+        c.data.name = f"folder:{tmp_path / 'photos'}"
+        c.data.cache_dir = str(tmp_path / "cache")
+        c.data.loader = "stream"
+        c.data.augment = augment
+        c.data.augment_on = "host"
+        c.batch_size = 4
+        return loop.build_run(c)
+
+    host, plain = built(True), built(False)
+    state = jax.jit(plain.steps.init)(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
+    images, labels = host.splits.train.read(np.arange(8))
+    images, labels = images.reshape(2, 4, 8, 8, 3), labels.reshape(2, 4)
+    alive = jnp.asarray(True)
+    a, _, _ = jax.jit(host.steps.train_batches)(state, alive, images, labels)
+    b, _, _ = jax.jit(plain.steps.train_batches)(state, alive, images, labels)
+    assert tree_sha256(a.params) == tree_sha256(b.params)

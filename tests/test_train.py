@@ -508,3 +508,18 @@ def test_bfloat16_compute_keeps_float32_parameters():
     params = jax.tree_util.tree_map(lambda x: x[0], state.params)
     out = run.model.apply({"params": params}, run.splits.train.images[:2])
     assert out.dtype == jax.numpy.bfloat16
+
+
+def test_a_run_written_before_a_new_config_field_still_resumes(tmp_path):
+    """config.json of an older version lacks fields added since: at their defaults, the
+    run is the same run; set to something else, it is refused, naming the field."""
+    config = fast_config()
+    outputs.prepare_workdir(config, str(tmp_path))
+    path = tmp_path / "config.json"
+    older = json.loads(path.read_text())
+    del older["loss"], older["data"]["loader"]  # as written before these fields existed
+    path.write_text(json.dumps(older))
+    outputs.prepare_workdir(config, str(tmp_path))  # defaults: accepted
+    path.write_text(json.dumps(older))
+    with pytest.raises(ValueError, match=r"fields differ: data.loader"):
+        outputs.prepare_workdir(fast_config(**{"data.loader": "stream"}), str(tmp_path))

@@ -280,19 +280,24 @@ def build_programs(run: Run, parallel: str = "sequential", *, devices=None) -> P
     vmap = functools.partial(jax.vmap, spmd_axis_name="trials")
     with _vmapped_pooling():
         algorithms = _algorithms()
+    # Every output has the trial axis first, sharded over "trials": the states that init
+    # returns are placed as the chunk returns them, so the chunk compiles once.
+    trials = NamedSharding(mesh, P("trials"))
     return Programs(
         parallel="vmap",
-        init=jax.jit(vmap(steps.init)),
-        reinit=jax.jit(vmap(steps.reinit)),
+        init=jax.jit(vmap(steps.init), out_shardings=trials),
+        reinit=jax.jit(vmap(steps.reinit), out_shardings=trials),
         chunk=jax.jit(
             _traced_in(_vmapped_pooling, vmap(steps.train_chunk, in_axes=(0, 0, None, None, 0))),
             donate_argnums=0,
+            out_shardings=trials,
         ),
         chunk_batches=None,
         evaluate=jax.jit(
             _traced_in(
                 _vmapped_pooling, vmap(steps.evaluate, in_axes=(0, 0, None, None, None, None))
-            )
+            ),
+            out_shardings=trials,
         ),
         evaluate_batches=None,
         mesh=mesh,
@@ -875,6 +880,11 @@ def results_record(
         "test_examples": len(run.splits.test),
         "data_notes": list(run.splits.notes),
         "data_loader": run.loader,
+        "augmentation": (
+            f"{config.data.augment_policy} on the {config.data.augment_on}"
+            if config.data.augment
+            else "none"
+        ),
         "data_loader_reason": run.loader_reason,
         "class_names": list(run.splits.class_names),
         **{f"val_{k}": v for k, v in val.items()},

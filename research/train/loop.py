@@ -152,7 +152,8 @@ def build_run(
             tx,
             input_shape=splits.input_shape,
             task=spec.task,
-            augment=config.data.augment,
+            # Host augmentation (data.augment_on="host") happens in the stream's workers.
+            augment=config.data.augment and config.data.augment_on == "device",
             mesh=mesh,
             interceptor=interceptor,
             augment_policy=config.data.augment_policy,

@@ -209,7 +209,9 @@ def prepare_workdir(config, workdir: str) -> None:
     """Creates the workdir, or checks that an existing one holds this same run.
 
     A workdir with a different config is refused (nothing in it is touched).
-    Fields in `COSMETIC_FIELDS` may differ.
+    Fields in `COSMETIC_FIELDS` may differ, and a field the earlier run's config
+    lacks (one added to the base config since) counts as the same when it holds
+    its default, so runs written by an older version still resume.
 
     Raises:
       ValueError: naming the fields that differ.
@@ -220,10 +222,12 @@ def prepare_workdir(config, workdir: str) -> None:
         with open(path) as f:
             previous = json.load(f)
         old, new = flatten(previous), flatten(current)
+        defaults = _base_defaults()
         diff = sorted(
             key
             for key in old.keys() | new.keys()
-            if key.split(".")[0] not in COSMETIC_FIELDS and old.get(key) != new.get(key)
+            if key.split(".")[0] not in COSMETIC_FIELDS
+            and old.get(key, defaults.get(key)) != new.get(key)
         )
         if diff:
             raise ValueError(
@@ -232,6 +236,12 @@ def prepare_workdir(config, workdir: str) -> None:
             )
     if is_writer():
         atomic_write_json(path, current)
+
+
+def _base_defaults() -> dict[str, Any]:
+    from research.config import get_base_config
+
+    return flatten(json.loads(get_base_config().to_json_best_effort(sort_keys=True)))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
