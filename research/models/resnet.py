@@ -93,12 +93,22 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = partial(Conv2D, use_bias=False, kernel_init=CONV_INIT, dtype=self.dtype)
-        y = conv(self.features, 3, stride=self.stride, padding=1, name="conv1")(x)
-        y = nn.relu(norm(train, self.dtype, name="bn1")(y))
-        y = conv(self.features, 3, padding=1, name="conv2")(y)
-        y = norm(train, self.dtype, self.zero_init_residual, name="bn2")(y)
+        y = basic_branch(self, x, train)
         return nn.relu(y + shortcut(self, x, self.features, train))
+
+
+def basic_branch(block: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+    """A `BasicBlock`'s residual branch: conv1 3x3 (stride) -> bn1 -> ReLU -> conv2 3x3 -> bn2.
+
+    Called from a block's compact `__call__`, so the layers become the block's
+    submodules (`conv1`, `bn1`, `conv2`, `bn2`); the block needs the fields
+    `features`, `stride`, `zero_init_residual` and `dtype`.
+    """
+    conv = partial(Conv2D, use_bias=False, kernel_init=CONV_INIT, dtype=block.dtype)
+    y = conv(block.features, 3, stride=block.stride, padding=1, name="conv1")(x)
+    y = nn.relu(norm(train, block.dtype, name="bn1")(y))
+    y = conv(block.features, 3, padding=1, name="conv2")(y)
+    return norm(train, block.dtype, block.zero_init_residual, name="bn2")(y)
 
 
 class Bottleneck(nn.Module):

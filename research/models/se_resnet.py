@@ -24,8 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.layers import Conv2D, SqueezeExcite
-from research.models.resnet import CONV_INIT, ResNet, norm, shortcut
+from research.layers import SqueezeExcite
+from research.models.resnet import ResNet, basic_branch, shortcut
 
 
 class SEBasicBlock(nn.Module):
@@ -41,11 +41,7 @@ class SEBasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = partial(Conv2D, use_bias=False, kernel_init=CONV_INIT, dtype=self.dtype)
-        y = conv(self.features, 3, stride=self.stride, padding=1, name="conv1")(x)
-        y = nn.relu(norm(train, self.dtype, name="bn1")(y))
-        y = conv(self.features, 3, padding=1, name="conv2")(y)
-        y = norm(train, self.dtype, self.zero_init_residual, name="bn2")(y)
+        y = basic_branch(self, x, train)
         y = SqueezeExcite(self.reduction, dtype=self.dtype, name="se")(y)
         return nn.relu(y + shortcut(self, x, self.features, train))
 
