@@ -24,6 +24,12 @@ the median over repeats of that repeat's time over ours (> 1: ours is faster).
 Load averages during the timed repeats are printed with the table: timings on
 a shared machine are only comparable within one run.
 
+An A/B of our own step in the same interleaved run: `--ours-conv im2col,tiled`
+runs "ours" once per conv algorithm (rows "ours:im2col", "ours:tiled"; the
+first is the reference of "time vs ours"), e.g.
+
+    python scripts/bench.py --models lenet5 --frameworks ours,torch --ours-conv im2col,tiled
+
 Optional frameworks that are not installed (requirements-bench.txt) are
 skipped with a note. Run time: about 3 minutes for the default command on a
 2-core CPU.
@@ -60,6 +66,7 @@ import _checkout  # noqa: F401  (first: `research` from this checkout)
 from research.bench import frameworks, peers
 from research.bench.frameworks import DATA_BATCHES, LEARNING_RATE
 from research.bench.peers import NUM_CLASSES
+from research.layers import conv_algorithms
 
 MODELS = tuple(peers.BENCH_MODELS)
 
@@ -106,7 +113,7 @@ def _train_worker(spec: str, args) -> None:
 class Worker:
     """A `_train_worker` subprocess: started, then asked for one timed repeat at a time."""
 
-    def __init__(self, model_name: str, batch: int, framework: str, args):
+    def __init__(self, model_name: str, batch: int, framework: str, args, conv: str | None = None):
         self.name = f"{model_name}/{batch}/{framework}"
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in finish)
         cmd = [
@@ -119,8 +126,16 @@ class Worker:
             "--torch-threads",
             str(args.torch_threads),
         ]
+        env = dict(os.environ)
+        if conv:  # read where the layers are traced: in the worker only
+            env[conv_algorithms.CONV_ENV_VAR] = conv
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env,
         )
         self.ready = self._read("READY")
 
@@ -160,10 +175,18 @@ def _available(framework: str) -> bool:
 
 
 def run_train(args) -> list[dict]:
-    """The "train" mode: one row per (model, batch, framework), timed interleaved."""
-    names = []
+    """The "train" mode: one row per (model, batch, framework), timed interleaved.
+
+    With `--ours-conv a,b` "ours" runs once per conv algorithm ("ours:a", "ours:b",
+    the first being the reference of "time vs ours"): an A/B of our own step.
+    """
+    names, convs = [], {}
     for framework in args.frameworks:
-        if _available(framework):
+        if framework == "ours" and args.ours_conv:
+            for conv in args.ours_conv:
+                names.append(f"ours:{conv}")
+                convs[names[-1]] = conv
+        elif _available(framework):
             names.append(framework)
         else:
             print(
@@ -177,7 +200,9 @@ def run_train(args) -> list[dict]:
             workers = {}
             for framework in names:  # one at a time: compiling is timed too
                 print(f"building {model_name} batch {batch} {framework} ...", file=sys.stderr)
-                workers[framework] = Worker(model_name, batch, framework, args)
+                workers[framework] = Worker(
+                    model_name, batch, framework.split(":")[0], args, convs.get(framework)
+                )
             times = {framework: [] for framework in names}
             loads = []
             for r in range(args.repeats):
@@ -190,8 +215,9 @@ def run_train(args) -> list[dict]:
                 walls = [wall / args.steps for wall, _ in times[framework]]
                 ms = statistics.median(walls) * 1e3
                 ratio = None
-                if "ours" in times:
-                    ours = [wall for wall, _ in times["ours"]]
+                reference = next((n for n in names if n.split(":")[0] == "ours"), None)
+                if reference:
+                    ours = [wall for wall, _ in times[reference]]
                     ratio = statistics.median(
                         wall / base for (wall, _), base in zip(times[framework], ours, strict=True)
                     )
@@ -446,6 +472,12 @@ def main(argv=None) -> None:
         type=_csv(int),
         default=list(SWEEP_TRIALS),
         help="sweep mode: trials run at once (the issue's list: 1,4,16,64)",
+    )
+    parser.add_argument(
+        "--ours-conv",
+        type=_csv(str, conv_algorithms.CONV_ALGORITHMS.names()),
+        default=None,
+        help="run ours once per conv algorithm (an A/B of our step); default: the backend's",
     )
     parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats; median reported")
