@@ -1,34 +1,37 @@
-"""Training-step benchmark: our engine against plain Flax, PyTorch eager and Keras-JAX.
+"""Training-step benchmark: our step against plain Flax, PyTorch eager and Keras-JAX.
 
 The question: how fast does one training step (forward, backward and an Adam
-update, batch of random 28x28x1 images with integer labels, softmax
-cross-entropy) run on this backend, for the same model in each framework?
+update on a batch of random 28x28x1 images, softmax cross-entropy) run on this
+backend, for the same model in each framework?
 
     python scripts/bench.py --models lenet5,lecture_cnn --batch-sizes 128 \
-        --frameworks ours,flax-plain,torch,keras --out bench.json
+        --frameworks ours,flax-plain,torch,keras --steps 20 --repeats 7 --out bench.json
 
-Prints a markdown table: compile seconds, median milliseconds per step,
-examples per second, peak memory (CPU: the process's peak resident set,
-`ru_maxrss`; GPU: the device's peak bytes in use) and the speed of each
-framework relative to ours (> 1: ours is faster). Each (model, batch,
-framework) runs in its own subprocess, so peak memory, thread settings and
-XLA flags of one do not leak into another.
+"ours" is the zoo's own model in the training engine; the peers build the same
+network from one layer list and must have the zoo model's parameter count, or
+the run stops with an error (`research/bench/`: what each framework runs).
 
-Frameworks:
-  * ours: `research.train.steps.make_steps` (what `scripts/train.py` runs):
-    `repeats` jitted calls of `train_chunk`, each a `lax.scan` over `--steps`
-    steps; the layers use the backend's default conv/pool algorithms
-    (`research.layers.conv_algorithms`; override with
-    RESEARCH_CONV_ALGORITHM / RESEARCH_POOL_ALGORITHM).
-  * flax-plain: `flax.linen.Conv`/`nn.max_pool` + `optax.adam`, one `jax.jit`
-    call per step (the textbook Flax loop), timed over `--steps` calls.
-  * torch: the same network as `torch.nn` modules, eager, `torch.optim.Adam`;
-    NCHW inputs, `torch.set_num_threads(--torch-threads)` (0: torch's default).
-  * keras: Keras 3 with KERAS_BACKEND=jax, `Sequential` + Adam, timed with
-    `train_on_batch` (one jitted step per call, as `fit` runs them).
+Each framework runs in its own worker process (its threads, XLA flags and peak
+memory stay its own), all started and compiled first; then the timed repeats
+are interleaved: repeat r runs `--steps` steps in every framework in turn
+(the order rotating each repeat), so a change in machine load hits all of them
+alike. The table gives, per (model, batch, framework): compile seconds, the
+median milliseconds per step over the repeats (and the fastest repeat), the
+process CPU milliseconds per step (all threads; compare it to ms/step to see
+how many cores a framework keeps busy), examples per second, peak memory (CPU:
+peak resident set; GPU: the device's peak bytes in use), and "time vs ours",
+the median over repeats of that repeat's time over ours (> 1: ours is faster).
+Load averages during the timed repeats are printed with the table: timings on
+a shared machine are only comparable within one run.
+
+An A/B of our own step in the same interleaved run: `--ours-conv im2col,tiled`
+runs "ours" once per conv algorithm (rows "ours:im2col", "ours:tiled"; the
+first is the reference of "time vs ours"), e.g.
+
+    python scripts/bench.py --models lenet5 --frameworks ours,torch --ours-conv im2col,tiled
 
 Optional frameworks that are not installed (requirements-bench.txt) are
-skipped with a note. Run time: about 2-4 minutes for the default command on a
+skipped with a note. Run time: about 3 minutes for the default command on a
 2-core CPU.
 
 Sweep mode (`--mode sweep`): trials run at once against one after another.
@@ -54,18 +57,18 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 import _checkout  # noqa: F401  (first: `research` from this checkout)
 
-INPUT_SHAPE = (28, 28, 1)  # (H, W, C) of one example, as MNIST
-NUM_CLASSES = 10
-LEARNING_RATE = 1e-3  # Adam's step size, the same in every framework
-DATA_BATCHES = 8  # distinct random batches cycled through (ours: on-device data)
+from research.bench import frameworks, peers
+from research.bench.frameworks import DATA_BATCHES, LEARNING_RATE
+from research.bench.peers import NUM_CLASSES
+from research.layers import conv_algorithms
 
-
-# --------------------------------------------------------------------------- shared helpers
+MODELS = tuple(peers.BENCH_MODELS)
 
 
 def _peak_memory_mb() -> float:
@@ -81,362 +84,184 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _random_data(batch: int, seed: int = 0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    n = batch * DATA_BATCHES
-    images = rng.random((n, *INPUT_SHAPE), dtype=np.float32)
-    labels = rng.integers(0, NUM_CLASSES, n).astype(np.int32)
-    return images, labels
+# --------------------------------------------------------------------------- train mode
 
 
-def _timed_loop(run_steps: Callable[[int], None], steps: int, repeats: int) -> list[float]:
-    """Seconds per step of `repeats` runs of `run_steps(steps)` (each ends synchronised)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_steps(steps)
-        times.append((time.perf_counter() - start) / steps)
-    return times
+def _train_worker(spec: str, args) -> None:
+    """One framework in this process, driven over stdin/stdout by `Worker`.
 
-
-# --------------------------------------------------------------------------- frameworks
-
-
-def bench_ours(model_name: str, batch: int, steps: int, repeats: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from research import models, optim
-    from research.layers import conv_algorithms
-    from research.train.steps import make_steps
-
-    overrides = {"padding": 2} if model_name == "lenet5" else {}
-    model = models.create(model_name, num_classes=NUM_CLASSES, **overrides)
-    tx = optim.create("adam", learning_rate=LEARNING_RATE)
-    fns = make_steps(model, tx, input_shape=INPUT_SHAPE)
-    images, labels = _random_data(batch)
-    images, labels = jnp.asarray(images), jnp.asarray(labels)
-    idx = jnp.asarray(np.arange(steps * batch).reshape(steps, batch) % images.shape[0], jnp.int32)
-    state = fns.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
-
-    start = time.perf_counter()
-    compiled = fns.train_chunk.lower(state, images, labels, idx).compile()
-    compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, images, labels, idx)  # warm-up
-    jax.block_until_ready(metrics)
-
-    def run(n):
-        nonlocal state
-        state, metrics = compiled(state, images, labels, idx)
-        jax.block_until_ready(metrics)
-
-    times = _timed_loop(run, steps, repeats)
-    algos = (
-        f"conv={conv_algorithms.resolve_conv_algorithm()}, "
-        f"pool={conv_algorithms.resolve_pool_algorithm()}"
-    )
-    return {"compile_s": compile_s, "step_times": times, "notes": algos}
-
-
-def _flax_plain_model(model_name: str):
-    import flax.linen as nn
-
-    class LeNet5(nn.Module):
-        @nn.compact
-        def __call__(self, x, train: bool = False):
-            x = nn.relu(nn.Conv(6, (5, 5), padding=2)(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = nn.relu(nn.Conv(16, (5, 5), padding="VALID")(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = x.reshape((x.shape[0], -1))  # (N, 5 * 5 * 16)
-            x = nn.relu(nn.Dense(120)(x))
-            x = nn.relu(nn.Dense(84)(x))
-            return nn.Dense(NUM_CLASSES)(x)
-
-    class LectureCNN(nn.Module):
-        @nn.compact
-        def __call__(self, x, train: bool = False):
-            x = nn.relu(nn.Conv(32, (5, 5), padding="SAME")(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            for width in (64, 128, 64):
-                x = nn.relu(nn.Conv(width, (5, 5), padding="VALID")(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = x.reshape((x.shape[0], -1))  # (N, 64)
-            x = nn.relu(nn.Dense(1024)(x))
-            x = nn.Dropout(0.1, deterministic=not train)(x)
-            return nn.Dense(NUM_CLASSES)(x)
-
-    return {"lenet5": LeNet5, "lecture_cnn": LectureCNN}[model_name]()
-
-
-def bench_flax_plain(model_name: str, batch: int, steps: int, repeats: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    model = _flax_plain_model(model_name)
-    tx = optax.adam(LEARNING_RATE)
-    images, labels = _random_data(batch)
-    batches = [
-        (
-            jnp.asarray(images[i * batch : (i + 1) * batch]),
-            jnp.asarray(labels[i * batch : (i + 1) * batch]),
-        )
-        for i in range(DATA_BATCHES)
-    ]
-    params = model.init(jax.random.PRNGKey(0), batches[0][0])["params"]
-    opt_state = tx.init(params)
-
-    def train_step(params, opt_state, x, y, key):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(train_step, donate_argnums=(0, 1))
-    key = jax.random.PRNGKey(1)
-    start = time.perf_counter()
-    compiled = step.lower(params, opt_state, *batches[0], key).compile()
-    compile_s = time.perf_counter() - start
-    counter = 0
-
-    def run(n):
-        nonlocal params, opt_state, counter
-        for _ in range(n):
-            x, y = batches[counter % DATA_BATCHES]
-            params, opt_state, loss = compiled(
-                params, opt_state, x, y, jax.random.fold_in(key, counter)
-            )
-            counter += 1
-        jax.block_until_ready(loss)
-
-    run(2)  # warm-up
-    return {"compile_s": compile_s, "step_times": _timed_loop(run, steps, repeats), "notes": ""}
-
-
-def _torch_model(model_name: str):
-    from torch import nn
-
-    if model_name == "lenet5":
-        return nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-            nn.Linear(84, NUM_CLASSES),
-        )  # fmt: skip
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5), nn.ReLU(),
-        nn.Conv2d(64, 128, 5), nn.ReLU(),
-        nn.Conv2d(128, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64, 1024), nn.ReLU(), nn.Dropout(0.1),
-        nn.Linear(1024, NUM_CLASSES),
-    )  # fmt: skip
-
-
-def bench_torch(model_name: str, batch: int, steps: int, repeats: int, threads: int = 0) -> dict:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = _torch_model(model_name)
-    opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    images, labels = _random_data(batch)
-    x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
-    y_all = torch.from_numpy(labels).long()
-    batches = [
-        (x_all[i * batch : (i + 1) * batch], y_all[i * batch : (i + 1) * batch])
-        for i in range(DATA_BATCHES)
-    ]
-    model.train()
-    counter = 0
-
-    def run(n):
-        nonlocal counter
-        for _ in range(n):
-            x, y = batches[counter % DATA_BATCHES]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            counter += 1
-        loss.item()
-
-    start = time.perf_counter()
-    run(1)  # eager: the first step allocates and picks kernels; reported as "compile"
-    compile_s = time.perf_counter() - start
-    run(2)
-    times = _timed_loop(run, steps, repeats)
-    return {
-        "compile_s": compile_s,
-        "step_times": times,
-        "notes": f"eager, {torch.get_num_threads()} threads",
-    }
-
-
-def bench_keras(model_name: str, batch: int, steps: int, repeats: int) -> dict:
-    os.environ["KERAS_BACKEND"] = "jax"
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(0)
-    if model_name == "lenet5":
-        body = [
-            layers.ZeroPadding2D(2),
-            layers.Conv2D(6, 5, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(16, 5, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-            layers.Dense(120, activation="relu"),
-            layers.Dense(84, activation="relu"),
-            layers.Dense(NUM_CLASSES),
-        ]
-    else:
-        body = [
-            layers.Conv2D(32, 5, activation="relu", padding="same"),
-            layers.MaxPooling2D(2, strides=2),
-            layers.Conv2D(64, 5, activation="relu"),
-            layers.Conv2D(128, 5, activation="relu"),
-            layers.Conv2D(64, 5, activation="relu"),
-            layers.MaxPooling2D(2, strides=2),
-            layers.Flatten(),
-            layers.Dense(1024, activation="relu"),
-            layers.Dropout(0.1),
-            layers.Dense(NUM_CLASSES),
-        ]
-    model = keras.Sequential([keras.Input(INPUT_SHAPE), *body])
-    model.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
-    )
-    images, labels = _random_data(batch)
-    batches = [
-        (images[i * batch : (i + 1) * batch], labels[i * batch : (i + 1) * batch])
-        for i in range(DATA_BATCHES)
-    ]
-    counter = 0
-
-    def run(n):
-        nonlocal counter
-        for _ in range(n):
-            x, y = batches[counter % DATA_BATCHES]
-            loss = model.train_on_batch(x, y)  # returns host floats: synchronised
-            counter += 1
-        return loss
-
-    start = time.perf_counter()
-    run(1)  # traces and compiles the train function
-    compile_s = time.perf_counter() - start
-    run(2)
-    return {
-        "compile_s": compile_s,
-        "step_times": _timed_loop(run, steps, repeats),
-        "notes": f"keras {keras.__version__}, train_on_batch",
-    }
-
-
-FRAMEWORKS: dict[str, tuple[str | None, Callable[..., dict]]] = {
-    # name: (module that must be importable, benchmark function)
-    "ours": (None, bench_ours),
-    "flax-plain": (None, bench_flax_plain),
-    "torch": ("torch", bench_torch),
-    "keras": ("keras", bench_keras),
-}
-MODELS = ("lenet5", "lecture_cnn")
-
-
-# --------------------------------------------------------------------------- driver
-
-
-def _worker(spec: str, args) -> None:
-    """Runs one (model, batch, framework) and prints its result as one JSON line."""
-    if spec.startswith("sweep,"):
-        rows = bench_sweep(spec.split(",")[1], args.trials, args.steps, args.repeats)
-        print("RESULT " + json.dumps(rows))
-        return
+    Prints `READY {...}` once built and warmed up; then each `run` line runs
+    `--steps` steps and prints `TIME [wall s, cpu s]`; `quit` prints `DONE {...}`.
+    """
     model_name, batch, framework = spec.split(",")
-    fn = FRAMEWORKS[framework][1]
-    kwargs = {"threads": args.torch_threads} if framework == "torch" else {}
-    result = fn(model_name, int(batch), args.steps, args.repeats, **kwargs)
-    result["peak_mb"] = _peak_memory_mb()
-    print("RESULT " + json.dumps(result))
+    runner = frameworks.build(framework, model_name, int(batch), args.steps, args.torch_threads)
+    runner.run()  # warm-up: the first timed repeat must not pay for allocation
+    ready = {"compile_s": runner.compile_s, "params": runner.params, "notes": runner.notes}
+    print("READY " + json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            break
+        wall, cpu = time.perf_counter(), time.process_time()
+        runner.run()
+        print(
+            f"TIME {json.dumps([time.perf_counter() - wall, time.process_time() - cpu])}",
+            flush=True,
+        )
+    print("DONE " + json.dumps({"peak_mb": _peak_memory_mb()}), flush=True)
+
+
+class Worker:
+    """A `_train_worker` subprocess: started, then asked for one timed repeat at a time."""
+
+    def __init__(self, model_name: str, batch: int, framework: str, args, conv: str | None = None):
+        self.name = f"{model_name}/{batch}/{framework}"
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in finish)
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--_worker",
+            f"train,{model_name},{batch},{framework}",
+            "--steps",
+            str(args.steps),
+            "--torch-threads",
+            str(args.torch_threads),
+        ]
+        env = dict(os.environ)
+        if conv:  # read where the layers are traced: in the worker only
+            env[conv_algorithms.CONV_ENV_VAR] = conv
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env,
+        )
+        self.ready = self._read("READY")
+
+    def _read(self, tag: str):
+        while True:
+            line = self._proc.stdout.readline()
+            if not line:  # the worker died: show why
+                self._proc.wait()
+                self._stderr.seek(0)
+                raise RuntimeError(
+                    f"benchmark {self.name} failed (exit {self._proc.returncode}):\n"
+                    f"{self._stderr.read()[-3000:]}"
+                )
+            if line.startswith(tag + " "):
+                return json.loads(line[len(tag) + 1 :])
+
+    def time_once(self) -> tuple[float, float]:
+        """(wall, cpu) seconds of one repeat of `--steps` steps."""
+        self._proc.stdin.write("run\n")
+        self._proc.stdin.flush()
+        return tuple(self._read("TIME"))
+
+    def finish(self) -> dict:
+        self._proc.stdin.write("quit\n")
+        self._proc.stdin.flush()
+        done = self._read("DONE")
+        self._proc.wait()
+        self._stderr.close()
+        return done
 
 
 def _available(framework: str) -> bool:
     import importlib.util
 
-    module = FRAMEWORKS[framework][0]
+    module = frameworks.FRAMEWORKS.get(framework).requires
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def _run_one(model_name: str, batch: int, framework: str, args) -> dict:
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--_worker",
-        f"{model_name},{batch},{framework}",
-        "--steps",
-        str(args.steps),
-        "--repeats",
-        str(args.repeats),
-        "--torch-threads",
-        str(args.torch_threads),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(
-            f"benchmark {model_name}/{batch}/{framework} failed (exit {proc.returncode}):\n"
-            f"{proc.stderr[-3000:]}"
-        )
-    result = json.loads(lines[-1][len("RESULT ") :])
-    ms = statistics.median(result.pop("step_times")) * 1e3
-    return {
-        "model": model_name,
-        "batch": batch,
-        "framework": framework,
-        "compile_s": result["compile_s"],
-        "ms_per_step": ms,
-        "examples_per_s": batch / ms * 1e3,
-        "peak_mb": result["peak_mb"],
-        "notes": result["notes"],
-    }
-
-
 def run_train(args) -> list[dict]:
-    """The "train" mode: one row per (model, batch, framework)."""
+    """The "train" mode: one row per (model, batch, framework), timed interleaved.
+
+    With `--ours-conv a,b` "ours" runs once per conv algorithm ("ours:a", "ours:b",
+    the first being the reference of "time vs ours"): an A/B of our own step.
+    """
+    names, convs = [], {}
+    for framework in args.frameworks:
+        if framework == "ours" and args.ours_conv:
+            for conv in args.ours_conv:
+                names.append(f"ours:{conv}")
+                convs[names[-1]] = conv
+        elif _available(framework):
+            names.append(framework)
+        else:
+            print(
+                f"note: {framework} is not installed; skipped "
+                "(pip install -r requirements-bench.txt)",
+                file=sys.stderr,
+            )
     rows = []
     for model_name in args.models:
         for batch in args.batch_sizes:
-            group = []
-            for framework in args.frameworks:
-                if not _available(framework):
-                    print(
-                        f"note: {framework} is not installed; skipped "
-                        f"(pip install -r requirements-bench.txt)",
-                        file=sys.stderr,
+            workers = {}
+            for framework in names:  # one at a time: compiling is timed too
+                print(f"building {model_name} batch {batch} {framework} ...", file=sys.stderr)
+                workers[framework] = Worker(
+                    model_name, batch, framework.split(":")[0], args, convs.get(framework)
+                )
+            times = {framework: [] for framework in names}
+            loads = []
+            for r in range(args.repeats):
+                for framework in names[r % len(names) :] + names[: r % len(names)]:
+                    time.sleep(0.1)  # the previous framework's spinning threads fall asleep
+                    times[framework].append(workers[framework].time_once())
+                loads.append(os.getloadavg()[0])
+            done = {framework: worker.finish() for framework, worker in workers.items()}
+            for framework in names:
+                walls = [wall / args.steps for wall, _ in times[framework]]
+                ms = statistics.median(walls) * 1e3
+                ratio = None
+                reference = next((n for n in names if n.split(":")[0] == "ours"), None)
+                if reference:
+                    ours = [wall for wall, _ in times[reference]]
+                    ratio = statistics.median(
+                        wall / base for (wall, _), base in zip(times[framework], ours, strict=True)
                     )
-                    continue
-                print(f"running {model_name} batch {batch} {framework} ...", file=sys.stderr)
-                group.append(_run_one(model_name, batch, framework, args))
-            ours = next((r for r in group if r["framework"] == "ours"), None)
-            for row in group:
-                # Time of that framework over ours: > 1 means ours is faster.
-                row["ratio_vs_ours"] = row["ms_per_step"] / ours["ms_per_step"] if ours else None
-            rows.extend(group)
+                rows.append(
+                    {
+                        "model": model_name,
+                        "batch": batch,
+                        "framework": framework,
+                        "compile_s": workers[framework].ready["compile_s"],
+                        "ms_per_step": ms,
+                        "min_ms_per_step": min(walls) * 1e3,
+                        "cpu_ms_per_step": statistics.median(
+                            cpu / args.steps * 1e3 for _, cpu in times[framework]
+                        ),
+                        "examples_per_s": batch / ms * 1e3,
+                        "peak_mb": done[framework]["peak_mb"],
+                        "params": workers[framework].ready["params"],
+                        "ratio_vs_ours": ratio,
+                        "load_average": [min(loads), max(loads)],
+                        "notes": workers[framework].ready["notes"],
+                    }
+                )
     return rows
+
+
+def markdown_table(rows: list[dict], backend: str) -> str:
+    head = (
+        "| model | batch | framework | compile s | ms/step | fastest | CPU ms/step | examples/s "
+        "| peak MB | time vs ours | notes |\n"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
+    lines = [f"backend: {backend}", "", head]
+    loads = set()
+    for r in rows:
+        ratio = "" if r["ratio_vs_ours"] is None else f"{r['ratio_vs_ours']:.2f}x"
+        low, high = r["load_average"]
+        loads.add(f"{r['model']} batch {r['batch']}: {low:.1f}-{high:.1f}")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['framework']} | {r['compile_s']:.2f} | "
+            f"{r['ms_per_step']:.2f} | {r['min_ms_per_step']:.2f} | {r['cpu_ms_per_step']:.2f} | "
+            f"{r['examples_per_s']:.0f} | {r['peak_mb']:.0f} | {ratio} | {r['notes']} |"
+        )
+    lines += ["", "load average while timing: " + "; ".join(sorted(loads))]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- sweep mode
@@ -611,28 +436,9 @@ def sweep_table(rows: list[dict], backend: str) -> str:
 
 # Benchmark modes: name -> (function(args) -> rows, table(rows, backend) -> markdown).
 MODES: dict[str, tuple[Callable[[argparse.Namespace], list[dict]], Callable]] = {
-    "train": (run_train, None),  # markdown_table, set below
+    "train": (run_train, markdown_table),
     "sweep": (run_sweep, sweep_table),
 }
-
-
-def markdown_table(rows: list[dict], backend: str) -> str:
-    head = (
-        "| model | batch | framework | compile s | ms/step | examples/s | "
-        "peak MB | time vs ours | notes |\n|---|---:|---|---:|---:|---:|---:|---:|---|"
-    )
-    lines = [f"backend: {backend}", "", head]
-    for r in rows:
-        ratio = "" if r["ratio_vs_ours"] is None else f"{r['ratio_vs_ours']:.2f}x"
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {r['framework']} | {r['compile_s']:.2f} | "
-            f"{r['ms_per_step']:.2f} | {r['examples_per_s']:.0f} | {r['peak_mb']:.0f} | "
-            f"{ratio} | {r['notes']} |"
-        )
-    return "\n".join(lines)
-
-
-MODES["train"] = (run_train, markdown_table)
 
 
 def _csv(kind: Callable[[str], object], valid=None):
@@ -652,7 +458,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=_csv(str, MODELS), default=list(MODELS))
     parser.add_argument("--batch-sizes", type=_csv(int), default=[128])
-    parser.add_argument("--frameworks", type=_csv(str, tuple(FRAMEWORKS)), default=list(FRAMEWORKS))
+    parser.add_argument(
+        "--frameworks",
+        type=_csv(str, frameworks.FRAMEWORKS.names()),
+        default=["ours", "flax-plain", "torch", "keras"],
+    )
     parser.add_argument("--mode", choices=sorted(MODES), default="train")
     parser.add_argument(
         "--sweep-models", type=_csv(str, tuple(SWEEP_MODELS)), default=list(SWEEP_MODELS)
@@ -663,6 +473,12 @@ def main(argv=None) -> None:
         default=list(SWEEP_TRIALS),
         help="sweep mode: trials run at once (the issue's list: 1,4,16,64)",
     )
+    parser.add_argument(
+        "--ours-conv",
+        type=_csv(str, conv_algorithms.CONV_ALGORITHMS.names()),
+        default=None,
+        help="run ours once per conv algorithm (an A/B of our step); default: the backend's",
+    )
     parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats; median reported")
     parser.add_argument(
@@ -672,7 +488,12 @@ def main(argv=None) -> None:
     parser.add_argument("--_worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._worker:
-        _worker(args._worker, args)
+        kind, spec = args._worker.split(",", 1)
+        if kind == "sweep":
+            rows = bench_sweep(spec, args.trials, args.steps, args.repeats)
+            print("RESULT " + json.dumps(rows))
+        else:
+            _train_worker(spec, args)
         return
     run, table = MODES[args.mode]
     rows = run(args)

@@ -80,6 +80,56 @@ def test_conv_algorithm_matches_numpy_reference_forward_and_gradient(algorithm, 
     np.testing.assert_allclose(gb, upstream.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-4)
 
 
+# Ungrouped cases (tiled's own path; grouped ones take im2col's).
+TILED_CASES = [c for c in CONV_CASES if c[5] == 1]
+
+
+@pytest.mark.parametrize("case", TILED_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}")
+def test_tiled_matches_xla_at_every_tile_width(case):
+    """Every tile width, including ones whose last tile overhangs the image."""
+    x_shape, k_shape, stride, padding, dilation, _ = case
+    x, kernel, _ = _conv_inputs(x_shape, k_shape)
+    strides = F._pair(stride, "stride", minimum=1)
+    dilations = F._pair(dilation, "dilation", minimum=1)
+    window = tuple(d * (f - 1) + 1 for f, d in zip(k_shape[:2], dilations, strict=True))
+    pads = F.normalize_padding(padding, window, strides, x_shape[1:3])
+    ref = CA.conv_xla(x, kernel, strides, pads, dilations)
+    weights = jnp.arange(ref.size, dtype=ref.dtype).reshape(ref.shape) / ref.size
+
+    def loss(x, kernel, conv):
+        return jnp.sum(jnp.sin(conv(x, kernel, strides, pads, dilations)) * weights)
+
+    want = jax.grad(loss, argnums=(0, 1))(x, kernel, CA.conv_xla)
+    wo = ref.shape[2]
+    # im2col (1), small tiles, overhanging last tiles, a whole row, and one past it (clipped).
+    for tile in sorted({t for t in (1, 2, 3, wo // 2, wo - 1, wo, wo + 1) if t >= 1}):
+
+        def tiled(x, kernel, strides, pads, dilations, tile=tile):
+            return CA.conv_tiled(x, kernel, strides, pads, dilations, tile=tile)
+
+        out = jax.jit(lambda x, k, tiled=tiled: tiled(x, k, strides, pads, dilations))(x, kernel)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=f"tile={tile}")
+        got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, kernel, tiled)
+        for g, w in zip(got, want, strict=True):
+            # Sums over the whole batch: rounding scales with the largest entry.
+            atol = 1e-5 * max(1.0, float(jnp.abs(w).max()))
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=atol, err_msg=f"tile={tile}")
+
+
+def test_tile_width_rule():
+    # LeNet-5 at 28x28: C1 (28 columns, 6 channels) -> 4 columns per tile (24 lanes,
+    # 7 tiles), C3 (10 columns, 16 channels) -> 2; wide layers stay im2col (t = 1).
+    assert CA.TILE_LANES == 24
+    assert CA.tile_width(28, 6, 5) == 4
+    assert CA.tile_width(10, 16, 5) == 2
+    assert CA.tile_width(28, 32, 5) == 1
+    assert CA.tile_width(6, 128, 5) == 1
+    assert CA.tile_width(28, 6, 1) == 1  # 1x1 kernels have no overlap to share
+    assert CA.tile_width(3, 6, 3) == 3  # capped at the output width
+    assert CA.tile_width(13, 6, 5) == 4  # 13 is prime: no divisor near 4, the last tile overhangs
+    assert CA.tile_width(14, 6, 5) == 7  # a divisor within 2x of 4 is preferred (no overhang)
+
+
 @pytest.mark.parametrize("algorithm", CONV_NAMES)
 def test_conv_algorithm_worked_example_and_3d_input(algorithm):
     # The lectures' 6x6 image with a vertical-edge filter: a 4x4 map of 0s and 30s.
@@ -91,14 +141,14 @@ def test_conv_algorithm_worked_example_and_3d_input(algorithm):
 
 
 def test_conv_algorithms_registry_and_defaults():
-    assert {"xla", "im2col", "taps"} <= set(CONV_NAMES)
+    assert {"xla", "im2col", "taps", "tiled"} <= set(CONV_NAMES)
     assert {"reduce_window", "reshape"} <= set(POOL_NAMES)
     for table, registry in (
         (CA.DEFAULT_CONV_ALGORITHM, CA.CONV_ALGORITHMS),
         (CA.DEFAULT_POOL_ALGORITHM, CA.POOL_ALGORITHMS),
     ):
         assert all(name in registry for name in table.values())
-    assert CA.DEFAULT_CONV_ALGORITHM["cpu"] == "im2col"
+    assert CA.DEFAULT_CONV_ALGORITHM["cpu"] == "tiled"
     assert CA.DEFAULT_CONV_ALGORITHM["gpu"] == "xla"
 
 
@@ -234,7 +284,12 @@ def test_lenet_trains_identically_with_each_algorithm():
     labels = jnp.arange(16, dtype=jnp.int32) % 10
     idx = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
     results = {}
-    for conv, pool in (("xla", "reduce_window"), ("im2col", "reshape"), ("taps", "reshape")):
+    for conv, pool in (
+        ("xla", "reduce_window"),
+        ("im2col", "reshape"),
+        ("taps", "reshape"),
+        ("tiled", "reshape"),
+    ):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv(CA.CONV_ENV_VAR, conv)
             mp.setenv(CA.POOL_ENV_VAR, pool)

@@ -24,26 +24,31 @@ dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
     sum of `f_h * f_w` shifted pads, which XLA fuses into one loop.
   * "taps": `sum_{i,j} slice_ij(x) @ K[i, j]`: `f_h * f_w` matmuls of depth
     `C`, no patch tensor. Cheaper in memory; slower for few input channels.
-  * grouped calls (`groups > 1`) in "im2col" and "taps": `_grouped_taps`, a
-    batched contraction per group; depthwise (one input channel per group) is
-    `f_h * f_w` broadcast multiply-adds, no matmul at all.
+  * "tiled" (`conv_tiled`): im2col on tiles of `t` output columns. A tile's
+    patch is the input block under all `t` outputs, contracted with the kernel
+    laid out as a banded matrix, so one matmul row yields `t * C_out` outputs:
+    fewer, wider patches and a wider matmul, for `(t + f_w - 1) / f_w` times
+    the multiply-adds. `tile_width` picks `t` from the shapes (`t = 1`, plain
+    im2col, for layers with many output channels). Its patches are built from
+    reshaped column blocks, one fused loop, where "im2col" copies out each of
+    its `f_h * f_w` slices before concatenating them (XLA does not fuse a
+    concatenation of more than 8 operands).
+  * grouped calls (`groups > 1`) in "im2col", "taps" and "tiled":
+    `_grouped_taps`, a batched contraction per group; depthwise (one input
+    channel per group) is `f_h * f_w` broadcast multiply-adds, no matmul at all.
 
-Default per backend, from training-step measurements (our scanned
-`make_steps` step with Adam, batch 128, 28x28x1, on a shared 2-core CPU at
-load ~4.5, medians, interleaved in one process; `scripts/bench.py`):
-
-    conv / max-pool          LeNet-5 (padding=2)   lecture CNN
-    xla / reduce_window         481 ms/step        11,191 ms/step
-    xla / reshape               486                 9,453
-    im2col / reduce_window      120                   -
-    im2col / reshape             93 (32 at load 4.7)  291
-    taps / reshape              195                   590
-
-so "im2col" on "cpu" (XLA's CPU convolutions, above all their gradients
-inside the scanned loop, take a slow generic path); "xla" on "gpu"/"tpu",
-whose convolutions are cuDNN/native (not measured here). XLA CPU flags
-(thunk runtime off, multi_thread_eigen off, xnnpack, onednn) changed the
-im2col step by less than the noise (31-37 ms).
+Defaults per backend: "tiled" on "cpu", "xla" on "gpu"/"tpu" (cuDNN/native
+convolutions; not measured here). On CPU, XLA's own convolutions (above all
+their gradients inside the scanned training loop) take a slow generic path,
+30-40x slower than the matmul algorithms for the LeNet-5 and lecture CNN
+steps. Among those, "tiled" halves the LeNet-5 step against "im2col" (its two
+convolutions have 6 and 16 output channels: moving patches and a matmul too
+narrow to vectorise cost more than arithmetic) and takes ~0.9x of its time on
+the lecture CNN; "taps" is ~2x slower than "im2col". XLA CPU flags (YNNPACK
+element-wise fusion, the old fusion emitters, 512-bit vectors, the
+concurrency-optimised scheduler; onednn and thunk-runtime flags earlier)
+changed the step by less than the noise or made it slower. Figures: README,
+"Training step speed" (`scripts/bench.py`).
 
 Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
 `RESEARCH_POOL_ALGORITHM` and `DEFAULT_POOL_ALGORITHM`:
@@ -54,7 +59,11 @@ Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
     padding only, else it falls back to "reduce_window". The input is cropped
     to whole windows and reshaped to `(N, H', f_h, W', f_w, C)`; the max is a
     reduction over the two window axes (no data movement). Its gradient is a
-    custom VJP with the same tie rule as select_and_scatter (see below).
+    custom VJP with the same tie rule as select_and_scatter (see below). A
+    reduction also keeps XLA from fusing the max into the next layer's patch
+    loop, which reads each pooled value many times: the element-wise max of
+    the `f_h * f_w` window slices, fused there, made the LeNet-5 step ~15%
+    slower.
 
 Tie rule of max pooling's gradient (both algorithms): when several positions
 of a window hold the maximum, the whole gradient of that output goes to the
@@ -67,6 +76,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
@@ -172,17 +182,155 @@ def conv_taps(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int
     return y  # (N, H', W', O)
 
 
+def tile_width(out_w: int, out_channels: int, kernel_w: int) -> int:
+    """Output columns per tile of "tiled": a rule on static shapes, no timing.
+
+    The smallest `t` with `t * out_channels >= TILE_LANES` (a matmul output row
+    wide enough for the CPU's vector units), preferring a divisor of the output
+    width (no overhanging last tile) unless that more than doubles `t`; 1 (im2col)
+    when the channels alone fill the row or the kernel is one column wide.
+    """
+    if kernel_w == 1 or out_channels >= TILE_LANES:
+        return 1
+    t = min(-(-TILE_LANES // out_channels), out_w)
+    divisor = next(d for d in range(t, out_w + 1) if out_w % d == 0)
+    return divisor if divisor <= 2 * t else t
+
+
+TILE_LANES = 24  # matmul output width (t * C_out) that "tiled" aims for
+
+
+@dataclasses.dataclass(frozen=True)
+class _TileGeometry:
+    """Static layout of "tiled"'s patches for one input shape (all sizes in pixels)."""
+
+    shape: tuple[int, int, int, int]  # input (N, H, W, C)
+    kernel_hw: Pair
+    strides: Pair
+    pads: Pads
+    dilations: Pair
+    tile: int  # output columns per tile, t
+
+    @property
+    def out_hw(self) -> Pair:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_hw, self.strides, self.dilations
+        hp, wp = self.padded_hw
+        return (hp - (dh * (kh - 1) + 1)) // sh + 1, (wp - (dw * (kw - 1) + 1)) // sw + 1
+
+    @property
+    def padded_hw(self) -> Pair:
+        return self.shape[1] + sum(self.pads[0]), self.shape[2] + sum(self.pads[1])
+
+    @property
+    def tiles(self) -> int:  # per output row; the last one may overhang the image
+        return -(-self.out_hw[1] // self.tile)
+
+    @property
+    def step(self) -> int:  # input columns between tile starts
+        return self.tile * self.strides[1]
+
+    @property
+    def window(self) -> int:  # input columns under one tile, w_in
+        return (self.tile - 1) * self.strides[1] + self.dilations[1] * (self.kernel_hw[1] - 1) + 1
+
+    @property
+    def blocks(self) -> int:  # blocks of `step` columns that cover a tile's window
+        return -(-self.window // self.step)
+
+    @property
+    def columns(self) -> int:  # input columns the blocks read
+        return (self.tiles + self.blocks - 1) * self.step
+
+
+def _tile_patches(x, geo: _TileGeometry):
+    """The patches of every tile: `(N, H', tiles, f_h, w_in, C)`."""
+    (n, _, _, c), (kh, _), (sh, _), (dh, _) = geo.shape, geo.kernel_hw, geo.strides, geo.dilations
+    ho, step, nt = geo.out_hw[0], geo.step, geo.tiles
+    (top, bottom), (left, right) = geo.pads
+    extra = max(geo.columns - geo.padded_hw[1], 0)
+    pad = ((0, 0, 0), (top, bottom, 0), (left, right + extra, 0), (0, 0, 0))
+    x = lax.pad(x, np.array(0, x.dtype), pad)
+    rows = []
+    for i in range(kh):
+        # The input rows under kernel row i, for every output row: (N, H', columns, C).
+        r = lax.slice(
+            x, (0, i * dh, 0, 0), (n, i * dh + (ho - 1) * sh + 1, geo.columns, c), (1, sh, 1, 1)
+        )
+        # Block b of tile j is r[:, :, (j + b) step : (j + b + 1) step]: a reshape, no copy.
+        blocks = [
+            r[:, :, b * step : (b + nt) * step].reshape(n, ho, nt, step, c)
+            for b in range(geo.blocks)
+        ]
+        rows.append(jnp.concatenate(blocks, axis=3)[:, :, :, : geo.window])
+    return jnp.stack(rows, axis=3)  # (N, H', tiles, f_h, w_in, C)
+
+
+def conv_tiled(
+    x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1, *, tile=None
+):
+    """im2col on tiles of `t` output columns: fewer, longer patches, one matmul.
+
+    Output row `y` of the image is cut into tiles of `t` consecutive columns.
+    A tile's patch is the `f_h x w_in x C` input block under it (`w_in = (t - 1)
+    s_w + d_w (f_w - 1) + 1` columns), and the kernel becomes the banded matrix
+    `B[(i, w, c), (x, o)] = K[i, (w - x s_w) / d_w, c, o]` (zero off the band),
+    so `out_tile = patch @ B` gives all `t x C_out` outputs of the tile at once:
+
+        patches (N H' ceil(W'/t), f_h w_in C) @ B (f_h w_in C, t C_out)
+
+    Against im2col (`t = 1`) the patches hold `w_in / (t f_w)` as many numbers
+    and the matmul's output rows are `t` times wider, for `w_in / f_w` times the
+    multiply-adds (the zeros of the band). Convolutions with few output
+    channels (LeNet-5: 6 and 16) are bound by moving patches and by a matmul
+    too narrow to vectorise, not by arithmetic, so they gain; wide ones do not
+    (`tile_width` picks `t = 1` there, which is im2col with B = K). The patches
+    are built from `ceil(w_in / (t s_w))` reshaped column blocks per kernel
+    row, which XLA fuses into one loop (im2col's `f_h f_w` slices are each
+    copied out before their concatenation). Autodiff gives the rest: the
+    kernel gradient is one matmul (`patches^T @ dy`) folded back through the
+    band, the input gradient one matmul and the overlap-add of `f_h` times
+    `ceil(w_in / (t s_w))` shifted blocks (im2col: `f_h f_w` slices).
+    Grouped convolutions, and `t = 1` with a dilated kernel, take im2col's
+    path.
+    """
+    kh, kw, c, o = kernel.shape
+    sw, dw = strides[1], dilations[1]
+    geo = _TileGeometry(
+        tuple(x.shape), (kh, kw), tuple(strides), tuple(map(tuple, pads)), tuple(dilations), 1
+    )
+    ho, wo = geo.out_hw
+    t = min(tile_width(wo, o, kw) if tile is None else int(tile), wo)
+    if groups != 1 or (t == 1 and dw != 1):
+        return conv_im2col(x, kernel, strides, pads, dilations, groups)
+    geo = dataclasses.replace(geo, tile=t)
+    n, win, nt = x.shape[0], geo.window, geo.tiles
+    patches = _tile_patches(x, geo).reshape(n * ho * nt, kh * win * c)
+    if t == 1:  # im2col: the (i, j, c) order of the patches is HWIO's, so B = K
+        b = kernel.reshape(kh * kw * c, o)
+    else:
+        band = np.zeros((kw, win, t), np.float32)  # band[j, w, x] = 1 where w = x s_w + j d_w
+        for j in range(kw):
+            band[j, np.arange(t) * sw + j * dw, np.arange(t)] = 1.0
+        b = jnp.einsum(
+            "jwx,ijco->iwcxo", band.astype(kernel.dtype), kernel, precision=lax.Precision.HIGHEST
+        ).reshape(kh * win * c, t * o)
+    y = lax.dot_general(patches, b, (((1,), (0,)), ((), ())))  # (N H' tiles, t C_out)
+    y = y.reshape(n, ho, nt * t, o)
+    return y if nt * t == wo else y[:, :, :wo]
+
+
 CONV_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
     "conv algorithm",
     {
         "xla": conv_xla,
         "im2col": conv_im2col,
         "taps": conv_taps,
+        "tiled": conv_tiled,
     },
 )
 
 # Backends not listed use "xla".
-DEFAULT_CONV_ALGORITHM: dict[str, str] = {"cpu": "im2col", "gpu": "xla", "tpu": "xla"}
+DEFAULT_CONV_ALGORITHM: dict[str, str] = {"cpu": "tiled", "gpu": "xla", "tpu": "xla"}
 
 
 def resolve_conv_algorithm(algorithm: str | None = None) -> str:

@@ -1,0 +1,67 @@
+"""The benchmark's peers are the zoo's models: same parameter counts, checked loudly."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+from conftest import requires
+
+from research import models
+from research.bench import frameworks, peers
+
+BENCH_NAMES = sorted(peers.BENCH_MODELS)
+
+# The zoo's counts at 28x28x1 with 10 classes (LeNet-5: the paper's 61,706 via padding=2;
+# the lecture CNN: the lecture's Keras summary).
+ZOO_COUNTS = {"lenet5": 61_706, "lecture_cnn": 538_698}
+
+
+def test_bench_models_are_zoo_models():
+    assert set(BENCH_NAMES) == set(ZOO_COUNTS)
+    for name in BENCH_NAMES:
+        assert name in models.MODELS
+        assert peers.zoo_param_count(name) == ZOO_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", BENCH_NAMES)
+def test_flax_plain_peer_has_the_zoo_parameter_count(name):
+    model = peers.flax_plain_model(name)
+    x = jax.ShapeDtypeStruct((2, *peers.INPUT_SHAPE), jnp.float32)  # shapes only: no compute
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+    assert models.param_count(variables) == ZOO_COUNTS[name]
+    assert jax.eval_shape(model.apply, variables, x).shape == (2, peers.NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", BENCH_NAMES)
+def test_torch_peer_has_the_zoo_parameter_count(name):
+    torch = requires("torch")
+    model = peers.torch_model(name)
+    assert sum(p.numel() for p in model.parameters()) == ZOO_COUNTS[name]
+    assert tuple(model(torch.zeros(2, 1, 28, 28)).shape) == (2, peers.NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", BENCH_NAMES)
+def test_keras_peer_has_the_zoo_parameter_count(name, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "jax"))
+    requires("keras")
+    model = peers.keras_model(name)
+    assert model.count_params() == ZOO_COUNTS[name]
+    assert model.output_shape == (None, peers.NUM_CLASSES)
+
+
+def test_a_peer_of_another_size_is_refused():
+    peers.check_param_count("lenet5", "torch", 61_706)  # equal: nothing happens
+    with pytest.raises(
+        ValueError, match=r"torch lenet5 has 61,707 parameters, the zoo's lenet5 61,706"
+    ):
+        peers.check_param_count("lenet5", "torch", 61_707)
+
+
+def test_ours_runner_trains_the_zoo_model():
+    runner = frameworks.build("ours", "lenet5", batch=8, steps=2)
+    assert runner.params == ZOO_COUNTS["lenet5"]
+    assert "conv=" in runner.notes and runner.compile_s > 0
+    runner.run()  # two more steps, synchronised
