@@ -40,7 +40,7 @@ Sweep mode (`--mode sweep`): trials run at once against one after another.
 
 For each model of `--sweep-models` (LeNet-5 on 28x28x1, batch 128; simple_cnn
 on 8x8x1, batch 64) and each N of `--trials`, the trial-steps per second of
-N trials vmapped into one program (`research.sweep.vmapped.build_group`, trial
+N trials vmapped into one program (`research.sweep.vmapped.probe`: the engine's programs, trial
 axis sharded over the devices) and of trials run one after another, their
 ratio, and the throughput over one trial vmapped alone (the issue's GPU goal:
 >= 8x at N=16 for LeNet-5). Compile seconds are reported apart. The default N
@@ -294,13 +294,11 @@ def _sweep_config(model_name: str):
 def bench_sweep(model_name: str, trials: list[int], steps: int, repeats: int) -> list[dict]:
     """Trial-steps per second of N trials vmapped (one program) and of one trial alone.
 
-    Runs the real `research.sweep.vmapped` programs (`build_group`: the
-    vmapped `chunk` sharded over the devices' "trials" axis, and the plain
-    `single_chunk`) on random data of the model's shape; trial i has its own
-    seed (init, batch order) and learning rate. Each timed call is a `lax.scan`
-    of `steps` steps; compile is timed apart (`lower().compile()`).
-    Sequential throughput is one trial's: N trials one after another run the
-    same compiled program N times, so their trial-steps/s is the same for all N.
+    The engine's own probe (`research.sweep.vmapped.probe`: the programs a sweep
+    runs, the vmapped chunk sharded over the devices' "trials" axis) on random
+    data of the model's shape; trial i has its own seed (init, batch order) and
+    learning rate. Each timed call is a `lax.scan` of `steps` steps; the median
+    of `repeats` calls, compile timed apart.
     """
     import jax
     import numpy as np
@@ -308,11 +306,10 @@ def bench_sweep(model_name: str, trials: list[int], steps: int, repeats: int) ->
     from research.data import pipeline
     from research.layers import conv_algorithms
     from research.sweep import vmapped
-    from research.train import loop
 
     shape, batch, _ = SWEEP_MODELS[model_name]
     rng = np.random.default_rng(0)
-    n = batch * DATA_BATCHES
+    n = batch * max(DATA_BATCHES, steps)
 
     def split(count):
         images = rng.random((count, *shape), dtype=np.float32)
@@ -322,24 +319,6 @@ def bench_sweep(model_name: str, trials: list[int], steps: int, repeats: int) ->
         split(n), split(batch), split(batch), NUM_CLASSES, shape, (0.5,), (0.25,)
     )
     config = _sweep_config(model_name)
-    group = vmapped.build_group(config, splits)
-
-    def timed(fn, state, mesh, count):
-        idx = rng.integers(0, n, (count, steps, batch)).astype(np.int32)  # (T, steps, B)
-        data = [loop._on_mesh(a, mesh) for a in (splits.train.images, splits.train.labels, idx)]
-        start = time.perf_counter()
-        compiled = fn.lower(state, *data).compile()
-        compile_s = time.perf_counter() - start
-        state, metrics = compiled(state, *data)  # warm-up
-        jax.block_until_ready((state, metrics))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            state, metrics = compiled(state, *data)
-            # Block on every call (CPU with forced host devices can deadlock otherwise).
-            jax.block_until_ready((state, metrics))
-            times.append(time.perf_counter() - start)
-        return compile_s, statistics.median(times)
 
     def configs(count):
         out = []
@@ -347,34 +326,23 @@ def bench_sweep(model_name: str, trials: list[int], steps: int, repeats: int) ->
             c = config.copy_and_resolve_references()
             c.seed, c.optim.learning_rate = i, LEARNING_RATE * (1 + i % 4)
             out.append(c)
-        return vmapped.padded(out, group.trial_multiple)
+        return out
 
-    one = configs(1)[:1]
-    keys = vmapped._keys(one)
-    hps = vmapped.hyperparams(one, group.run.steps_per_epoch)
-    state = group.single_init(keys[0], keys[2], hps)
-    seq_compile, seq_s = timed(group.single_chunk, state, group.steps.mesh, 1)
-    seq_rate = steps / seq_s
     notes = f"conv={conv_algorithms.resolve_conv_algorithm()}, devices={jax.device_count()}"
     rows = []
     for count in trials:
-        members = configs(count)  # padded to a multiple of the device count
-        keys = vmapped._keys(members)
-        hps = vmapped.hyperparams(members, group.run.steps_per_epoch)
-        states = group.init(keys[0], keys[2], hps)
-        vmap_compile, vmap_s = timed(group.chunk, states, group.trials_mesh, len(members))
-        vmap_rate = count * steps / vmap_s  # padding trials are not counted
+        p = vmapped.probe(configs(count), splits, steps=steps, repeats=repeats)
         rows.append(
             {
                 "model": model_name,
                 "input": "x".join(map(str, shape)),
                 "batch": batch,
                 "trials": count,
-                "vmap_compile_s": vmap_compile,
-                "sequential_compile_s": seq_compile,
-                "vmap_trial_steps_per_s": vmap_rate,
-                "sequential_trial_steps_per_s": seq_rate,
-                "speedup": vmap_rate / seq_rate,
+                "vmap_compile_s": p["vmap_compile_seconds"],
+                "sequential_compile_s": p["sequential_compile_seconds"],
+                "vmap_trial_steps_per_s": p["vmap_trial_steps_per_s"],
+                "sequential_trial_steps_per_s": p["sequential_trial_steps_per_s"],
+                "speedup": p["vmap_trial_steps_per_s"] / p["sequential_trial_steps_per_s"],
                 "vs_one_vmapped": None,  # filled in by run_sweep (N=1 row)
                 "notes": notes,
             }

@@ -65,35 +65,47 @@ def random_data(batch: int, seed: int = 0):
 
 def ours(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from research import models, optim
-    from research.layers import conv_algorithms
-    from research.train.steps import make_steps
+    from research.train import engine
+    from research.train import steps as steps_lib
 
     start = time.perf_counter()
     model = peers.zoo_model(name)
-    fns = make_steps(
+    fns = steps_lib.make_steps(
         model, optim.create("adam", learning_rate=LEARNING_RATE), input_shape=peers.INPUT_SHAPE
     )
-    images, labels = (jnp.asarray(a) for a in random_data(batch))
-    idx = jnp.asarray(np.arange(steps * batch).reshape(steps, batch) % images.shape[0], jnp.int32)
-    state = fns.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
-    chunk = fns.train_chunk.lower(state, images, labels, idx).compile()
+    # The engine's sequential program: what scripts/train.py runs (a trial axis of 1).
+    run = _OneModelRun(fns)
+    programs = engine.build_programs(run, "sequential")
+    mesh = programs.mesh
+    images, labels = (engine.on_mesh(a, mesh) for a in random_data(batch))
+    idx = np.arange(steps * batch).reshape(1, steps, batch) % images.shape[0]
+    idx, alive = engine.on_mesh(idx.astype(np.int32), mesh), engine.on_mesh(np.ones(1, bool), mesh)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    state = programs.init(keys[:1], keys[1:], {})
+    chunk = programs.chunk.lower(state, alive, images, labels, idx).compile()
     compile_s = time.perf_counter() - start
-    params = models.param_count(state.params)
+    params = models.param_count(jax.tree_util.tree_map(lambda x: x[0], state.params))
 
-    def run():
+    def run_once():
         nonlocal state
-        state, metrics = chunk(state, images, labels, idx)
+        state, _, metrics = chunk(state, alive, images, labels, idx)
         jax.block_until_ready(metrics)
 
-    notes = (
-        f"make_steps scan, conv={conv_algorithms.resolve_conv_algorithm()}, "
-        f"pool={conv_algorithms.resolve_pool_algorithm()}"
-    )
-    return Runner(run, compile_s, params, notes)
+    algorithms = programs.algorithms
+    notes = f"engine program, conv={algorithms['conv']}, pool={algorithms['pool']}"
+    return Runner(run_once, compile_s, params, notes)
+
+
+class _OneModelRun:
+    """What `engine.build_programs` reads of a run, for a model outside a config."""
+
+    loader = "device"
+
+    def __init__(self, steps):
+        self.steps = steps
 
 
 def flax_plain(name: str, batch: int, steps: int, threads: int = 0) -> Runner:

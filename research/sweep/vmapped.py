@@ -63,15 +63,17 @@ def probe(
     splits: pipeline.Splits,
     *,
     steps: int = 10,
+    repeats: int = 1,
     devices=None,
 ) -> dict[str, float]:
     """Times one trial alone against `len(configs)` trials vmapped, on `steps` steps.
 
-    Each path is called three times: the first call compiles; the second may
-    compile again (the vmapped chunk's outputs come back with another sharding
-    than `init`'s, which is a new input signature); the third, timed call gives
-    the steady throughput, and compile time is the first call minus it. Both run
-    the engine's own programs (`engine.build_programs`).
+    Both paths run the engine's own programs (`engine.build_programs`): trial i
+    with its own seed, hyperparameters and batch order. Each path's first call
+    compiles; then `repeats` timed calls (blocked on each) give the steady
+    throughput (median); compile time is the first call minus that median.
+    Sequential throughput is one trial's: N trials one after another run the
+    same compiled program N times.
 
     Returns:
       `sequential_trial_steps_per_s`, `vmap_trial_steps_per_s`, the compile
@@ -103,31 +105,29 @@ def probe(
 
     def timed(programs, states, index):
         mesh = programs.mesh
-        alive = np.ones(index.shape[0], bool)
-        t0 = time.perf_counter()
-        states, _, metrics = programs.chunk(
-            states,
-            engine.on_mesh(alive, mesh),
-            engine.on_mesh(splits.train.images, mesh),
-            engine.on_mesh(splits.train.labels, mesh),
-            engine.on_mesh(index, mesh),
-        )
-        jax.block_until_ready((states, metrics))
-        return states, time.perf_counter() - t0
+        data = [
+            engine.on_mesh(a, mesh)
+            for a in (np.ones(index.shape[0], bool), splits.train.images, splits.train.labels)
+        ]
+        index = engine.on_mesh(index, mesh)
+        times = []
+        for _ in range(1 + repeats):
+            t0 = time.perf_counter()
+            states, _, metrics = programs.chunk(states, data[0], data[1], data[2], index)
+            # Block on every call (CPU with forced host devices can deadlock otherwise).
+            jax.block_until_ready((states, metrics))
+            times.append(time.perf_counter() - t0)
+        steady = float(np.median(times[1:]))
+        return steady, max(times[0] - steady, 0.0)
 
     one = seq.init(init_keys[:1], train_keys[:1], {k: v[:1] for k, v in hps.items()})
-    states = vec.init(init_keys, train_keys, hps)
-    one, seq_first = timed(seq, one, idx[:1])
-    one, _ = timed(seq, one, idx[:1])
-    one, seq_s = timed(seq, one, idx[:1])
-    states, vmap_first = timed(vec, states, idx)
-    states, _ = timed(vec, states, idx)
-    states, vmap_s = timed(vec, states, idx)
+    seq_s, seq_compile = timed(seq, one, idx[:1])
+    vmap_s, vmap_compile = timed(vec, vec.init(init_keys, train_keys, hps), idx)
     return {
         "trials": len(configs),
         "steps": steps,
         "sequential_trial_steps_per_s": steps / seq_s,
         "vmap_trial_steps_per_s": len(configs) * steps / vmap_s,
-        "sequential_compile_seconds": max(seq_first - seq_s, 0.0),
-        "vmap_compile_seconds": max(vmap_first - vmap_s, 0.0),
+        "sequential_compile_seconds": seq_compile,
+        "vmap_compile_seconds": vmap_compile,
     }
