@@ -94,7 +94,7 @@ def test_end_to_end_outputs(reference_run):
         assert key in res
     # What ran is recorded: path, algorithms, backend, device, versions.
     assert res["status"] == "done" and res["parallel"] == "sequential" and res["group_size"] == 1
-    assert res["conv_algorithm"] == "im2col" and res["pool_algorithm"] == "reshape"
+    assert res["conv_algorithm"] == "tiled" and res["pool_algorithm"] == "reshape"
     assert res["backend"] == "cpu" and res["device_kind"] == "cpu"
     assert set(res["versions"]) == {"jax", "jaxlib", "flax", "optax"}
     assert res["versions"]["jax"] == jax.__version__
