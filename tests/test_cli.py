@@ -30,12 +30,24 @@ def test_compilation_cache_defaults_to_the_user_cache(monkeypatch):
     assert cli.compilation_cache_dir() == os.path.expanduser("~/.cache/research/xla")
 
 
-def test_setup_environment_points_jax_at_the_cache(monkeypatch, tmp_path):
+# Every process-wide setting setup_environment may change; restored after the test.
+JAX_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+
+
+@pytest.fixture
+def jax_settings():
+    """Restores the jax settings setup_environment changes, so nothing leaks into later tests."""
+    before = {name: getattr(jax.config, name) for name in JAX_SETTINGS}
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
+
+
+def test_setup_environment_points_jax_at_the_cache(monkeypatch, tmp_path, jax_settings):
     monkeypatch.setenv(cli.CACHE_ENV_VAR, str(tmp_path))
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored afterwards
-    before = jax.config.jax_compilation_cache_dir
-    try:
-        cli.setup_environment(config.get_base_config())
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path)
-    finally:
-        jax.config.update("jax_compilation_cache_dir", before)
+    cli.setup_environment(config.get_base_config())
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+    # Deterministic GPU ops are asked for in the flags (CPU is deterministic anyway).
+    assert "--xla_gpu_deterministic_ops=true" in os.environ["XLA_FLAGS"]

@@ -227,3 +227,13 @@ def test_reset_head_keeps_fresh_head_when_shapes_match(pretrained):
     assert report.replaced == ["params/head/bias", "params/head/kernel"]
     np.testing.assert_array_equal(reset["head"]["kernel"], variables["params"]["head"]["kernel"])
     np.testing.assert_array_equal(reset["conv1"]["kernel"], kept["conv1"]["kernel"])
+
+
+@pytest.mark.parametrize("rule", ["scale:1.2.3", "scale:", "scale:-1", "scale:inf", "thaw"])
+def test_a_bad_rule_is_one_friendly_line_naming_the_field(rule):
+    with pytest.raises(ValueError) as err:
+        freeze.label_params(lenet_params(), [(".*", rule)])
+    assert str(err.value) == (
+        f"transfer.rules: rule {rule!r} must be 'train', 'freeze', 'scale:F', "
+        f"'grad_scale:F' (F > 0) or 'freeze_after:E' (E >= 0)"
+    )

@@ -339,7 +339,7 @@ BAD_INPUTS = [
             "--config.data.cache_dir=/tmp/research-test-empty-cache",
         ],
         "/nonexistent",
-        "",
+        "RESEARCH_DATA_DIR",  # the message says how to point at the data
     ),
 ]
 
