@@ -297,7 +297,9 @@ def test_lenet_trains_identically_with_each_algorithm():
                 model, optim.create("adam", learning_rate=1e-3), input_shape=(28, 28, 1)
             )
             state = steps.init(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
-            state, metrics = steps.train_chunk(state, images, labels, idx)
+            alive = jnp.asarray(True)
+            state, alive, metrics = steps.train_chunk(state, alive, images, labels, idx)
+            assert bool(alive)
             results[conv] = (jax.device_get(state.params), jax.device_get(metrics["loss"]))
     ref_params, ref_loss = results.pop("xla")
     for params, loss in results.values():

@@ -485,6 +485,7 @@ def test_a_streamed_run_killed_and_resumed_equals_an_uninterrupted_one(data_root
         "--config.log_every_steps=5",
         "--config.progress=False",
         "--config.optim.schedule=constant",
+        "--config.checkpoint_every_epochs=1",  # the experiment itself keeps only the final one
     ]
     env = {**os.environ, "RESEARCH_DATA_DIR": str(data_root or "")}
 
