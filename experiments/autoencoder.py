@@ -48,20 +48,23 @@ def get_config(arg: str = "small"):
         config.model.overrides.widths = (16, 32)  # half the default widths: CPU minutes
         config.data.val_size = 500  # validation images carved from the training images
         config.data.train_size = 2000  # training images kept (a fixed subset)
-        config.batch_size = 64
-        config.num_epochs = 2
-        config.log_every_steps = 16
-        latents, seeds = (2, 8, 32), (0, 1)
+        config.batch_size = 64  # 31 steps per epoch (the remainder is dropped)
+        # 3x Adam's usual step: at 1e-3, latent 32's validation loss still fell 5 % over
+        # the last 6 of 30 epochs; at 3e-3 it levels off within 50.
+        config.optim.learning_rate = 3e-3
+        config.num_epochs = 50
+        config.log_every_steps = 0  # one log line per epoch
+        datasets, latents, seeds = ("mnist",), (2, 8, 32), (0, 1)
     elif arg == "full":
         config.data.val_size = 5000
         config.batch_size = 128
         config.num_epochs = 20
         config.log_every_steps = 200
-        latents, seeds = (2, 4, 8, 16, 32), (0, 1, 2)
+        datasets, latents, seeds = ("mnist", "fashion_mnist"), (2, 4, 8, 16, 32), (0, 1, 2)
     else:
         raise ValueError(f"autoencoder.py:{arg}: unknown variant; use small or full")
     config.sweep.axes = {
-        "data": {"name": ("mnist", "fashion_mnist")},
+        "data": {"name": datasets},
         "model": {"overrides": {"latent_dim": latents}},
         "seed": seeds,
     }

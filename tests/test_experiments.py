@@ -29,14 +29,14 @@ def _load(name: str):
 SWEEPS = [
     ("compare_optimizers", "mnist", 72),
     ("compare_optimizers", "digits", 54),
-    ("compare_architectures", "small", 42),
-    ("compare_architectures", "full", 63),
-    ("compare_freezing", "small", 84),
+    ("compare_architectures", "small", 5 * 2),  # 5 models on MNIST x 2 seeds
+    ("compare_architectures", "full", 7 * 3 * 3),
+    ("compare_freezing", "small", 2 * 6 * 3 * 2),  # pairs x strategies x sizes x seeds
     ("compare_freezing", "full", 2 * 8 * 3 * 3),
-    ("autoencoder", "small", None),
-    ("autoencoder", "full", None),
-    ("filters_and_features", "small", None),
-    ("filters_and_features", "full", None),
+    ("autoencoder", "small", 3 * 2),  # latent sizes x seeds, MNIST only
+    ("autoencoder", "full", 2 * 5 * 3),
+    ("filters_and_features", "small", 1),
+    ("filters_and_features", "full", 1),
 ]
 
 
@@ -54,7 +54,14 @@ def test_sweep_variants_expand(name, variant, trials):
 
 
 @pytest.mark.parametrize(
-    "name", ["compare_optimizers", "compare_architectures", "compare_freezing"]
+    "name",
+    [
+        "compare_optimizers",
+        "compare_architectures",
+        "compare_freezing",
+        "autoencoder",
+        "filters_and_features",
+    ],
 )
 def test_unknown_variant_names_the_file_and_the_choices(name):
     with pytest.raises(ValueError, match=rf"{name}\.py:nope: unknown variant"):

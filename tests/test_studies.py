@@ -19,7 +19,8 @@ from research.studies import architectures as study_architectures
 from research.studies import autoencoder as study_autoencoder
 from research.studies import filters as study_filters
 from research.studies import freezing as study_freezing
-from research.sweep import run_sweep, runner, space
+from research.studies import plateau
+from research.sweep import run_sweep, runner, space, storage
 from research.sweep.space import get_sweep_config
 
 
@@ -81,6 +82,8 @@ def test_filters_report_writes_figures_and_table(tmp_path, monkeypatch):
     assert summary["first_layer_kernels"] == "32x3x3"  # simple_cnn: 32 3x3 kernels
     text = (tmp_path / "summary.md").read_text()
     assert "| sobel_x |" in text and "test accuracy" in text
+    # One epoch: one validation value in the storage, no curve to judge a plateau on.
+    assert "validation curve not judged (1 epoch: no curve to judge)" in text
 
     # The figures' arrays: kernels and maps of the trained model, for one test image.
     (trial,) = runner.records(config, str(tmp_path))
@@ -143,6 +146,9 @@ def test_autoencoder_report_table_figure_and_probe(tmp_path):
         assert float(r["test_loss_std"]) > 0  # two seeds, two different models
     text = (tmp_path / "summary.md").read_text()
     assert text.count("| digits |") == 2 and "probe test accuracy" in text
+    # One epoch per trial: each row's loss curve has one value, so it is marked not judged.
+    assert "‡ digits latent 2: 1 epoch: no curve to judge" in text
+    assert [r["plateau"] for r in summary] == ["not judged (1 epoch: no curve to judge)"] * 2
     assert os.path.getsize(tmp_path / "reconstructions.png") > 1000
     records = runner.records(config, str(tmp_path))  # from the sweep's storage
     assert [r.state for r in records] == ["complete"] * 4
@@ -151,6 +157,91 @@ def test_autoencoder_report_table_figure_and_probe(tmp_path):
     for images in grid["digits"].values():
         assert images.shape == (study_autoencoder.NUM_SHOWN, 8, 8, 1)
         assert images.min() >= 0 and images.max() <= 1
+
+
+# ------------------------------------------------------------------ plateau
+
+# Real validation curves (accuracy at each epoch end, 1,000 validation images), from
+# exploratory runs of this branch: LeNet-5's family on MNIST with 2,000 training images
+# and 20 epochs of batch 64 (compare_architectures), and finetune_lower_lr on 100
+# examples of digits 5-9, 20 epochs of batch 25 (compare_freezing's old small variant).
+RESNET18_MNIST = [0.652, 0.853, 0.916, 0.922, 0.934, 0.938, 0.935, 0.936, 0.937, 0.94]
+RESNET18_MNIST += [0.94, 0.945, 0.944, 0.942, 0.942, 0.943, 0.944, 0.937, 0.944, 0.939]
+LENET5_MNIST = [0.806, 0.896, 0.91, 0.919, 0.942, 0.931, 0.949, 0.946, 0.947, 0.956]
+LENET5_MNIST += [0.953, 0.946, 0.946, 0.955, 0.95, 0.956, 0.962, 0.961, 0.958, 0.96]
+FINETUNE_LOWER_LR_100 = [0.374, 0.383, 0.404, 0.426, 0.442, 0.456, 0.479, 0.521, 0.554, 0.587]
+FINETUNE_LOWER_LR_100 += [0.611, 0.638, 0.66, 0.687, 0.707, 0.73, 0.738, 0.751, 0.761, 0.768]
+
+
+def _curve(values):
+    return {epoch: v for epoch, v in enumerate(values, start=1)}
+
+
+def test_plateau_reached_by_a_flat_curve_and_not_by_a_climbing_one():
+    # 20 epochs: the window is the last 4; the last epoch is held against the best of 1-16.
+    flat = plateau.judge(_curve(RESNET18_MNIST))
+    assert flat.reached is True and (flat.window, flat.epochs) == (4, 20)
+    assert flat.gain == pytest.approx(0.939 - 0.945)  # below its best: past the plateau
+    assert flat.mark == "" and str(flat) == (
+        "reached its plateau (accuracy -0.6 pp over the last 4 of 20 epochs)"
+    )
+    slow = plateau.judge(_curve(LENET5_MNIST))  # still creeping up, by less than 0.5 pp
+    assert slow.reached is True and slow.gain == pytest.approx(0.96 - 0.956)
+    climbing = plateau.judge(_curve(FINETUNE_LOWER_LR_100))
+    assert climbing.reached is False and climbing.gain == pytest.approx(0.768 - 0.730)
+    assert climbing.mark == plateau.IMPROVING == "†"
+    assert climbing.describe() == "accuracy +3.8 pp over the last 4 of 20 epochs"
+
+
+def test_plateau_of_a_loss_one_epoch_and_the_mean_over_seeds():
+    # Loss: lower is better, the gain is relative; 5 epochs -> a window of 1.
+    falling = plateau.judge(_curve([0.80, 0.60, 0.50, 0.45, 0.44]), higher_is_better=False)
+    assert falling.reached is False and falling.gain == pytest.approx(0.01 / 0.45)
+    assert falling.describe() == "loss -2.2 % over the last 1 of 5 epochs"
+    level = plateau.judge(_curve([0.80, 0.60, 0.50, 0.45, 0.448]), higher_is_better=False)
+    assert level.reached is True  # -0.4 %: under LOSS_GAIN
+    one = plateau.judge({1: 0.9})
+    assert one.reached is None and one.mark == plateau.UNJUDGED
+    assert str(one) == "not judged (1 epoch: no curve to judge)"
+    # Seeds are averaged epoch by epoch (a diverged seed's NaN left out) before judging.
+    seeds = [{1: 0.90, 2: 0.94}, {1: 0.92, 2: float("nan")}, {1: 0.91, 2: 0.92}]
+    assert plateau.mean_curve(seeds) == pytest.approx({1: 0.91, 2: 0.93})
+    assert plateau.of(seeds).gain == pytest.approx(0.02)
+
+
+def _records(config, curves, accuracies):
+    """Finished storage records of `config`'s trials with the given curves and results."""
+    return [
+        storage.Record(t, "complete", {"test_accuracy": a, "params": 10}, _curve(c), i)
+        for i, (t, c, a) in enumerate(zip(space.expand(config), curves, accuracies, strict=True))
+    ]
+
+
+def test_architecture_report_marks_a_model_still_improving(tmp_path, monkeypatch):
+    # FLOPs are checked below (test_architecture_summary_and_flops_...); here only the table.
+    flops = {"mlp": 1e3, "simple_cnn": 1e4}
+    monkeypatch.setattr(study_architectures, "flops_per_example", lambda name, *_: flops[name])
+    config = tiny_config("architectures", "mlp", model={"name": ("mlp", "simple_cnn")}, seed=(0, 1))
+    # Trials in sweep order: (mlp, seed 0), (mlp, 1), (simple_cnn, 0), (simple_cnn, 1).
+    curves = [RESNET18_MNIST, LENET5_MNIST, FINETUNE_LOWER_LR_100, FINETUNE_LOWER_LR_100]
+    records = _records(config, curves, [0.944, 0.960, 0.768, 0.770])
+    out = study_architectures.report(str(tmp_path), records, config)
+    mlp, cnn = out["summary"]
+    # mlp: the mean of two flat curves, its last epoch against the best of epochs 1-16.
+    mean = np.mean([RESNET18_MNIST, LENET5_MNIST], axis=0)
+    assert mlp["plateau"].reached is True
+    assert mlp["plateau"].gain == pytest.approx(mean[-1] - mean[:16].max())
+    assert cnn["plateau"].reached is False
+    text = (tmp_path / "summary.md").read_text()
+    assert "| digits | mlp | 2 | 0.9520 ± 0.0113 | 10 |" in text
+    assert "| digits | simple_cnn | 2 | 0.7690 ± 0.0014 † | 10 |" in text
+    assert "† digits simple_cnn: accuracy +3.8 pp over the last 4 of 20 epochs" in text
+    assert "rose by 0.5 pp or more in the last 20 % of its epochs" in text
+    (row_mlp, row_cnn) = read_csv(tmp_path / "summary.csv")
+    assert row_cnn["plateau"] == "still improving (accuracy +3.8 pp over the last 4 of 20 epochs)"
+    assert (
+        row_mlp["plateau"] == "reached its plateau (accuracy +0.0 pp over the last 4 of 20 epochs)"
+    )
 
 
 # ------------------------------------------------------------------ tables from rows
@@ -193,7 +284,9 @@ def test_freezing_summary_means_over_seeds_and_pivots_by_target_size():
         row("scratch", 100, 1, 0.4, status="diverged"),  # a diverged trial counts as 0
         row("scratch", 0, 0, 0.97),
     ]
-    summary = study_freezing.summarize(rows)
+    curves = {r["trial_id"]: _curve(LENET5_MNIST) for r in rows}
+    curves["linear_probe1000"] = curves["linear_probe1001"] = _curve(FINETUNE_LOWER_LR_100)
+    summary = study_freezing.summarize(rows, curves)
     probe = next(r for r in summary if r["strategy"] == "linear_probe")
     assert probe["seeds"] == 2
     assert probe["test_accuracy_mean"] == pytest.approx(0.85)
@@ -203,8 +296,9 @@ def test_freezing_summary_means_over_seeds_and_pivots_by_target_size():
     text = study_freezing.markdown(summary, finished=5, total=8)
     assert "Trials finished: 5/8" in text
     assert "| strategy | 100 examples | all (5,000) examples |" in text
-    assert "| linear_probe | 0.850 ± 0.071 | — |" in text
+    assert "| linear_probe | 0.850 ± 0.071 † | — |" in text
     assert "| scratch | 0.250 ± 0.354 | 0.970 ± 0.000 (1) |" in text
+    assert "† linear_probe, 100 examples: accuracy +3.8 pp over the last 4 of 20 epochs" in text
 
 
 def test_freezing_labels_name_strategies_and_pairs():
@@ -238,7 +332,9 @@ def test_architecture_summary_and_flops_of_a_dense_network():
     assert r["seeds"] == 2 and r["test_accuracy_mean"] == pytest.approx(0.85)
     assert r["examples_per_second"] == pytest.approx(2000.0)
     text = study_architectures.markdown([r], finished=2, total=4)
-    assert "| mnist | mlp | 2 | 0.8500 ± 0.0707 | 100 | 200 | 2000 | 2.0 |" in text
+    # No validation curves given: the row is not judged, and says so.
+    assert "| mnist | mlp | 2 | 0.8500 ± 0.0707 ‡ | 100 | 200 | 2000 | 2.0 |" in text
+    assert "‡ mnist mlp: 0 epochs: no curve to judge" in text
     # A dense network costs about 2 FLOPs (multiply + add) per weight.
     flops = study_architectures.flops_per_example("mlp", "{}", (8, 8, 1), 10)
     model = models.create("mlp", num_classes=10)

@@ -9,4 +9,9 @@ trials. The generic sweep package (`research.sweep`) does not import these.
   autoencoder    autoencoder: reconstruction error and a linear probe of the code
   filters        filters_and_features: classic kernels, learned kernels, feature maps
   freezing       compare_freezing: transfer strategies against target-set size
+
+and the rule every table uses to mark a row that had not reached its plateau:
+
+  plateau        a row's mean validation curve over seeds: still improving (†)
+                 when the last fifth of its epochs gained 0.5 pp accuracy / 1 % loss
 """

@@ -8,6 +8,12 @@ time includes compilation). FLOPs are XLA's count for one example
 1, evaluation mode), computed here from each trial's config, so a finished
 sweep can be re-reported on any machine. `accuracy_vs_flops.png` plots test
 accuracy against FLOPs, one panel per dataset.
+
+Each row is also judged on its mean validation curve over seeds (the storage's
+per-epoch validation accuracy) by `research.studies.plateau`: a row whose mean
+validation accuracy still rose by 0.5 pp or more over the last fifth of its
+epochs is marked † in summary.md, with its gain listed under the table;
+summary.csv's `plateau` column gives every row's verdict and gain.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from research.studies import plateau
 from research.sweep import aggregate, storage
 
 # Input shape of one example per dataset (HWC); other datasets are loaded to find it.
@@ -83,8 +90,17 @@ def trial_row(trial: storage.Record, flops: bool = True) -> dict[str, Any] | Non
     }
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (dataset, model), in order of first appearance; mean ± std over seeds."""
+def summarize(
+    rows: list[dict[str, Any]], curves: dict[str, dict[int, float]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (dataset, model), in order of first appearance; mean ± std over seeds.
+
+    Args:
+      rows: trial rows (`trial_row`).
+      curves: trial id -> its validation accuracy per epoch (`storage.Record.values`),
+        for the plateau verdict (`plateau.of`); a row without curves is not judged.
+    """
+    curves = curves or {}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["model"]), []).append(row)
@@ -105,6 +121,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "examples_per_second": speed,
                 "wall_seconds": wall,
                 "overrides": mine[0]["overrides"],
+                "plateau": plateau.of(curves.get(r.get("trial_id"), {}) for r in mine),
             }
         )
     return out
@@ -134,7 +151,8 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
     ]
     lines = [
         f"Trials finished: {finished}/{total}. Test accuracy: mean ± std over seeds; "
-        "train ex/s and wall time (per trial, incl. compilation for the first seed): means.",
+        "train ex/s and wall time (per trial, incl. compilation for the first seed): means. "
+        f"{plateau.rule()}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -144,13 +162,18 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
             r["dataset"],
             r["model"],
             str(r["seeds"]),
-            f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}",
+            plateau.cell(
+                f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}", r["plateau"]
+            ),
             _si(r["params"]),
             _si(r["flops"]),
             f"{r['examples_per_second']:.0f}" if np.isfinite(r["examples_per_second"]) else "—",
             f"{r['wall_seconds']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    notes = plateau.legend((f"{r['dataset']} {r['model']}", r["plateau"]) for r in summary)
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -174,7 +197,7 @@ def plot(summary: list[dict], path: str) -> None:
 def report(workdir: str, trials: list[storage.Record], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_flops.png."""
     rows = [r for t in trials if (r := trial_row(t)) is not None]
-    summary = summarize(rows)
+    summary = summarize(rows, {t.id: t.values for t in trials if t.finished})
     aggregate.save_tables(
         workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )

@@ -19,6 +19,12 @@ classes separate in a code learned without them.
 MSE units: the pipeline standardizes pixels, so the training loss (and
 `test_loss`) is in units of the training split's pixel variance; `test_mse_pixels`
 = `test_loss * std**2` is the MSE of [0, 1] pixels, comparable across datasets.
+
+Each row is also judged on its mean validation loss curve over seeds (the
+storage's per-epoch validation loss) by `research.studies.plateau`: a row whose
+mean validation loss still fell by 1 % or more over the last fifth of its
+epochs is marked † in summary.md, with its gain listed under the table;
+summary.csv's `plateau` column gives every row's verdict and gain.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 
 from research import models
 from research.data import pipeline
+from research.studies import plateau
 from research.sweep import aggregate
 from research.train import checkpoint
 
@@ -121,8 +128,15 @@ def trial_row(workdir: str, trial, cache: dict) -> dict[str, Any] | None:
     return row
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """One row per (dataset, latent size): mean ± std over seeds, in sweep order."""
+def summarize(rows: list[dict], curves: dict[str, dict[int, float]] | None = None) -> list[dict]:
+    """One row per (dataset, latent size): mean ± std over seeds, sorted by both.
+
+    Args:
+      rows: trial rows (`trial_row`).
+      curves: trial id -> its validation loss per epoch (`storage.Record.values`),
+        for the plateau verdict (`plateau.of`); a row without curves is not judged.
+    """
+    curves = curves or {}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["latent_dim"]), []).append(r)
@@ -134,6 +148,9 @@ def summarize(rows: list[dict]) -> list[dict]:
             entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean, std
         entry["params"] = members[0]["params"]
         entry["trial_ids"] = " ".join(m["trial_id"] for m in members)
+        entry["plateau"] = plateau.of(
+            (curves.get(m["trial_id"], {}) for m in members), higher_is_better=False
+        )
         out.append(entry)
     return sorted(out, key=lambda e: (e["dataset"], e["latent_dim"]))
 
@@ -143,19 +160,25 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
         return "No finished trials yet.\n"
     lines = [
         f"Convolutional autoencoder, latent-size sweep ({finished}/{total} trials finished). "
-        "MSE on the test split, mean ± std over seeds; probe = logistic regression on the codes.",
+        "MSE on the test split, mean ± std over seeds; probe = logistic regression on the codes. "
+        f"{plateau.rule(higher_is_better=False)}.",
         "",
         "| dataset | latent | seeds | test MSE (std. units) | test MSE (pixels) "
         "| probe test accuracy |",
         "| --- | ---: | ---: | --- | --- | --- |",
     ]
     for s in summary:
+        loss = plateau.cell(f"{s['test_loss_mean']:.4f} ± {s['test_loss_std']:.4f}", s["plateau"])
         lines.append(
-            f"| {s['dataset']} | {s['latent_dim']} | {s['seeds']} "
-            f"| {s['test_loss_mean']:.4f} ± {s['test_loss_std']:.4f} "
+            f"| {s['dataset']} | {s['latent_dim']} | {s['seeds']} | {loss} "
             f"| {s['test_mse_pixels_mean']:.4f} ± {s['test_mse_pixels_std']:.4f} "
             f"| {s['probe_test_accuracy_mean']:.3f} ± {s['probe_test_accuracy_std']:.3f} |"
         )
+    notes = plateau.legend(
+        (f"{s['dataset']} latent {s['latent_dim']}", s["plateau"]) for s in summary
+    )
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -221,7 +244,7 @@ def report(workdir: str, trials, config) -> dict:
     """Writes trials.csv, summary.csv, summary.md and reconstructions.png (see the module doc)."""
     cache: dict = {}
     rows = [r for t in trials if (r := trial_row(workdir, t, cache)) is not None]
-    summary = summarize(rows)
+    summary = summarize(rows, {t.id: t.values for t in trials if t.finished})
     aggregate.save_tables(
         workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )

@@ -12,7 +12,9 @@ trained on MNIST, experiments/filters_and_features.py) and writes:
   feature_maps.png      each convolution layer's output maps for one test image
                         (the lectures' "network visualization")
   filters.csv           per classic filter and image: mean |response|
-  summary.md/.csv       that table, plus the trained model's test accuracy
+  summary.md/.csv       that table, plus the trained model's test accuracy and
+                        whether its validation curve reached its plateau
+                        (`research.studies.plateau`; † if it was still improving)
 
 Each figure is drawn from arrays a function returns (`filter_responses`,
 `first_layer_kernels`, `feature_maps`), so tests assert on the numbers.
@@ -27,6 +29,7 @@ import numpy as np
 
 from research import data as data_lib
 from research.layers import conv2d, filters
+from research.studies import plateau
 from research.studies.autoencoder import build_model, load_splits, restore_params
 from research.sweep import aggregate
 
@@ -208,16 +211,20 @@ def write_report(workdir: str, trials, config, *, natural_dataset: str | None) -
             "train_examples": results.get("train_examples"),
             "epochs": results.get("epochs"),
             "test_accuracy": results.get("test_accuracy"),
+            "plateau": plateau.of([trial.values]),
             "first_layer_kernels": "x".join(str(d) for d in kernels.shape),
             "feature_maps": " ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in maps.items()),
         }
     ]
     aggregate.write_csv(summary, os.path.join(workdir, "summary.csv"))
     s = summary[0]
+    accuracy = plateau.cell(f"{s['test_accuracy']:.4f}", s["plateau"])
     lines = [
         f"{s['model']} on {s['dataset']} ({s['train_examples']} training images, "
-        f"{s['epochs']:g} epochs): test accuracy {s['test_accuracy']:.4f}; "
+        f"{s['epochs']:g} epochs): test accuracy {accuracy}; "
+        f"validation curve {s['plateau']}; "
         f"first-layer kernels {s['first_layer_kernels']}; feature maps {s['feature_maps']}.",
+        f"{plateau.rule()}.",
         "",
         "Classic filters: mean |response| (VALID cross-correlation, pixels in [0, 1]).",
         "",

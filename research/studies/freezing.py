@@ -9,6 +9,12 @@ pretrained weights is the "linear_probe_random_init" baseline. Writes
 ± sample std over seeds), `summary.csv` (long form), `trials.csv` and
 `accuracy_vs_target_size.png` (accuracy against target examples, log x, one
 line per strategy, one panel per pair).
+
+Each cell is also judged on its mean validation curve over seeds (the
+storage's per-epoch validation accuracy) by `research.studies.plateau`: a cell
+whose mean validation accuracy still rose by 0.5 pp or more over the last fifth
+of its epochs is marked † in summary.md, with its gain listed under the pair's
+table; summary.csv's `plateau` column gives every cell's verdict and gain.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from research.studies import plateau
 from research.sweep import aggregate, space, storage
 
 
@@ -67,8 +74,17 @@ def trial_row(trial: storage.Record, pairs: dict[str, str]) -> dict[str, Any] | 
     }
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (pair, strategy, target size), in order of first appearance."""
+def summarize(
+    rows: list[dict[str, Any]], curves: dict[str, dict[int, float]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (pair, strategy, target size), in order of first appearance.
+
+    Args:
+      rows: trial rows (`trial_row`).
+      curves: trial id -> its validation accuracy per epoch (`storage.Record.values`),
+        for the plateau verdict (`plateau.of`); a row without curves is not judged.
+    """
+    curves = curves or {}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["pair"], row["strategy"], row["target_size"]), []).append(row)
@@ -86,6 +102,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seeds": len(mine),
                 "test_accuracy_mean": mean,
                 "test_accuracy_std": std,
+                "plateau": plateau.of(curves.get(r["trial_id"], {}) for r in mine),
             }
         )
     return out
@@ -104,7 +121,7 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
         return f"No finished trials yet (0/{total}).\n"
     lines = [
         f"Trials finished: {finished}/{total}. Target test accuracy, mean ± std over seeds "
-        "(seeds in brackets when fewer than the rest).",
+        f"(seeds in brackets when fewer than the rest). {plateau.rule()}.",
     ]
     for pair in dict.fromkeys(r["pair"] for r in summary):
         mine = [r for r in summary if r["pair"] == pair]
@@ -126,8 +143,15 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
                     cells.append("—")
                     continue
                 cell = f"{r['test_accuracy_mean']:.3f} ± {r['test_accuracy_std']:.3f}"
-                cells.append(cell + (f" ({r['seeds']})" if r["seeds"] < most else ""))
+                cell += f" ({r['seeds']})" if r["seeds"] < most else ""
+                cells.append(plateau.cell(cell, r["plateau"]))
             lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+        notes = plateau.legend(
+            (f"{r['strategy']}, {size_names[r['target_size']]} examples", r["plateau"])
+            for r in mine
+        )
+        if notes:
+            lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -166,7 +190,7 @@ def report(workdir: str, trials: list[storage.Record], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_target_size.png."""
     pairs = pair_labels(trials)
     rows = [r for t in trials if (r := trial_row(t, pairs)) is not None]
-    summary = summarize(rows)
+    summary = summarize(rows, {t.id: t.values for t in trials if t.finished})
     aggregate.save_tables(
         workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )
