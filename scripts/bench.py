@@ -46,6 +46,22 @@ ratio, and the throughput over one trial vmapped alone (the issue's GPU goal:
 >= 8x at N=16 for LeNet-5). Compile seconds are reported apart. The default N
 are 1,4,16 (a CPU finishes them in a few minutes); ask for the issue's full
 list with `--trials 1,4,16,64`.
+
+Compile mode (`--mode compile`): the time a run waits for its first step.
+
+    python scripts/bench.py --mode compile --compile-models googlenet,resnet34 \
+        --inputs 28x28x1 --variants default,opt0 --repeats 3 --out compile.json
+
+For each zoo model of `--compile-models` (default: all) at its registry
+`small_overrides`, each input of `--inputs` and each variant of `--variants`
+(`research.bench.compile_time.VARIANTS`: model options such as `scan_blocks`,
+XLA compiler options, the conv algorithm; a variant a model has no field for is
+skipped), a fresh process with no compilation cache builds the run, compiles and
+runs the engine's init and a one-step chunk, and reports each phase in wall and
+CPU seconds, then the step time. Repeats are interleaved (repeat r measures every
+model and variant in turn), medians are reported, and the load average around
+each measurement is kept. "same numbers" compares the parameters after the
+first step with the default variant's, bit for bit.
 """
 
 from __future__ import annotations
@@ -63,7 +79,7 @@ from collections.abc import Callable
 
 import _checkout  # noqa: F401  (first: `research` from this checkout)
 
-from research.bench import frameworks, peers
+from research.bench import compile_time, frameworks, peers
 from research.bench.frameworks import DATA_BATCHES, LEARNING_RATE
 from research.bench.peers import NUM_CLASSES
 from research.layers import conv_algorithms
@@ -402,10 +418,130 @@ def sweep_table(rows: list[dict], backend: str) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- compile mode
+
+COMPILE_BATCH = 32  # --batch-sizes default in compile mode
+COMPILE_STEPS = 3  # --steps default in compile mode: one-step calls timed after the first
+
+
+def _compile_worker(spec: str, args) -> None:
+    """One measurement in this (fresh) process: prints `RESULT {...}`."""
+    from research.bench import compile_time
+
+    model_name, input_name, variant = spec.split(",")
+    row = compile_time.measure(
+        model_name,
+        compile_time.SMALL_SHAPES[input_name],
+        batch=args.batch_sizes[0],
+        variant=variant,
+        steps=args.steps,
+    )
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def _measure_compile(model_name: str, input_name: str, variant: str, args) -> dict:
+    """Runs `_compile_worker` in a new process without any compilation cache."""
+    from research.bench import compile_time
+
+    env = dict(os.environ)
+    env["RESEARCH_COMPILATION_CACHE"] = "off"
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.update(compile_time.VARIANTS.get(variant).env)
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--_worker",
+        f"compile,{model_name},{input_name},{variant}",
+        "--batch-sizes",
+        str(args.batch_sizes[0]),
+        "--steps",
+        str(args.steps),
+    ]
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(
+            f"compile benchmark {model_name} {input_name} {variant} failed "
+            f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    row = json.loads(lines[-1][len("RESULT ") :])
+    row["load_average"] = [load_before, os.getloadavg()[0]]
+    return row
+
+
+def run_compile(args) -> list[dict]:
+    """The "compile" mode: one row per (model, input, variant), medians over `--repeats`."""
+    from research.bench import compile_time
+
+    cases = [
+        (model_name, input_name, variant)
+        for model_name in args.compile_models
+        for input_name in args.inputs
+        for variant in args.variants
+        if compile_time.VARIANTS.get(variant).applies_to(model_name)
+    ]
+    runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+    for r in range(args.repeats):
+        for model_name in args.compile_models:
+            for input_name in args.inputs:
+                group = [c for c in cases if c[:2] == (model_name, input_name)]
+                for case in group[r % len(group) :] + group[: r % len(group)]:
+                    print(f"repeat {r + 1}/{args.repeats}: {' '.join(case)} ...", file=sys.stderr)
+                    runs[case].append(_measure_compile(*case, args))
+    rows = []
+    for case, measured in runs.items():
+        row = dict(measured[0])
+        for key in ("first_step_s", "first_step_cpu_s", "step_ms"):
+            row[key] = statistics.median(m[key] for m in measured)
+        for kind in ("wall", "cpu"):
+            row[kind] = {
+                phase: statistics.median(m[kind][phase] for m in measured) for phase in row[kind]
+            }
+        loads = [x for m in measured for x in m["load_average"]]
+        row["load_average"] = [min(loads), max(loads)]
+        row["repeats"] = measured
+        row["deterministic"] = len({m["params_sha256"] for m in measured}) == 1
+        reference = runs.get((*case[:2], "default"))
+        for key, sha in (("same_init", "init_sha256"), ("same_numbers", "params_sha256")):
+            row[key] = None if reference is None else reference[0][sha] == row[sha]
+        rows.append(row)
+    return rows
+
+
+def compile_table(rows: list[dict], backend: str) -> str:
+    head = (
+        "| model | input | variant | to first step s | CPU s | init s | trace+lower s "
+        "| XLA compile s | first step s | step ms | same init/step | HLO kchars |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    )
+    loads = [x for r in rows for x in r["load_average"]]
+    lines = [
+        f"backend: {backend}; medians of {len(rows[0]['repeats'])} fresh processes, no "
+        f"compilation cache; load average {min(loads):.1f}-{max(loads):.1f}",
+        "",
+        head,
+    ]
+    for r in rows:
+        w = r["wall"]
+        init = sum(v for k, v in w.items() if k.startswith("init_"))
+        same = "/".join(
+            {None: "", True: "yes", False: "no"}[r[k]] for k in ("same_init", "same_numbers")
+        )
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['variant']} | {r['first_step_s']:.1f} | "
+            f"{r['first_step_cpu_s']:.1f} | {init:.1f} | {w['trace'] + w['lower']:.1f} | "
+            f"{w['compile']:.1f} | {w['first_step']:.2f} | {r['step_ms']:.1f} | {same} | "
+            f"{r['hlo_chars'] / 1e3:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 # Benchmark modes: name -> (function(args) -> rows, table(rows, backend) -> markdown).
 MODES: dict[str, tuple[Callable[[argparse.Namespace], list[dict]], Callable]] = {
     "train": (run_train, markdown_table),
     "sweep": (run_sweep, sweep_table),
+    "compile": (run_compile, compile_table),
 }
 
 
@@ -425,7 +561,9 @@ def _csv(kind: Callable[[str], object], valid=None):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=_csv(str, MODELS), default=list(MODELS))
-    parser.add_argument("--batch-sizes", type=_csv(int), default=[128])
+    parser.add_argument(
+        "--batch-sizes", type=_csv(int), default=None, help="default: 128 (compile mode: 32)"
+    )
     parser.add_argument(
         "--frameworks",
         type=_csv(str, frameworks.FRAMEWORKS.names()),
@@ -447,19 +585,61 @@ def main(argv=None) -> None:
         default=None,
         help="run ours once per conv algorithm (an A/B of our step); default: the backend's",
     )
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats; median reported")
+    parser.add_argument(
+        "--compile-models",
+        type=_csv(str),
+        default=None,
+        help="compile mode: zoo models, at their small_overrides (default: all)",
+    )
+    parser.add_argument(
+        "--inputs",
+        type=_csv(str, tuple(compile_time.SMALL_SHAPES)),
+        default=["28x28x1"],
+        help="compile mode: input shapes",
+    )
+    parser.add_argument(
+        "--variants",
+        type=_csv(str, compile_time.VARIANTS.names()),
+        default=["default"],
+        help="compile mode: ways of building the run (research.bench.compile_time.VARIANTS)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per timed repeat (default 20; compile: 3)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats, median reported (default 7; compile: 3 fresh processes)",
+    )
     parser.add_argument(
         "--torch-threads", type=int, default=0, help="torch.set_num_threads; 0: torch default"
     )
     parser.add_argument("--out", help="also write the rows as JSON here")
     parser.add_argument("--_worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    compiling = args.mode == "compile" or (args._worker or "").startswith("compile,")
+    if args.batch_sizes is None:
+        args.batch_sizes = [COMPILE_BATCH if compiling else 128]
+    if args.steps is None:
+        args.steps = COMPILE_STEPS if compiling else 20
+    if args.repeats is None:
+        args.repeats = 3 if compiling else 7
+    if args.mode == "compile":  # the zoo's names: imported only here (jax, flax)
+        from research import models
+
+        known = models.names()
+        args.compile_models = args.compile_models or list(known)
+        bad = [m for m in args.compile_models if m not in known]
+        if bad:
+            parser.error(f"--compile-models: unknown {bad}; known: {', '.join(known)}")
     if args._worker:
         kind, spec = args._worker.split(",", 1)
         if kind == "sweep":
             rows = bench_sweep(spec, args.trials, args.steps, args.repeats)
             print("RESULT " + json.dumps(rows))
+        elif kind == "compile":
+            _compile_worker(spec, args)
         else:
             _train_worker(spec, args)
         return

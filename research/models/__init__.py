@@ -63,6 +63,7 @@ from research.models import (
     xception,
 )
 from research.models.pretrained import from_keras, from_torchvision
+from research.models.scan import scan_groups, stack_blocks, unstack_blocks
 from research.models.summary import layer_table, summary
 from research.registry import Registry
 
@@ -393,6 +394,9 @@ __all__ = [
     "layer_table",
     "names",
     "param_count",
+    "scan_groups",
     "spec",
+    "stack_blocks",
     "summary",
+    "unstack_blocks",
 ]

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from research.layers import BatchNorm, Conv2D, Dense, GlobalAvgPool, MaxPool2D
+from research.models import scan
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -186,6 +187,12 @@ class ResNet(nn.Module):
       zero_init_residual: initialize the last BatchNorm scale of every block to
         zero, so each block starts as the identity (Goyal et al. 2017; the
         `zero_init_residual` option of torchvision, off by default there too).
+      scan_blocks: run each stage's identical blocks (all but the first, and
+        stage 1's first too where the stem already has the stage's width) as one
+        `nn.scan` with stacked parameters, `stage{i}_blocks{a}to{b}` (see
+        `research.models.scan`: fewer operations to compile, another parameter
+        layout, `scan_groups()` and the converters). Default False: one module
+        per block.
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -195,7 +202,23 @@ class ResNet(nn.Module):
     width: int = 64
     cifar_stem: bool = False
     zero_init_residual: bool = False
+    scan_blocks: bool = False
     dtype: jnp.dtype | None = None
+
+    def scan_groups(self) -> dict[str, tuple[str, ...]]:
+        """Scanned group -> its blocks' default names (see `scan_blocks`); runs of two or more.
+
+        Blocks after a stage's first are identical (stride 1, the stage's width in and
+        out); stage 1's first joins them when the stem's width is already the stage's
+        output width (`expansion == 1`).
+        """
+        groups = {}
+        for i, size in enumerate(self.stage_sizes, start=1):
+            first = 1 if i == 1 and self.block.expansion == 1 else 2
+            if size - first + 1 >= 2:
+                members = tuple(f"stage{i}_block{j}" for j in range(first, size + 1))
+                groups[scan.group_name(f"stage{i}_", first, size)] = members
+        return groups
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -209,6 +232,8 @@ class ResNet(nn.Module):
             raise ValueError(f"width must be an int >= 1, got {self.width!r}")
         if not self.stage_sizes or min(self.stage_sizes) < 1:
             raise ValueError(f"stage_sizes must be non-empty ints >= 1, got {self.stage_sizes!r}")
+        if not isinstance(self.scan_blocks, bool):
+            raise ValueError(f"scan_blocks must be True or False, got {self.scan_blocks!r}")
 
         conv = partial(Conv2D, use_bias=False, kernel_init=CONV_INIT, dtype=self.dtype)
         if self.cifar_stem:
@@ -220,21 +245,38 @@ class ResNet(nn.Module):
             x = MaxPool2D(3, stride=2, padding=1, name="stem_pool")(x)
         self.sow("features", "stem_out", x)
 
+        groups = self.scan_groups() if self.scan_blocks else {}
+        starts = {members[0]: (name, members) for name, members in groups.items()}
         for i, size in enumerate(self.stage_sizes, start=1):
-            for j in range(1, size + 1):
+            block = partial(
+                self.block,
+                features=self.width * 2 ** (i - 1),
+                zero_init_residual=self.zero_init_residual,
+                dtype=self.dtype,
+            )
+            j = 1
+            while j <= size:
                 name = f"stage{i}_block{j}"
-                x = self.block(
-                    features=self.width * 2 ** (i - 1),
-                    stride=2 if i > 1 and j == 1 else 1,
-                    zero_init_residual=self.zero_init_residual,
-                    dtype=self.dtype,
-                    name=name,
-                )(x, train=train)
+                if name in starts:  # blocks j..size as one scan (always a stage's last run)
+                    group, members = starts[name]
+                    x = self._scanned(block(stride=1, name=group), x, members, train)
+                    j += len(members)
+                    continue
+                x = block(stride=2 if i > 1 and j == 1 else 1, name=name)(x, train=train)
                 self.sow("features", f"{name}_out", x)
+                j += 1
 
         x = GlobalAvgPool(name="avgpool")(x)  # (N, width * 2**(stages-1) * expansion)
         self.sow("features", "features", x)
         return Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+
+    def _scanned(self, block: nn.Module, x: jax.Array, members, train: bool) -> jax.Array:
+        """`block` applied len(members) times (`scan.repeat`); each block's output sown."""
+        keep = self.is_mutable_collection("features")
+        x, outputs = scan.repeat(block, x, len(members), train=train, keep_outputs=keep)
+        for k, member in enumerate(members if keep else ()):
+            self.sow("features", f"{member}_out", outputs[k])  # (N, H, W, C) of block k
+        return x
 
 
 ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from research.layers import BatchNorm, Conv2D, Dense, GlobalAvgPool, MaxPool2D, SeparableConv2D
+from research.models import scan
 
 _KERNEL_INIT = nn.initializers.glorot_uniform()  # Keras's default kernel_initializer
 _BN_EPSILON = 1e-3  # Keras BatchNormalization default
@@ -80,7 +81,15 @@ class XceptionBlock(nn.Module):
     downsample: bool
     relu_first: bool = True
     bn_momentum: float = _BN_MOMENTUM
+    scan_blocks: bool = False
     dtype: jnp.dtype | None = None
+
+    def scan_groups(self) -> dict[str, tuple[str, ...]]:
+        """Scanned group -> its blocks' default names: the middle flow, if it has two or more."""
+        if self.middle_blocks < 2:
+            return {}
+        last = 4 + self.middle_blocks
+        return {scan.group_name("", 5, last): tuple(f"block{k}" for k in range(5, last + 1))}
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -139,6 +148,11 @@ class Xception(nn.Module):
         1.0 is the published network.
       small_input: stride-1 SAME entry convs (instead of 3x3/2 and 3x3 VALID),
         for 28x28 and 32x32 inputs.
+      scan_blocks: run the middle flow's identical blocks as one `nn.scan` with
+        stacked parameters, `blocks5to{4+m}` (when m >= 2; see
+        `research.models.scan`: fewer operations to compile, another parameter
+        layout, `scan_groups()` and the converters). Default False: one module
+        per block.
       bn_momentum: BatchNorm running-average momentum (Flax/Keras convention:
         the weight of the old value). Keras's 0.99 needs several hundred steps
         before the running statistics fit; a run of ~100 steps evaluates with
@@ -152,7 +166,15 @@ class Xception(nn.Module):
     width_multiplier: float = 1.0
     small_input: bool = False
     bn_momentum: float = _BN_MOMENTUM
+    scan_blocks: bool = False
     dtype: jnp.dtype | None = None
+
+    def scan_groups(self) -> dict[str, tuple[str, ...]]:
+        """Scanned group -> its blocks' default names: the middle flow, if it has two or more."""
+        if self.middle_blocks < 2:
+            return {}
+        last = 4 + self.middle_blocks
+        return {scan.group_name("", 5, last): tuple(f"block{k}" for k in range(5, last + 1))}
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -162,6 +184,8 @@ class Xception(nn.Module):
             raise ValueError(f"width_multiplier must be > 0, got {self.width_multiplier!r}")
         if not 0 <= self.bn_momentum < 1:
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
+        if not isinstance(self.scan_blocks, bool):
+            raise ValueError(f"scan_blocks must be True or False, got {self.scan_blocks!r}")
 
         def width(c: int) -> int:
             return max(1, int(c * self.width_multiplier + 0.5))
@@ -184,8 +208,17 @@ class Xception(nn.Module):
             self.sow("features", f"block{k}_out", x)
 
         # Middle flow.
-        for k in range(5, 5 + self.middle_blocks):
-            x = block((width(728),) * 3, downsample=False, name=f"block{k}")(x, train=train)
+        middle = partial(block, (width(728),) * 3, downsample=False)
+        groups = self.scan_groups() if self.scan_blocks else {}
+        for group, members in groups.items():  # the whole middle flow, as one scan
+            keep = self.is_mutable_collection("features")
+            x, outputs = scan.repeat(
+                middle(name=group), x, len(members), train=train, keep_outputs=keep
+            )
+            for k, member in enumerate(members if keep else ()):
+                self.sow("features", f"{member}_out", outputs[k])  # (N, H, W, C) of block k
+        for k in range(5, 5 + self.middle_blocks) if not groups else ():
+            x = middle(name=f"block{k}")(x, train=train)
             self.sow("features", f"block{k}_out", x)
 
         # Exit flow.

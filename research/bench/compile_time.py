@@ -1,0 +1,285 @@
+"""Time to the first training step: build, init, trace, lower, XLA compile, first chunk.
+
+The question (issue 11, "Compile time"): how long does a run of each zoo model
+wait before its first step, and where does that time go? `measure` answers it
+for one model in the current process, as the engine does it:
+
+  build    `research.train.loop.build_run` on synthetic data of the model's input
+           shape (config validation, model, optimizer, the per-trial steps);
+  init     the engine's `init` program (`build_programs(run, "sequential").init`):
+           traced, lowered, XLA-compiled and run;
+  chunk    the engine's training chunk (a `lax.scan` of the pure step, here over
+           one step): traced (`jit(...).trace`: Python and Flax), lowered to
+           StableHLO, XLA-compiled, and its first call run to completion.
+
+"Time to first step" is the sum of the four. Each phase is timed in wall seconds
+and in CPU seconds of the process (all threads). After the first step the same
+compiled chunk runs `steps` more times, one call per step, for the step time
+(median; includes one dispatch per step, well under a millisecond), and the
+parameters' SHA-256 after the first step is recorded, so two variants that must
+compute the same numbers can be compared bit for bit (a variant with a different
+parameter layout is converted to the default layout first, `models.unstack_blocks`).
+
+Compile times are only meaningful in a fresh process with no compilation cache:
+`scripts/bench.py --mode compile` starts one process per measurement with
+`RESEARCH_COMPILATION_CACHE=off` and never enables JAX's persistent cache.
+
+Variants (`VARIANTS`): what may cut the compile time, measured against "default"
+in the same interleaved run: model options (`model_overrides`, applied only to
+models that have those fields), XLA compiler options of the init and chunk
+programs (`init_options`, `chunk_options`), and environment variables read at trace time
+(`env`, e.g. the conv algorithm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from research.registry import Registry
+
+SMALL_SHAPES = {"28x28x1": (28, 28, 1), "32x32x3": (32, 32, 3)}
+NUM_CLASSES = 10
+LEARNING_RATE = 1e-3  # Adam's step size
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One way of building a run, measured against "default".
+
+    Attributes:
+      description: what changes, for the table.
+      model_overrides: constructor fields on top of the registry's `small_overrides`;
+        a model without one of these fields does not run this variant.
+      init_options: XLA options of the init program's compile
+        (`jax.stages.Lowered.compile(compiler_options=...)`).
+      chunk_options: XLA options of the training chunk's compile.
+      env: environment variables of the measuring process (read at trace time).
+    """
+
+    description: str
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    init_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    chunk_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def applies_to(self, model_name: str) -> bool:
+        """Whether model `model_name` has every field of `model_overrides`."""
+        from research import models
+
+        build = models.spec(model_name).build
+        cls = getattr(build, "func", build)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return set(self.model_overrides) <= fields
+
+
+_OPT0 = {"xla_backend_optimization_level": 0}
+_OPT1 = {"xla_backend_optimization_level": 1}
+_CHEAP_LLVM = {"xla_llvm_disable_expensive_passes": True}
+
+VARIANTS: Registry[Variant] = Registry(
+    "compile variant",
+    {
+        "default": Variant("the registry's small_overrides, the backend's defaults"),
+        "scan": Variant(
+            "identical blocks as one nn.scan (scan_blocks=True; stacked parameters)",
+            model_overrides={"scan_blocks": True},
+        ),
+        "opt0": Variant(
+            "XLA backend (LLVM) optimization level 0, init and chunk",
+            init_options=_OPT0,
+            chunk_options=_OPT0,
+        ),
+        "opt1": Variant(
+            "XLA backend (LLVM) optimization level 1, init and chunk",
+            init_options=_OPT1,
+            chunk_options=_OPT1,
+        ),
+        "cheap_llvm": Variant(
+            "xla_llvm_disable_expensive_passes, init and chunk",
+            init_options=_CHEAP_LLVM,
+            chunk_options=_CHEAP_LLVM,
+        ),
+        "opt0_init": Variant(
+            "LLVM optimization level 0 for the init program only", init_options=_OPT0
+        ),
+        "conv_xla": Variant(
+            "XLA's own convolution (RESEARCH_CONV_ALGORITHM=xla)",
+            env={"RESEARCH_CONV_ALGORITHM": "xla"},
+        ),
+        "conv_im2col": Variant(
+            "im2col convolution (RESEARCH_CONV_ALGORITHM=im2col)",
+            env={"RESEARCH_CONV_ALGORITHM": "im2col"},
+        ),
+    },
+)
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+class _Phases:
+    """Wall and CPU seconds of named phases, in order."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def time(self, name: str, fn: Callable[[], Any]) -> Any:
+        wall, cpu = _clock()
+        out = fn()
+        self.wall[name] = time.perf_counter() - wall
+        self.cpu[name] = time.process_time() - cpu
+        return out
+
+
+def synthetic_splits(input_shape: tuple[int, int, int], batch: int, seed: int = 0):
+    """`pipeline.Splits` of uniform random images and labels: 4 batches of train, 1 of val/test."""
+    import numpy as np
+
+    from research.data import pipeline
+
+    rng = np.random.default_rng(seed)
+
+    def split(count):
+        images = rng.random((count, *input_shape), dtype=np.float32)
+        return pipeline.Split(images, rng.integers(0, NUM_CLASSES, count).astype(np.int32))
+
+    channels = input_shape[-1]
+    return pipeline.Splits(
+        split(4 * batch),
+        split(batch),
+        split(batch),
+        NUM_CLASSES,
+        input_shape,
+        (0.5,) * channels,
+        (0.25,) * channels,
+    )
+
+
+def run_config(model_name: str, batch: int, overrides: Mapping[str, Any]):
+    """A base config for `model_name` with `overrides`: Adam, `batch` examples per step."""
+    from research import config as config_lib
+
+    config = config_lib.get_base_config()
+    config.model.name = model_name
+    config.model.overrides = dict(overrides)
+    config.data.name = "digits"  # only validated: the data are synthetic
+    config.batch_size = batch
+    config.num_epochs = 1
+    config.progress = False
+    config.optim.name = "adam"
+    config.optim.learning_rate = LEARNING_RATE
+    return config
+
+
+def measure(
+    model_name: str,
+    input_shape: tuple[int, int, int],
+    *,
+    batch: int = 32,
+    variant: str = "default",
+    steps: int = 3,
+) -> dict[str, Any]:
+    """Times the way to model `model_name`'s first training step in this process.
+
+    Args:
+      model_name: a zoo model; built with its registry `small_overrides` and the
+        variant's `model_overrides`.
+      input_shape: `(H, W, C)`, e.g. (28, 28, 1).
+      batch: examples per step.
+      variant: a name from `VARIANTS` (its `env` must already be set: the caller's job).
+      steps: further one-step calls timed after the first (their median is `step_ms`).
+
+    Returns:
+      wall and CPU seconds per phase (`wall`, `cpu`: build, init_trace, init_lower,
+      init_compile, init_run, trace, lower, compile, first_step), their sums
+      `first_step_s` / `first_step_cpu_s`, `step_ms` (median), `params_sha256`
+      after the first step (in the default layout), the parameter count, what ran
+      (conv/pool algorithms), HLO size of the chunk, and the process's peak RSS.
+    """
+    import jax
+    import numpy as np
+
+    from research import models
+    from research.train import engine, loop
+    from research.train.checkpoint import tree_sha256
+
+    var = VARIANTS.get(variant)
+    spec = models.spec(model_name)
+    overrides = {**spec.small_overrides, **var.model_overrides}
+    phases = _Phases()
+    splits = synthetic_splits(tuple(input_shape), batch)
+    config = run_config(model_name, batch, overrides)
+
+    def to_default(params):  # a scanned model's parameters in the default layout
+        return models.unstack_blocks(params, models.scan_groups(run.model))
+
+    def build():
+        run = loop.build_run(config, splits=splits)
+        return run, engine.build_programs(run, "sequential")
+
+    run, programs = phases.time("build", build)
+    mesh = programs.mesh
+    init_keys, _, train_keys = engine.trial_keys([config])
+    hps = engine.hyperparams([config], run.steps_per_epoch)
+
+    def compiled(prefix: str, options, jitted, *args):
+        traced = phases.time(f"{prefix}trace", lambda: jitted.trace(*args))
+        lowered = phases.time(f"{prefix}lower", traced.lower)
+        options = dict(options) or None
+        return phases.time(f"{prefix}compile", lambda: lowered.compile(options)), lowered
+
+    init, _ = compiled("init_", var.init_options, programs.init, init_keys, train_keys, hps)
+    state = phases.time("init_run", lambda: jax.block_until_ready(init(init_keys, train_keys, hps)))
+    init_sha = tree_sha256(to_default(jax.tree_util.tree_map(lambda x: x[0], state.params)))
+
+    images = engine.on_mesh(splits.train.images, mesh)
+    labels = engine.on_mesh(splits.train.labels, mesh)
+    alive = engine.on_mesh(np.ones(1, bool), mesh)
+    # Four batches' example indices, each a chunk of one step: (trials 1, steps 1, batch).
+    rows = np.arange(4 * batch, dtype=np.int32).reshape(4, 1, 1, batch)
+    idx = [engine.on_mesh(r, mesh) for r in rows]
+    args = (state, alive, images, labels, idx[0])
+    chunk, lowered = compiled("", var.chunk_options, programs.chunk, *args)
+
+    def first():
+        out = chunk(state, alive, images, labels, idx[0])
+        return jax.block_until_ready(out)
+
+    state, alive, _ = phases.time("first_step", first)
+    params = jax.tree_util.tree_map(lambda x: x[0], state.params)
+    sha = tree_sha256(to_default(params))
+    times = []
+    for i in range(steps):
+        wall = time.perf_counter()
+        state, alive, metrics = chunk(state, alive, images, labels, idx[(i + 1) % 4])
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - wall)
+    return {
+        "model": model_name,
+        "input": "x".join(map(str, input_shape)),
+        "batch": batch,
+        "variant": variant,
+        "overrides": {k: repr(v) for k, v in overrides.items()},
+        "wall": phases.wall,
+        "cpu": phases.cpu,
+        "first_step_s": sum(phases.wall.values()),
+        "first_step_cpu_s": sum(phases.cpu.values()),
+        "step_ms": statistics.median(times) * 1e3 if times else None,
+        "params": models.param_count(params),
+        "init_sha256": init_sha,
+        "params_sha256": sha,
+        "loss_finite": bool(np.isfinite(np.asarray(metrics["loss"])).all()) if times else None,
+        "hlo_chars": len(lowered.as_text()),
+        "algorithms": programs.algorithms,
+        "compiler_options": {"init": dict(var.init_options), "chunk": dict(var.chunk_options)},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "env": {k: os.environ.get(k, "") for k in var.env},
+    }
