@@ -20,8 +20,9 @@ The pretraining runs are the sweep's `sweep.pretrain` stages: trained once,
 first, in DIR/pretrain/<id>/, then used by every trial that names them with
 transfer.pretrained = "pretrain:NAME" (see research/sweep/space.py).
 
-Command (small: LeNet-5, 2 pairs x 7 strategies x 100 / 1,000 / all target examples
-x 2 seeds = 84 trials + 2 pretrainings on 10,000 source images):
+Command (small: LeNet-5, 2 pairs x 6 strategies x 100 / 1,000 / 5,000 target examples
+x 2 seeds = 72 trials + 2 pretrainings on 10,000 source images; finetune_lower_lr is
+left to full, as it was still 1-3 pp short of its plateau after 250-400 steps):
   python scripts/sweep.py --config experiments/compare_freezing.py:small \
       --workdir runs/compare_freezing_small
 Command (full, for a GPU: 100 / 1,000 / all target examples, longer training, 3 seeds):
@@ -32,12 +33,12 @@ Expected: on the similar pair the pretrained linear probe is well above the
 random-init linear probe at every size; on the different pair the pretrained
 features are worth little to a probe and the strategies that retrain layers
 (freeze_first_n, finetune) pull ahead as target data grows. Measured (small):
-similar, probe pretrained vs random init 0.83 / 0.88 / 0.92 vs 0.76 / 0.81 /
-0.86 at 100 / 1,000 / all examples; different, 0.54 / 0.61 / 0.73 vs 0.56 /
-0.65 / 0.72; freeze_first_1 = finetune within 0.01 everywhere; LeNet-5 from
-scratch is as good as any transfer at this scale (0.91 with 100 digits 5-9).
-Run time on a 2-core CPU: small 50 min (84 trials + 2 pretrainings, ~20-35 s
-per trial, measured while two other sweeps shared the CPU, load 5-6). Full: a GPU.
+similar, probe pretrained vs random init 0.85 / 0.91 / 0.93 vs 0.78 / 0.85 /
+0.88 at 100 / 1,000 / 5,000 examples; different, 0.56 / 0.67 / 0.72 vs 0.58 /
+0.68 / 0.72; freeze_first_1 = finetune within 0.01 everywhere; 9 of 36 rows are
+marked † (still improving, mostly the probes).
+Run time on a 2-core CPU: small 243 s wall with nothing else running (347 s of
+CPU). Full: a GPU.
 The report (research/studies/freezing.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_target_size.png.
 
