@@ -294,17 +294,8 @@ SWEEP_TRIALS = (1, 4, 16)  # default N on a CPU; --trials 1,4,16,64 for the issu
 def _sweep_config(model_name: str):
     from research.sweep import space
 
-    shape, batch, overrides = SWEEP_MODELS[model_name]
-    config = space.get_sweep_config()
-    config.model.name = model_name
-    config.model.overrides = overrides
-    config.data.name = "digits"  # only validated: the data below are synthetic
-    config.batch_size = batch
-    config.num_epochs = 1
-    config.progress = False
-    config.optim.name = "adam"
-    config.optim.learning_rate = LEARNING_RATE
-    return config
+    _, batch, overrides = SWEEP_MODELS[model_name]
+    return compile_time.run_config(model_name, batch, overrides, space.get_sweep_config())
 
 
 def bench_sweep(model_name: str, trials: list[int], steps: int, repeats: int) -> list[dict]:
@@ -426,7 +417,6 @@ COMPILE_STEPS = 3  # --steps default in compile mode: one-step calls timed after
 
 def _compile_worker(spec: str, args) -> None:
     """One measurement in this (fresh) process: prints `RESULT {...}`."""
-    from research.bench import compile_time
 
     model_name, input_name, variant = spec.split(",")
     row = compile_time.measure(
@@ -441,7 +431,6 @@ def _compile_worker(spec: str, args) -> None:
 
 def _measure_compile(model_name: str, input_name: str, variant: str, args) -> dict:
     """Runs `_compile_worker` in a new process without any compilation cache."""
-    from research.bench import compile_time
 
     env = dict(os.environ)
     env["RESEARCH_COMPILATION_CACHE"] = "off"
@@ -472,7 +461,6 @@ def _measure_compile(model_name: str, input_name: str, variant: str, args) -> di
 
 def run_compile(args) -> list[dict]:
     """The "compile" mode: one row per (model, input, variant), medians over `--repeats`."""
-    from research.bench import compile_time
 
     cases = [
         (model_name, input_name, variant)

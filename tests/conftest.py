@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -40,15 +41,24 @@ def pytest_configure(config):
     # Scripts run as subprocesses (tests/test_train.py, test_sweep.py) keep their
     # compiled programs in one cache for this session, not in the user's
     # ~/.cache: a rerun or resume of the same run then loads instead of compiling.
-    cache = os.environ.setdefault(
-        "RESEARCH_COMPILATION_CACHE", tempfile.mkdtemp(prefix="research-test-xla-")
-    )
+    cache = os.environ.get("RESEARCH_COMPILATION_CACHE")
+    if not cache:
+        cache = os.environ["RESEARCH_COMPILATION_CACHE"] = tempfile.mkdtemp(
+            prefix="research-test-xla-"
+        )
+        config._research_cache = cache  # ours to remove when the session ends
     # The pytest process itself shares the same cache: the same program built by
     # two tests (two `make_steps` closures of one model, say) compiles once.
     import jax
 
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_research_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def find_data_root() -> Path:

@@ -21,49 +21,12 @@ import optuna
 import pytest
 
 from research.sweep import aggregate, runner, space, storage, vmapped
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "sweep.py")
-EXPERIMENT = os.path.join(ROOT, "experiments", "compare_optimizers.py")
-
-# 6 trials of simple_cnn on digits: sgd at 3 learning rates x 2 seeds.
-TINY = [
-    '--config.sweep.grids=({"optim.name": ("sgd",), "optim.learning_rate": (0.03, 0.1, 0.3)},)',
-    "--config.sweep.axes.seed=(0, 1)",
-    "--config.sweep.parallel=sequential",
-    # A killed worker's trial is taken over after 3 s without a heartbeat.
-    "--config.sweep.heartbeat_seconds=0.5",
-    "--config.sweep.grace_seconds=3",
-]
-
-
-def run_cli(workdir, *args, epochs=1, wait=True):
-    command = [
-        sys.executable,
-        SCRIPT,
-        f"--config={EXPERIMENT}:digits",
-        f"--workdir={workdir}",
-        f"--config.num_epochs={epochs}",
-        *TINY,
-        *args,
-    ]
-    if not wait:
-        return subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400)
+from tests import tiny_sweep
+from tests.tiny_sweep import EXPERIMENT, ROOT, SCRIPT
 
 
 def sweep_config(**axes):
-    config = space.get_sweep_config()
-    config.model.name = "simple_cnn"
-    config.data.name = "digits"
-    config.batch_size = 64
-    config.num_epochs = 1
-    config.log_every_steps = 5
-    config.progress = False
-    config.sweep.axes = axes
-    return config
+    return tiny_sweep.config(axes=axes, parallel="auto")  # the default path rule
 
 
 def results_files(workdir):
@@ -158,7 +121,7 @@ def test_bad_sweep_config_names_the_field(axes, grids, message):
 
 def test_cli_bad_axis_is_one_clear_message_and_exit_2(tmp_path):
     workdir = tmp_path / "sweep"
-    done = run_cli(workdir, '--config.sweep.grids=({"optim.lr": (0.1,)},)')
+    done = tiny_sweep.run(workdir, '--config.sweep.grids=({"optim.lr": (0.1,)},)')
     assert done.returncode == 2, done.stderr
     assert "'optim.lr' is not a config field" in done.stderr
     assert "Traceback" not in done.stderr
@@ -277,7 +240,7 @@ def test_best_learning_rate_is_chosen_on_validation_not_test():
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     workdir = str(tmp_path / "sweep")
-    proc = run_cli(workdir, epochs=4, wait=False)
+    proc = tiny_sweep.start(workdir, epochs=4)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if os.path.isdir(os.path.join(workdir, "trials")) and results_files(workdir):
@@ -293,7 +256,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     study = optuna.load_study(study_name=name, storage=journal)
     running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
-    done = run_cli(workdir, epochs=4)
+    done = tiny_sweep.run(workdir, epochs=4)
     assert done.returncode == 0, done.stderr
     after = results_files(workdir)
     assert len(after) == 6

@@ -26,19 +26,8 @@ from research import data
 from research.data import pipeline
 from research.sweep import runner, space, storage
 from research.train import engine, loop
+from tests import tiny_sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "sweep.py")
-EXPERIMENT = os.path.join(ROOT, "experiments", "compare_optimizers.py")
-
-# 6 trials of simple_cnn on digits: sgd at 3 learning rates x 2 seeds.
-TINY = [
-    '--config.sweep.grids=({"optim.name": ("sgd",), "optim.learning_rate": (0.03, 0.1, 0.3)},)',
-    "--config.sweep.axes.seed=(0, 1)",
-    "--config.sweep.parallel=sequential",
-    "--config.sweep.heartbeat_seconds=0.5",
-    "--config.sweep.grace_seconds=3",
-]
 STORAGES = {
     "journal": lambda tmp: "",  # the default: DIR/optuna.journal
     "sqlite": lambda tmp: f"sqlite:///{tmp}/sweep.db",
@@ -46,19 +35,7 @@ STORAGES = {
 
 
 def start_worker(workdir, storage_url="", *args, epochs=1):
-    command = [
-        sys.executable,
-        SCRIPT,
-        f"--config={EXPERIMENT}:digits",
-        f"--workdir={workdir}",
-        f"--config.num_epochs={epochs}",
-        f"--config.sweep.storage={storage_url}",
-        *TINY,
-        *args,
-    ]
-    return subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return tiny_sweep.start(workdir, f"--config.sweep.storage={storage_url}", *args, epochs=epochs)
 
 
 def load(workdir, storage_url=""):
@@ -80,20 +57,7 @@ def completions(study) -> collections.Counter:
     )
 
 
-def sweep_config(**sweep):
-    config = space.get_sweep_config()
-    config.model.name = "simple_cnn"
-    config.data.name = "digits"
-    config.batch_size = 64
-    config.num_epochs = 1
-    config.log_every_steps = 5
-    config.progress = False
-    config.sweep.parallel = "sequential"
-    config.sweep.heartbeat_seconds = 0.5
-    config.sweep.grace_seconds = 3.0
-    for key, value in sweep.items():
-        config.sweep[key] = value
-    return config
+sweep_config = tiny_sweep.config
 
 
 # ------------------------------------------------------------------ the storage's transitions
@@ -126,7 +90,7 @@ def test_of_workers_racing_for_the_same_trials_exactly_one_gets_each(tmp_path, k
     for i in range(120):
         queue.enqueue(storage.Job(f"t{i}"))
     script = tmp_path / "claim.py"
-    script.write_text(CLAIMER.format(root=ROOT))
+    script.write_text(CLAIMER.format(root=tiny_sweep.ROOT))
     start = time.time() + 4  # all three start claiming at once, after their imports
     procs = [
         subprocess.Popen(

@@ -45,7 +45,6 @@ from research.registry import Registry
 
 SMALL_SHAPES = {"28x28x1": (28, 28, 1), "32x32x3": (32, 32, 3)}
 NUM_CLASSES = 10
-LEARNING_RATE = 1e-3  # Adam's step size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +107,10 @@ VARIANTS: Registry[Variant] = Registry(
         "opt0_init": Variant(
             "LLVM optimization level 0 for the init program only", init_options=_OPT0
         ),
+        "cheap_llvm_init": Variant(
+            "xla_llvm_disable_expensive_passes for the init program only",
+            init_options=_CHEAP_LLVM,
+        ),
         "conv_xla": Variant(
             "XLA's own convolution (RESEARCH_CONV_ALGORITHM=xla)",
             env={"RESEARCH_CONV_ALGORITHM": "xla"},
@@ -163,11 +166,16 @@ def synthetic_splits(input_shape: tuple[int, int, int], batch: int, seed: int = 
     )
 
 
-def run_config(model_name: str, batch: int, overrides: Mapping[str, Any]):
-    """A base config for `model_name` with `overrides`: Adam, `batch` examples per step."""
-    from research import config as config_lib
+def run_config(model_name: str, batch: int, overrides: Mapping[str, Any], config=None):
+    """A config for `model_name` with `overrides`: Adam, `batch` examples per step.
 
-    config = config_lib.get_base_config()
+    `config` is the one to fill (e.g. `research.sweep.get_sweep_config()`); default a
+    new base config. The bench's every "ours" measurement is built here.
+    """
+    from research import config as config_lib
+    from research.bench.frameworks import LEARNING_RATE
+
+    config = config or config_lib.get_base_config()
     config.model.name = model_name
     config.model.overrides = dict(overrides)
     config.data.name = "digits"  # only validated: the data are synthetic

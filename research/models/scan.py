@@ -38,6 +38,15 @@ What differs in a scanned model, by construction:
     group's blocks alike;
   * the blocks' sown features keep their names (`stage3_block4_out`, sliced from
     the scan's outputs, only when the "features" collection is mutable).
+
+Measured on CPU (`scripts/bench.py --mode compile`, 28x28x1, batch 32, 2 idle
+cores, one fresh process each): the HLO shrinks (ResNet-34 1,342k -> 830k
+characters) but the time to the first step does not: ResNet-18 11.2 -> 11.3 s,
+ResNet-34 15.8 -> 15.2 s, ResNet-50 19.0 -> 22.5 s, Xception 16.2 -> 17.9 s,
+and the step is 10-30 % slower (the scan's loop is a barrier to XLA's fusion).
+On a CPU, XLA's time goes into per-fusion LLVM code generation, which the loop
+does not remove. Hence off by default; it is here for deeper stacks and for
+GPU/TPU compilers, where a scan over blocks is the usual cure (unmeasured here).
 """
 
 from __future__ import annotations
