@@ -27,9 +27,12 @@ setup-test: $(TEST_STAMP)
 train: $(STAMP)
 	$(PY) scripts/train.py --config experiments/digits.py --workdir runs/digits
 
-# The fast tier (under 5 minutes on 2 idle cores): every package, real assertions.
+# The fast tier (under 5 minutes on 2 idle cores): every package, real assertions. Two
+# pytest-xdist workers, each taking whole test files (module fixtures stay in one process);
+# their compiled programs meet in the session's compilation cache. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --durations=10
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # Everything: the fast tier plus the tests marked `slow` and those needing requirements-test.txt.
 test-all: $(TEST_STAMP)

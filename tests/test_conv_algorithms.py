@@ -99,7 +99,8 @@ def test_tiled_matches_xla_at_every_tile_width(case):
     def loss(x, kernel, conv):
         return jnp.sum(jnp.sin(conv(x, kernel, strides, pads, dilations)) * weights)
 
-    want = jax.grad(loss, argnums=(0, 1))(x, kernel, CA.conv_xla)
+    grad = fast_jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    want = grad(x, kernel, CA.conv_xla)
     wo = ref.shape[2]
     # im2col (1), small tiles, overhanging last tiles, a whole row, and one past it (clipped).
     for tile in sorted({t for t in (1, 2, 3, wo // 2, wo - 1, wo, wo + 1) if t >= 1}):
@@ -107,9 +108,9 @@ def test_tiled_matches_xla_at_every_tile_width(case):
         def tiled(x, kernel, strides, pads, dilations, tile=tile):
             return CA.conv_tiled(x, kernel, strides, pads, dilations, tile=tile)
 
-        out = jax.jit(lambda x, k, tiled=tiled: tiled(x, k, strides, pads, dilations))(x, kernel)
+        out = fast_jit(lambda x, k, tiled=tiled: tiled(x, k, strides, pads, dilations))(x, kernel)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=f"tile={tile}")
-        got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, kernel, tiled)
+        got = grad(x, kernel, tiled)
         for g, w in zip(got, want, strict=True):
             # Sums over the whole batch: rounding scales with the largest entry.
             atol = 1e-5 * max(1.0, float(jnp.abs(w).max()))

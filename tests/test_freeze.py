@@ -3,6 +3,7 @@ research.train.transfer): frozen arrays must come out of training bit-identical.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -17,9 +18,11 @@ from research.optim import freeze
 from tests.test_train import fast_config
 
 
+@functools.cache
 def lenet_params():
+    """LeNet-5's initial parameters (one jitted init for the whole module; arrays are immutable)."""
     model = models.create("lenet5", num_classes=10, padding=2)
-    return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    return jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
 
 
 def test_first_match_wins_and_every_decision_is_reported():
@@ -50,8 +53,8 @@ def test_bad_rules(rules, match):
 
 def test_conv_layers_in_network_order():
     model = models.create("lecture_cnn", num_classes=10)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
-    assert freeze.conv_layer_paths(params) == ["conv1", "conv2", "conv3", "conv4"]
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+    assert freeze.conv_layer_paths(shapes["params"]) == ["conv1", "conv2", "conv3", "conv4"]
 
 
 @pytest.mark.parametrize(
@@ -196,7 +199,7 @@ def test_batch_norm_update_policy_moves_frozen_statistics(pretrained, tmp_path):
 
 def test_head_replaced_when_classes_differ(pretrained):
     model = models.create("simple_cnn", num_classes=10, batch_norm=True)
-    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 1)))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 1)))
     params, _, report = train.transfer.load_pretrained(
         str(pretrained), variables["params"], variables["batch_stats"]
     )
@@ -208,7 +211,7 @@ def test_head_replaced_when_classes_differ(pretrained):
 
 def test_mismatched_shape_names_path_and_both_shapes(pretrained):
     model = models.create("simple_cnn", num_classes=5, widths=(16, 64), batch_norm=True)
-    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 1)))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 1)))
     # Paths are visited in sorted order, so bn1 (before conv1) is the first mismatch.
     with pytest.raises(ValueError, match=r"'bn1/bias' has shape \(32,\) .* has shape \(16,\)"):
         train.transfer.load_pretrained(
@@ -218,7 +221,7 @@ def test_mismatched_shape_names_path_and_both_shapes(pretrained):
 
 def test_reset_head_keeps_fresh_head_when_shapes_match(pretrained):
     model = models.create("simple_cnn", num_classes=5, batch_norm=True)
-    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 1)))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 1)))
     args = (str(pretrained), variables["params"], variables["batch_stats"])
     kept, _, report = train.transfer.load_pretrained(*args)
     assert report.replaced == []  # same shape: the source head is loaded by default

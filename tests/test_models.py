@@ -675,8 +675,10 @@ def test_stack_and_unstack_blocks_round_trip_exactly():
     "name,overrides",
     [
         ("resnet34", {"stage_sizes": (3, 2), "width": 8}),
-        ("resnet50", {"stage_sizes": (3, 1), "width": 4}),
-        ("xception", {"middle_blocks": 3, "width_multiplier": 0.0625}),
+        pytest.param("resnet50", {"stage_sizes": (3, 1), "width": 4}, marks=pytest.mark.slow),
+        pytest.param(
+            "xception", {"middle_blocks": 3, "width_multiplier": 0.0625}, marks=pytest.mark.slow
+        ),
     ],
 )
 def test_scanned_model_computes_the_default_models_function(name, overrides):
