@@ -22,6 +22,7 @@ from research.studies import freezing as study_freezing
 from research.studies import plateau
 from research.sweep import run_sweep, runner, space, storage
 from research.sweep.space import get_sweep_config
+from tests import tiny_sweep
 
 
 def read_csv(path):
@@ -248,18 +249,7 @@ def test_architecture_report_marks_a_model_still_improving(tmp_path, monkeypatch
 
 
 def _stage_config():
-    config = tiny_config("freezing", "simple_cnn", seed=(0,))
-    config.sweep.pretrain = {"digits_0to4": {"data": {"classes": (0, 1, 2, 3, 4)}}}
-    target = {"data.classes": ((5, 6, 7, 8, 9),)}
-    config.sweep.grids = (
-        {**target, "transfer.strategy": ("scratch",)},
-        {
-            **target,
-            "transfer.strategy": ("linear_probe",),
-            "transfer.pretrained": ("pretrain:digits_0to4",),
-        },
-    )
-    return config
+    return tiny_sweep.with_transfer_stage(tiny_config("freezing", "simple_cnn", seed=(0,)))
 
 
 def test_freezing_summary_means_over_seeds_and_pivots_by_target_size():

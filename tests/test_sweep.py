@@ -191,6 +191,15 @@ def test_the_first_runs_path_is_kept_by_every_later_run(tmp_path):
 # ------------------------------------------------------------------ aggregation
 
 
+def test_group_by_keeps_the_order_of_first_appearance():
+    rows = [{"m": "b", "d": 1, "s": 0}, {"m": "a", "d": 1, "s": 0}, {"m": "b", "d": 1, "s": 1}]
+    groups = aggregate.group_by(rows, "m", "d")
+    assert list(groups) == [("b", 1), ("a", 1)]
+    assert [r["s"] for r in groups[("b", 1)]] == [0, 1]
+    with pytest.raises(KeyError, match="'x'"):
+        aggregate.group_by(rows, "x")
+
+
 def _row(lr, seed, val, test, loss=0.5, status="done", name="sgd"):
     return {
         "trial_id": f"{name}-{lr}-{seed}",
@@ -302,19 +311,7 @@ def stage_config(stage_epochs=1):
     config = sweep_config(seed=(0,))
     config.sweep.report = "research.studies.freezing:report"
     config.sweep.parallel = "sequential"
-    config.sweep.pretrain = {
-        "digits_0to4": {"data": {"classes": (0, 1, 2, 3, 4)}, "num_epochs": stage_epochs}
-    }
-    target = {"data.classes": ((5, 6, 7, 8, 9),)}
-    config.sweep.grids = (
-        {**target, "transfer.strategy": ("scratch",)},
-        {
-            **target,
-            "transfer.strategy": ("linear_probe",),
-            "transfer.pretrained": ("pretrain:digits_0to4",),
-        },
-    )
-    return config
+    return tiny_sweep.with_transfer_stage(config, stage_epochs)
 
 
 def test_stage_ids_enter_the_ids_of_the_trials_that_use_them():

@@ -81,3 +81,25 @@ def config(**sweep):
     for key, value in sweep.items():
         c.sweep[key] = value
     return c
+
+
+def with_transfer_stage(config, stage_epochs: int | None = None):
+    """`config` with a pretraining stage on digits 0-4 and two trials on digits 5-9.
+
+    The trials: `scratch`, and `linear_probe` from the stage ("pretrain:digits_0to4").
+    `stage_epochs` sets the stage's own `num_epochs` (None: the config's).
+    """
+    stage = {"data": {"classes": (0, 1, 2, 3, 4)}}
+    if stage_epochs is not None:
+        stage["num_epochs"] = stage_epochs
+    config.sweep.pretrain = {"digits_0to4": stage}
+    target = {"data.classes": ((5, 6, 7, 8, 9),)}
+    config.sweep.grids = (
+        {**target, "transfer.strategy": ("scratch",)},
+        {
+            **target,
+            "transfer.strategy": ("linear_probe",),
+            "transfer.pretrained": ("pretrain:digits_0to4",),
+        },
+    )
+    return config

@@ -101,11 +101,8 @@ def summarize(
         for the plateau verdict (`plateau.of`); a row without curves is not judged.
     """
     curves = curves or {}
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["dataset"], row["model"]), []).append(row)
     out = []
-    for (dataset, model), mine in groups.items():
+    for (dataset, model), mine in aggregate.group_by(rows, "dataset", "model").items():
         acc, acc_std = aggregate.mean_std([r["test_accuracy"] for r in mine])
         speed, _ = aggregate.mean_std([r["examples_per_second"] for r in mine])
         wall, _ = aggregate.mean_std([r["wall_seconds"] for r in mine])

@@ -137,11 +137,8 @@ def summarize(rows: list[dict], curves: dict[str, dict[int, float]] | None = Non
         for the plateau verdict (`plateau.of`); a row without curves is not judged.
     """
     curves = curves or {}
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["latent_dim"]), []).append(r)
     out = []
-    for (dataset, latent), members in groups.items():
+    for (dataset, latent), members in aggregate.group_by(rows, "dataset", "latent_dim").items():
         entry = {"dataset": dataset, "latent_dim": latent, "seeds": len(members)}
         for metric in ("test_loss", "test_mse_pixels", "probe_test_accuracy"):
             mean, std = aggregate.mean_std([m[metric] for m in members])

@@ -85,10 +85,8 @@ def summarize(
         for the plateau verdict (`plateau.of`); a row without curves is not judged.
     """
     curves = curves or {}
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["pair"], row["strategy"], row["target_size"]), []).append(row)
     out = []
+    groups = aggregate.group_by(rows, "pair", "strategy", "target_size")
     for (pair, strategy, size), mine in groups.items():
         acc = [r["test_accuracy"] if r["status"] == "done" else 0.0 for r in mine]
         mean, std = aggregate.mean_std(acc)

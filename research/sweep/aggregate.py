@@ -104,6 +104,17 @@ def mean_std(values: list) -> tuple[float, float]:
     return float(np.mean(x)), float(np.std(x, ddof=1)) if x.size > 1 else 0.0
 
 
+def group_by(rows: list[dict[str, Any]], *fields: str) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows grouped by their values of `fields`, in order of first appearance.
+
+    The seeds of one setting end up in one group: every study's table is a mean over them.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[f] for f in fields), []).append(row)
+    return groups
+
+
 def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> list[dict[str, Any]]:
     """One row per setting, at its learning rate with the best mean validation accuracy.
 
