@@ -65,7 +65,7 @@ def _keras():
 
 def _randomize_torch(model, seed: int):
     """Random biases and BatchNorm scale, shift, running mean and variance, in place."""
-    import torch
+    torch = requires("torch")
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def _images(size: int, n: int = 2, seed: int = 0) -> np.ndarray:
 
 
 def _torchvision_model(name: str, seed: int = 0):
-    import torch
+    torch = requires("torch")
 
     torch.manual_seed(seed)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
@@ -123,7 +123,7 @@ def _torchvision_model(name: str, seed: int = 0):
 
 
 def _torch_logits(model, x: np.ndarray) -> np.ndarray:
-    import torch
+    torch = requires("torch")
 
     with torch.no_grad():
         return model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()  # NHWC -> NCHW
@@ -193,7 +193,7 @@ def test_googlenet_published_input_transform_is_its_preprocessing():
     # torchvision builds the published GoogLeNet with transform_input=True on
     # ImageNet-normalized input; the zoo's network without it on the recorded
     # preprocessing (0.5 / 0.5) is the same function.
-    import torch
+    torch = requires("torch")
 
     torch.manual_seed(0)
     source = _randomize_torch(
@@ -211,7 +211,7 @@ def test_googlenet_published_input_transform_is_its_preprocessing():
 
 
 def test_mismatched_or_missing_weight_names_the_parameter_and_both_shapes():
-    import torch
+    torch = requires("torch")
 
     tv = _torchvision()
     narrow = tv.resnet18().state_dict()
@@ -583,7 +583,7 @@ def test_keras_table_matches_keras_preprocess_input(name, module):
 
 
 def test_torchvision_import_works_without_its_c_extension():
-    import torch
+    torch = requires("torch")
 
     tv = _torchvision()
     logits = tv.resnet18(num_classes=3).eval()(torch.zeros(1, 3, 32, 32))
