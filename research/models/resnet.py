@@ -190,7 +190,8 @@ class ResNet(nn.Module):
       scan_blocks: run each stage's identical blocks (all but the first, and
         stage 1's first too where the stem already has the stage's width) as one
         `nn.scan` with stacked parameters, `stage{i}_blocks{a}to{b}` (see
-        `research.models.scan`: fewer operations to compile, another parameter
+        `research.models.scan`: a smaller program, though on CPU no faster to
+        compile (measured there), another parameter
         layout, `scan_groups()` and the converters). Default False: one module
         per block.
       dtype: compute dtype (parameters stay float32).

@@ -150,7 +150,8 @@ class Xception(nn.Module):
         for 28x28 and 32x32 inputs.
       scan_blocks: run the middle flow's identical blocks as one `nn.scan` with
         stacked parameters, `blocks5to{4+m}` (when m >= 2; see
-        `research.models.scan`: fewer operations to compile, another parameter
+        `research.models.scan`: a smaller program, though on CPU no faster to
+        compile (measured there), another parameter
         layout, `scan_groups()` and the converters). Default False: one module
         per block.
       bn_momentum: BatchNorm running-average momentum (Flax/Keras convention:
