@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
 import socket
@@ -523,3 +524,24 @@ def test_a_run_written_before_a_new_config_field_still_resumes(tmp_path):
     path.write_text(json.dumps(older))
     with pytest.raises(ValueError, match=r"fields differ: data.loader"):
         outputs.prepare_workdir(fast_config(**{"data.loader": "stream"}), str(tmp_path))
+
+
+def test_lost_write_tasks_of_a_full_disk_are_not_logged():
+    """asyncio reports each of orbax's failed write tasks when it is collected, with a
+    traceback; after a full disk the one-line OSError is all a user sees."""
+    from research.train import checkpoint
+
+    drop = checkpoint._DropLostWrites()
+
+    def record(err):
+        return logging.LogRecord(
+            "asyncio", logging.ERROR, "base_events.py", 1771,
+            "Task exception was never retrieved", None, (type(err), err, None),
+        )  # fmt: skip
+
+    full = ValueError("RESOURCE_EXHAUSTED: Failed to write 1976 bytes [os_error_code='28']")
+    assert drop.filter(record(full)) is False
+    assert drop.filter(record(OSError(28, "No space left on device"))) is False
+    assert drop.filter(record(ValueError("a bug, not the disk"))) is True
+    plain = logging.LogRecord("asyncio", logging.ERROR, "x", 1, "no exception", None, None)
+    assert drop.filter(plain) is True

@@ -265,15 +265,27 @@ def _orbax_logs_silenced():
         logger.removeFilter(drop)
 
 
+class _DropLostWrites(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for a write that failed with
+    an operating-system error: orbax's other write tasks of a failed save, reported with
+    their tracebacks whenever they are collected (the save itself raised one OSError)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        return err is None or _os_errno(err) is None
+
+
 def _ignore_closed_loop_callbacks() -> None:
     """After a failed save (disk full), TensorStore may still complete orbax's pending
     writes and call back into orbax's event loop, which is closed by then; Python
     prints each such `RuntimeError('Event loop is closed')` as a bare traceback, at any
-    moment from the first failed write on. They are harmless (the save is reported as
-    failed, once), so a process that checkpoints does not print them."""
+    moment from the first failed write on, and asyncio logs each failed write task it
+    collects (`_DropLostWrites`). They are harmless (the save is reported as failed,
+    once), so a process that checkpoints does not print them."""
     previous, previous_unraisable = sys.excepthook, sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
         return
+    logging.getLogger("asyncio").addFilter(_DropLostWrites())
 
     def closed_loop(kind, value) -> bool:
         return kind is RuntimeError and str(value) == "Event loop is closed"
