@@ -81,7 +81,6 @@ import _checkout  # noqa: F401  (first: `research` from this checkout)
 
 from research.bench import compile_time, frameworks, peers
 from research.bench.frameworks import DATA_BATCHES, LEARNING_RATE
-from research.bench.peers import NUM_CLASSES
 from research.layers import conv_algorithms
 
 MODELS = tuple(peers.BENCH_MODELS)
@@ -308,23 +307,12 @@ def bench_sweep(model_name: str, trials: list[int], steps: int, repeats: int) ->
     of `repeats` calls, compile timed apart.
     """
     import jax
-    import numpy as np
 
-    from research.data import pipeline
     from research.layers import conv_algorithms
     from research.sweep import vmapped
 
     shape, batch, _ = SWEEP_MODELS[model_name]
-    rng = np.random.default_rng(0)
-    n = batch * max(DATA_BATCHES, steps)
-
-    def split(count):
-        images = rng.random((count, *shape), dtype=np.float32)
-        return pipeline.Split(images, rng.integers(0, NUM_CLASSES, count).astype(np.int32))
-
-    splits = pipeline.Splits(
-        split(n), split(batch), split(batch), NUM_CLASSES, shape, (0.5,), (0.25,)
-    )
+    splits = frameworks.synthetic_splits(shape, batch * max(DATA_BATCHES, steps), batch)
     config = _sweep_config(model_name)
 
     def configs(count):

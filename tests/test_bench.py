@@ -65,3 +65,31 @@ def test_ours_runner_trains_the_zoo_model():
     assert runner.params == ZOO_COUNTS["lenet5"]
     assert "conv=" in runner.notes and runner.compile_s > 0
     runner.run()  # two more steps, synchronised
+
+
+def test_synthetic_splits_shapes_and_one_generator():
+    splits = frameworks.synthetic_splits((8, 8, 3), 12, 4, seed=1)
+    assert [len(s) for s in (splits.train, splits.val, splits.test)] == [12, 4, 4]
+    assert splits.train.images.shape == (12, 8, 8, 3) and splits.input_shape == (8, 8, 3)
+    assert splits.mean == (0.5,) * 3 and splits.std == (0.25,) * 3
+    assert int(splits.train.labels.max()) < peers.NUM_CLASSES
+    again = frameworks.synthetic_splits((8, 8, 3), 12, 4, seed=1)
+    assert (again.test.images == splits.test.images).all()
+    assert not (splits.val.images == splits.test.images).all()  # drawn one after another
+
+
+@pytest.mark.slow
+def test_compile_time_measures_each_phase_and_compares_the_numbers():
+    from research.bench import compile_time
+
+    r = compile_time.measure("lenet5", (28, 28, 1), batch=8, steps=1)
+    assert list(r["wall"]) == [
+        "build", "init_trace", "init_lower", "init_compile", "init_run",
+        "trace", "lower", "compile", "first_step",
+    ]  # fmt: skip
+    assert r["first_step_s"] == pytest.approx(sum(r["wall"].values()))
+    assert r["params"] == ZOO_COUNTS["lenet5"] and r["hlo_chars"] > 0
+    assert r["loss_finite"] is True and isinstance(r["step_ms"], float)
+    # The same build again gives the same numbers, bit for bit ("same init/step": yes).
+    again = compile_time.measure("lenet5", (28, 28, 1), batch=8, steps=0)
+    assert (again["init_sha256"], again["params_sha256"]) == (r["init_sha256"], r["params_sha256"])

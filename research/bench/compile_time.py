@@ -44,7 +44,6 @@ from typing import Any
 from research.registry import Registry
 
 SMALL_SHAPES = {"28x28x1": (28, 28, 1), "32x32x3": (32, 32, 3)}
-NUM_CLASSES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,30 +141,6 @@ class _Phases:
         return out
 
 
-def synthetic_splits(input_shape: tuple[int, int, int], batch: int, seed: int = 0):
-    """`pipeline.Splits` of uniform random images and labels: 4 batches of train, 1 of val/test."""
-    import numpy as np
-
-    from research.data import pipeline
-
-    rng = np.random.default_rng(seed)
-
-    def split(count):
-        images = rng.random((count, *input_shape), dtype=np.float32)
-        return pipeline.Split(images, rng.integers(0, NUM_CLASSES, count).astype(np.int32))
-
-    channels = input_shape[-1]
-    return pipeline.Splits(
-        split(4 * batch),
-        split(batch),
-        split(batch),
-        NUM_CLASSES,
-        input_shape,
-        (0.5,) * channels,
-        (0.25,) * channels,
-    )
-
-
 def run_config(model_name: str, batch: int, overrides: Mapping[str, Any], config=None):
     """A config for `model_name` with `overrides`: Adam, `batch` examples per step.
 
@@ -216,6 +191,7 @@ def measure(
     import numpy as np
 
     from research import models
+    from research.bench import frameworks
     from research.train import engine, loop
     from research.train.checkpoint import tree_sha256
 
@@ -223,7 +199,7 @@ def measure(
     spec = models.spec(model_name)
     overrides = {**spec.small_overrides, **var.model_overrides}
     phases = _Phases()
-    splits = synthetic_splits(tuple(input_shape), batch)
+    splits = frameworks.synthetic_splits(input_shape, 4 * batch, batch)  # 4 batches of train
     config = run_config(model_name, batch, overrides)
 
     def to_default(params):  # a scanned model's parameters in the default layout

@@ -63,6 +63,35 @@ def random_data(batch: int, seed: int = 0):
     return images, labels
 
 
+def synthetic_splits(input_shape: tuple[int, ...], train: int, evaluate: int, seed: int = 0):
+    """`pipeline.Splits` of uniform random images and `peers.NUM_CLASSES` labels.
+
+    `train` training examples, `evaluate` each for validation and test (drawn in that
+    order from one generator); normalization mean 0.5, std 0.25 per channel. For
+    measurements that only need shapes: the engine's programs, compile times, probes.
+    """
+    import numpy as np
+
+    from research.data import pipeline
+
+    rng = np.random.default_rng(seed)
+
+    def split(count):
+        images = rng.random((count, *input_shape), dtype=np.float32)
+        return pipeline.Split(images, rng.integers(0, peers.NUM_CLASSES, count).astype(np.int32))
+
+    channels = input_shape[-1]
+    return pipeline.Splits(
+        split(train),
+        split(evaluate),
+        split(evaluate),
+        peers.NUM_CLASSES,
+        tuple(input_shape),
+        (0.5,) * channels,
+        (0.25,) * channels,
+    )
+
+
 def ours(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
     import jax
     import numpy as np

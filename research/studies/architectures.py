@@ -194,7 +194,7 @@ def plot(summary: list[dict], path: str) -> None:
 def report(workdir: str, trials: list[storage.Record], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_flops.png."""
     rows = [r for t in trials if (r := trial_row(t)) is not None]
-    summary = summarize(rows, {t.id: t.values for t in trials if t.finished})
+    summary = summarize(rows, plateau.curves(trials))
     aggregate.save_tables(
         workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )

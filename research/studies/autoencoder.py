@@ -241,7 +241,7 @@ def report(workdir: str, trials, config) -> dict:
     """Writes trials.csv, summary.csv, summary.md and reconstructions.png (see the module doc)."""
     cache: dict = {}
     rows = [r for t in trials if (r := trial_row(workdir, t, cache)) is not None]
-    summary = summarize(rows, {t.id: t.values for t in trials if t.finished})
+    summary = summarize(rows, plateau.curves(trials))
     aggregate.save_tables(
         workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )

@@ -188,7 +188,7 @@ def report(workdir: str, trials: list[storage.Record], config=None) -> dict:
     """Writes trials.csv, summary.csv, summary.md and accuracy_vs_target_size.png."""
     pairs = pair_labels(trials)
     rows = [r for t in trials if (r := trial_row(t, pairs)) is not None]
-    summary = summarize(rows, {t.id: t.values for t in trials if t.finished})
+    summary = summarize(rows, plateau.curves(trials))
     aggregate.save_tables(
         workdir, rows, summary, markdown(summary, finished=len(rows), total=len(trials))
     )

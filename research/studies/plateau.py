@@ -108,6 +108,11 @@ def judge(curve: Mapping[int, float], higher_is_better: bool = True) -> Plateau:
     return Plateau(not gain >= threshold, gain, window, n, higher_is_better)
 
 
+def curves(trials) -> dict[str, dict[int, float]]:
+    """Trial id -> its validation curve (`storage.Record.values`), finished trials only."""
+    return {t.id: t.values for t in trials if t.finished}
+
+
 def of(curves: Iterable[Mapping[int, float]], higher_is_better: bool = True) -> Plateau:
     """The verdict on the mean of several seeds' validation curves."""
     return judge(mean_curve(curves), higher_is_better)
