@@ -55,13 +55,16 @@ accel-check:
 	$(PYTHON) scripts/accelerator_check.py --out runs/accel
 
 # Wheels of the packages the GPU image lacks (Python 3.12, manylinux x86-64) into .whl/.
-# The image has jax, flax, optax, orbax-checkpoint, numpy, scipy, absl-py, etils, protobuf,
-# pyarrow, requests, tqdm, wrapt, attrs, PyYAML, matplotlib, pillow, scikit-learn, torch.
+# What requirements.txt names is either in the image (its own versions) or a wheel here
+# (the pinned version); ruff only lints. tests/test_accelerator_check.py checks this.
+ACCEL_IMAGE := jax jaxlib flax optax orbax-checkpoint numpy scipy absl-py etils scikit-learn \
+	pyyaml packaging matplotlib pillow tqdm pytest pytest-xdist execnet torch torchvision
 ACCEL_WHEELS := ml-collections==1.1.0 tensorflow-datasets==4.9.10 array-record==0.8.6 \
 	grain==0.2.18 tensorboardx==2.6.5 dm-tree==0.1.10 immutabledict==4.3.1 \
 	simple-parsing==0.1.9 docstring-parser==0.18.0 tensorflow-metadata==1.21.0 \
 	googleapis-common-protos==1.76.0 termcolor==3.3.0 toml==0.10.2 portpicker==1.6.0 \
-	importlib-resources==7.1.0
+	importlib-resources==7.1.0 optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 \
+	colorlog==6.12.0
 ACCEL_SDISTS := promise==2.3
 WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64

@@ -41,6 +41,12 @@ at 32x32, the speedrun's narrow variant for 1 epoch, 1 seed) on CPU in about
 3 minutes; its goals are not judged ("n/a"). tests/test_accelerator_check.py
 runs it (slow tier).
 
+--deterministic on (default, as the configs' deterministic=True) sets XLA's
+--xla_gpu_deterministic_ops=true, which also turns autotuning off; off sets it
+false, as deterministic=False does (measured on an H200: 3.2x faster speedrun
+runs; the README's "Accelerators" has both tables). The value replaces any
+setting of that flag in XLA_FLAGS.
+
 No persistent compilation cache is used (compile times are part of the
 figures). TFDS preparation goes to $RESEARCH_CACHE_DIR, by default
 `.accel-cache/` in the repository.
@@ -125,6 +131,14 @@ class Context:
     airbench: str
     resnet_batches: tuple[int, ...]
     deadline: float  # time.monotonic() by which the check should end
+    deterministic: bool = True  # --deterministic: XLA's deterministic GPU ops (no autotuning)
+
+
+def with_deterministic_flag(xla_flags: str, deterministic: bool) -> str:
+    """`xla_flags` with XLA's deterministic-ops flag set to `deterministic` (replaced if there)."""
+    name = DETERMINISTIC_FLAG.split("=")[0]
+    kept = [f for f in xla_flags.split() if f.split("=")[0] != name]
+    return " ".join([*kept, f"{name}={str(deterministic).lower()}"])
 
 
 def more(ctx: Context, done: int) -> bool:
@@ -199,6 +213,12 @@ def _with(config, **fields):
     return config
 
 
+def _configured(ctx: Context, config, **fields):
+    """`config` for this check: its data folder, no progress bar, --deterministic recorded."""
+    fields = {"data.data_dir": ctx.data_dir, **fields}
+    return _with(config, progress=False, deterministic=ctx.deterministic, **fields)
+
+
 def _train(config, splits=None, seeds=None):
     """Trains `config` (once per seed of `seeds`, one after another) through the engine.
 
@@ -261,15 +281,17 @@ def _conv_tests(ctx: Context) -> Row:
 
 
 def _speedrun_smoke_config(ctx, widths=(8, 16, 16)):
-    config = _experiment("cifar10_speedrun").get_config("smoke")
+    config = _configured(ctx, _experiment("cifar10_speedrun").get_config("smoke"))
     config.model.overrides.widths = widths
-    config.data.data_dir = ctx.data_dir
     return config
 
 
 def _determinism(ctx: Context) -> Row:
     import jax
 
+    if not ctx.deterministic:
+        measure = "two runs, deterministic=True, bit-identical"
+        return Row("tests", measure, "skipped: --deterministic off", verdict="skip")
     # In --smoke the speedrun part's very program (a persistent-cache hit there).
     config = _speedrun_smoke_config(ctx, (8, 16, 16) if ctx.smoke else (64, 256, 256))
     config.deterministic = True
@@ -308,13 +330,12 @@ def _bfloat16(ctx: Context) -> Row:
     import jax.numpy as jnp
     import numpy as np
 
-    config = _experiment("lenet5_mnist").get_config()
-    config = _with(
-        config,
+    config = _configured(
+        ctx,
+        _experiment("lenet5_mnist").get_config(),
         compute_dtype="bfloat16",
         num_epochs=1,
-        progress=False,
-        **{"data.data_dir": ctx.data_dir, "data.train_size": 1024 if ctx.smoke else 0},
+        **{"data.train_size": 1024 if ctx.smoke else 0},
     )
     run, (outcome,) = _train(config)
     result = outcome.results
@@ -343,12 +364,11 @@ def _pick(result: dict) -> dict:
 
 
 def part_lenet(ctx: Context) -> list[Row]:
-    base = _experiment("lenet5_mnist").get_config()
-    base = _with(
-        base,
-        progress=False,
+    base = _configured(
+        ctx,
+        _experiment("lenet5_mnist").get_config(),
         checkpoint_every_epochs=0,
-        **{"data.data_dir": ctx.data_dir, "data.val_size": 0},
+        **{"data.val_size": 0},
     )
     if ctx.smoke:
         base = _with(base, **{"data.train_size": 2048})
@@ -386,8 +406,7 @@ def part_trials(ctx: Context) -> list[Row]:
     from research.sweep import vmapped
     from research.train import loop
 
-    base = _experiment("lenet5_mnist").get_config()
-    base = _with(base, progress=False, **{"data.data_dir": ctx.data_dir})
+    base = _configured(ctx, _experiment("lenet5_mnist").get_config())
     if ctx.smoke:
         base = _with(base, **{"data.train_size": 2048})
     splits, _ = loop.prepare_data(base)
@@ -472,9 +491,9 @@ def part_resnet50(ctx: Context) -> list[Row]:
         if not more(ctx, len(rows)):
             rows.append(Row("resnet50", f"batch {batch}", "not run: out of time", verdict="skip"))
             continue
-        config = get_base_config()
-        config = _with(
-            config,
+        config = _configured(
+            ctx,
+            get_base_config(),
             batch_size=batch,
             compute_dtype="float32" if ctx.smoke else "bfloat16",
             **{
@@ -533,12 +552,10 @@ def part_resnet50(ctx: Context) -> list[Row]:
 def part_speedrun(ctx: Context) -> list[Row]:
     import jax
 
-    exp = _experiment("cifar10_speedrun")
     if ctx.smoke:
         config = _speedrun_smoke_config(ctx)
     else:
-        config = exp.get_config("full")
-        config.data.data_dir = ctx.data_dir
+        config = _configured(ctx, _experiment("cifar10_speedrun").get_config("full"))
     from research.train import loop
 
     splits, _ = loop.prepare_data(config)  # TFDS preparation, outside the timings
@@ -766,6 +783,13 @@ def main(argv=None) -> int:
     parser.add_argument("--airbench", default=os.path.join(ROOT, ".peers", "airbench94.py"))
     parser.add_argument("--resnet-batches", default="256,512")
     parser.add_argument("--budget", type=float, default=0, help="seconds (450; smoke 900)")
+    parser.add_argument(
+        "--deterministic",
+        choices=("on", "off"),
+        default="on",
+        help="XLA's deterministic GPU ops, as the configs' default deterministic=True (on), "
+        "or autotuned kernels as deterministic=False (off); overrides XLA_FLAGS' setting",
+    )
     parser.add_argument("--pack-data", metavar="SRC", help="split SRC into --out/1,2,3; exit")
     args = parser.parse_args(argv)
     if args.pack_data:
@@ -797,11 +821,11 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    # Before JAX starts: deterministic GPU ops (the configs' default), TFDS files in the repo.
-    if DETERMINISTIC_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " " + DETERMINISTIC_FLAG
-        ).strip()
+    # Before JAX starts: deterministic GPU ops or not (--deterministic), TFDS files in the repo.
+    deterministic = args.deterministic == "on"
+    os.environ["XLA_FLAGS"] = with_deterministic_flag(
+        os.environ.get("XLA_FLAGS", ""), deterministic
+    )
     os.environ.setdefault("RESEARCH_CACHE_DIR", os.path.join(ROOT, ".accel-cache"))
     if args.smoke:  # compile times are not figures here: identical programs compile once
         import tempfile
@@ -820,6 +844,7 @@ def main(argv=None) -> int:
         airbench=args.airbench,
         resnet_batches=tuple(int(b) for b in args.resnet_batches.split(",")),
         deadline=time.monotonic() + budget,
+        deterministic=deterministic,
     )
     text, _ = run_check(ctx, parts)
     print(text)

@@ -48,6 +48,64 @@ def test_data_pieces_stay_under_the_device_limit_and_merge_back(tmp_path):
     assert merged.endswith("merged")
 
 
+def _make_list(name: str) -> list[str]:
+    """The words of Makefile variable `name` (`NAME := ...`, with continuation lines)."""
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        text = f.read().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith(f"{name} :=")]
+    return line.split(":=", 1)[1].split()
+
+
+def test_every_requirement_reaches_the_gpu_machine_at_its_pinned_version():
+    wheels = dict(
+        w.lower().split("==") for w in _make_list("ACCEL_WHEELS") + _make_list("ACCEL_SDISTS")
+    )
+    image = {w.lower() for w in _make_list("ACCEL_IMAGE")}
+    pins = {}
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    lint_only = {"ruff"}
+    missing = sorted(set(pins) - set(wheels) - image - lint_only)
+    assert not missing, f"requirements.txt names {missing}: add to ACCEL_WHEELS or ACCEL_IMAGE"
+    assert {n: v for n, v in wheels.items() if n in pins} == {
+        n: pins[n] for n in wheels if n in pins
+    }
+    assert "optuna" in wheels  # research.sweep imports it; the first GPU run lacked it
+
+
+@pytest.mark.parametrize(
+    "flags, deterministic, expected",
+    [
+        ("", True, "--xla_gpu_deterministic_ops=true"),
+        ("--xla_gpu_deterministic_ops=true", False, "--xla_gpu_deterministic_ops=false"),
+        (
+            "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops",
+            False,
+            "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=false",
+        ),
+        (
+            "--xla_gpu_deterministic_ops=false --xla_gpu_autotune_level=4",
+            True,
+            "--xla_gpu_autotune_level=4 --xla_gpu_deterministic_ops=true",
+        ),
+    ],
+)
+def test_deterministic_option_sets_the_one_xla_flag(flags, deterministic, expected):
+    assert _script().with_deterministic_flag(flags, deterministic) == expected
+
+
+def test_determinism_row_is_skipped_when_the_check_runs_without_deterministic_ops():
+    check = _script()
+    ctx = check.Context(False, "", "", 1, "", (2,), 0.0, deterministic=False)
+    row = check._determinism(ctx)
+    assert (row.verdict, row.result) == ("skip", "skipped: --deterministic off")
+
+
 @pytest.mark.slow
 def test_smoke_prints_the_full_table_and_writes_its_json(tmp_path, data_root):
     env = dict(os.environ)
