@@ -30,6 +30,12 @@ that may fail alone (its error goes into its row and the check goes on):
             and images, when its source is at --airbench (.peers/airbench94.py,
             `make accel-peers`; skipped with a note otherwise). Goals: mean >= 94.0%;
             faster than airbench94 measured here (its paper: 3.83 s on an A100).
+  pool      the max-pool algorithm A/B on this backend (the GPU's default,
+            "reduce_window", whose gradient is XLA's select-and-scatter, against
+            "reshape", a reshape + max with an element-wise gradient): LeNet-5
+            trial-steps/s for one trial and N = 16 vmapped, and the speedrun's
+            seconds per run with the other one (2 seeds). Last, so that the budget drops it
+            before the goals' parts; it informs DEFAULT_POOL_ALGORITHM.
   resnet50  ResNet-50 at 224x224, bfloat16 compute, training images/s on
             synthetic data through the engine's compiled chunk, at batch 256 and
             512 (`--resnet-batches`; an out-of-memory batch is reported as such).
@@ -93,7 +99,7 @@ import _checkout  # noqa: F401  (first: `research` from this checkout)
 ROOT = _checkout.ROOT
 # In this order: the speedrun before ResNet-50, whose second batch size is the first
 # thing the time budget drops.
-PARTS = ("tests", "lenet", "trials", "speedrun", "resnet50")
+PARTS = ("tests", "lenet", "trials", "speedrun", "resnet50", "pool")
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 # Data pieces for the device machine (`make accel-data`): each under 64 MiB with the tree.
 DATA_PIECES = {
@@ -107,6 +113,7 @@ DATA_PIECES = {
     "3": [f"cifar10/cifar-10-batches-bin/data_batch_{i}.bin.xz" for i in (4, 5)],
 }
 LENET_EPOCHS = (2, 3, 4, 6, 8, 12)
+POOL_ALGORITHMS = ("reduce_window", "reshape")  # the pool part's A/B (GPU default first)
 TRIALS = (1, 4, 16, 64)
 
 
@@ -593,6 +600,61 @@ def part_speedrun(ctx: Context) -> list[Row]:
     return rows
 
 
+def part_pool(ctx: Context) -> list[Row]:
+    from research.layers import conv_algorithms
+    from research.sweep import vmapped
+    from research.train import loop
+
+    base = _configured(ctx, _experiment("lenet5_mnist").get_config())
+    if ctx.smoke:
+        base = _with(base, **{"data.train_size": 2048})
+    splits, _ = loop.prepare_data(base)
+    n, steps = (4, 2) if ctx.smoke else (16, 100)
+    rows = []
+    for pool in POOL_ALGORITHMS:
+        if not more(ctx, len(rows)):
+            break
+        with conv_algorithms.override(pool=pool):  # the programs are traced inside
+            p = vmapped.probe([_with(base, seed=s) for s in range(n)], splits, steps=steps)
+        rows.append(
+            Row(
+                "pool",
+                f"pool={pool}: LeNet-5 trial-steps/s, one trial / N = {n} vmapped",
+                f"{p['sequential_trial_steps_per_s']:.3g} / {p['vmap_trial_steps_per_s']:.3g}",
+                data={"pool": pool, **p},
+            )
+        )
+    if ctx.smoke:
+        config = _speedrun_smoke_config(ctx)
+    else:
+        config = _configured(ctx, _experiment("cifar10_speedrun").get_config("full"))
+    cifar, _ = loop.prepare_data(config)
+    default = conv_algorithms.resolve_pool_algorithm()  # the speedrun part's: not run again
+    for pool in [p for p in POOL_ALGORITHMS if p != default]:
+        if not more(ctx, len(rows)):
+            break
+        with conv_algorithms.override(pool=pool):
+            _, outcomes = _train(config, splits=cifar, seeds=[0] if ctx.smoke else [0, 1])
+        results = [o.results for o in outcomes]
+        seconds = [r["wall_seconds"] for r in results]
+        rows.append(
+            Row(
+                "pool",
+                f"pool={results[0]['pool_algorithm']}: speedrun seconds per run, the last of "
+                f"{len(seconds)} (run 1, compiling: {seconds[0]:.1f} s; pool={default}: the "
+                "speedrun part's)",
+                f"{seconds[-1]:.2f} s; test acc {_pct(results[-1]['test_accuracy'])}",
+                data={
+                    "pool": pool,
+                    "ran": results[0]["pool_algorithm"],
+                    "seconds": seconds,
+                    **_pick(results[-1]),
+                },
+            )
+        )
+    return rows
+
+
 AIRBENCH_DRIVER = r"""
 import contextlib, io, json, os, sys, time, importlib.util
 import torch
@@ -681,6 +743,7 @@ PART_FUNCTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "trials": part_trials,
     "speedrun": part_speedrun,
     "resnet50": part_resnet50,
+    "pool": part_pool,
 }
 
 

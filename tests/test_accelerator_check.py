@@ -121,7 +121,7 @@ def test_smoke_prints_the_full_table_and_writes_its_json(tmp_path, data_root):
     assert table in proc.stdout
     assert record["mode"] == "smoke" and record["backend"] == "cpu"
     assert record["versions"]["jax"] and record["git_commit"] and record["device_kind"]
-    assert list(record["parts"]) == ["tests", "lenet", "trials", "speedrun", "resnet50"]
+    assert list(record["parts"]) == ["tests", "lenet", "trials", "speedrun", "resnet50", "pool"]
     rows = {p: v["rows"] for p, v in record["parts"].items()}
     for part, part_rows in rows.items():
         assert part_rows and all(r["verdict"] != "error" for r in part_rows), (part, part_rows)
@@ -135,6 +135,11 @@ def test_smoke_prints_the_full_table_and_writes_its_json(tmp_path, data_root):
     assert rows["lenet"][0]["data"]["runs"][0]["test_accuracy"] > 0.5
     assert [r["data"]["trials"] for r in rows["trials"]] == [1, 4]
     assert rows["resnet50"][-1]["data"]["images_per_second"] > 0
+    pools = [r["data"]["pool"] for r in rows["pool"]]
+    # The speedrun with the backend's default pool (CPU: reshape) is the speedrun part's.
+    assert pools == ["reduce_window", "reshape", "reduce_window"]
+    assert rows["pool"][2]["data"]["ran"] == "reduce_window"
+    assert all(r["data"]["vmap_trial_steps_per_s"] > 0 for r in rows["pool"][:2])
     speed = rows["speedrun"]
     assert len(speed[0]["data"]["accuracies"]) == 1 and speed[0]["data"]["mean"] > 0.1
     assert speed[2]["verdict"] == "skip"  # airbench94 needs a CUDA GPU
