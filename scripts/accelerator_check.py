@@ -439,21 +439,6 @@ def part_trials(ctx: Context) -> list[Row]:
     return rows
 
 
-def _synthetic_splits(n: int, shape, classes: int, seed: int = 0):
-    import numpy as np
-
-    from research.data import pipeline
-
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((n, *shape), dtype=np.float32)
-    labels = rng.integers(0, classes, n).astype(np.int32)
-    split = pipeline.Split(images, labels)
-    empty = pipeline.Split(images[:0], labels[:0])
-    return pipeline.Splits(
-        split, empty, split, classes, tuple(shape), (0.0,) * shape[-1], (1.0,) * shape[-1]
-    )
-
-
 def _images_per_second(config, splits, steps: int) -> dict:
     """Training images/s of the engine's compiled chunk (sequential program), after compiling."""
     import jax
@@ -464,20 +449,17 @@ def _images_per_second(config, splits, steps: int) -> dict:
     run = loop.build_run(config, splits=splits)
     programs = engine.build_programs(run, "sequential")
     init_keys, _, train_keys = engine.trial_keys([config])
-    hps = engine.hyperparams([config], run.steps_per_epoch)
-    states = programs.init(init_keys, train_keys, hps)
-    mesh = programs.mesh
-    images = engine.on_mesh(splits.train.images, mesh)
-    labels = engine.on_mesh(splits.train.labels, mesh)
-    alive = engine.on_mesh(np.ones(1, bool), mesh)
+    states = programs.init(init_keys, train_keys, engine.hyperparams([config], run.steps_per_epoch))
     rows = np.arange(steps * config.batch_size, dtype=np.int32) % len(splits.train)
-    idx = engine.on_mesh(rows.reshape(1, steps, config.batch_size), mesh)
-    times = []
-    for _ in range(3):  # compile + run, then two timed calls
-        t0 = time.perf_counter()
-        states, alive, metrics = programs.chunk(states, alive, images, labels, idx)
-        jax.block_until_ready((states, metrics))
-        times.append(time.perf_counter() - t0)
+    times, _, metrics = engine.time_chunk(  # compile + run, then two timed calls
+        programs.chunk,
+        programs.mesh,
+        states,
+        splits.train.images,
+        splits.train.labels,
+        rows.reshape(1, steps, config.batch_size),
+        calls=3,
+    )
     best = min(times[1:])
     return {
         "images_per_second": steps * config.batch_size / best,
@@ -488,6 +470,7 @@ def _images_per_second(config, splits, steps: int) -> dict:
 
 
 def part_resnet50(ctx: Context) -> list[Row]:
+    from research.bench import frameworks
     from research.config import get_base_config
 
     name, size, classes = ("resnet18", 32, 10) if ctx.smoke else ("resnet50", 224, 1000)
@@ -512,7 +495,7 @@ def part_resnet50(ctx: Context) -> list[Row]:
         )
         if ctx.smoke:
             config.model.overrides.cifar_stem = True
-        splits = _synthetic_splits(2 * batch, (size, size, 3), classes)
+        splits = frameworks.synthetic_splits((size, size, 3), 2 * batch, 0, classes=classes)
         try:
             m = _images_per_second(config, splits, steps)
         except Exception as err:  # an out-of-memory batch is a result, not a crash

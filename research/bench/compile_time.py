@@ -224,28 +224,23 @@ def measure(
     state = phases.time("init_run", lambda: jax.block_until_ready(init(init_keys, train_keys, hps)))
     init_sha = tree_sha256(to_default(jax.tree_util.tree_map(lambda x: x[0], state.params)))
 
-    images = engine.on_mesh(splits.train.images, mesh)
-    labels = engine.on_mesh(splits.train.labels, mesh)
-    alive = engine.on_mesh(np.ones(1, bool), mesh)
+    train = splits.train
     # Four batches' example indices, each a chunk of one step: (trials 1, steps 1, batch).
-    rows = np.arange(4 * batch, dtype=np.int32).reshape(4, 1, 1, batch)
-    idx = [engine.on_mesh(r, mesh) for r in rows]
-    args = (state, alive, images, labels, idx[0])
-    chunk, lowered = compiled("", var.chunk_options, programs.chunk, *args)
+    idx = list(np.arange(4 * batch, dtype=np.int32).reshape(4, 1, 1, batch))
+    placed = [engine.on_mesh(a, mesh) for a in (np.ones(1, bool), train.images, train.labels)]
+    chunk, lowered = compiled(
+        "", var.chunk_options, programs.chunk, state, *placed, engine.on_mesh(idx[0], mesh)
+    )
 
     def first():
-        out = chunk(state, alive, images, labels, idx[0])
-        return jax.block_until_ready(out)
+        return engine.time_chunk(chunk, mesh, state, train.images, train.labels, idx[0], calls=1)
 
-    state, alive, _ = phases.time("first_step", first)
+    _, state, _ = phases.time("first_step", first)
     params = jax.tree_util.tree_map(lambda x: x[0], state.params)
     sha = tree_sha256(to_default(params))
-    times = []
-    for i in range(steps):
-        wall = time.perf_counter()
-        state, alive, metrics = chunk(state, alive, images, labels, idx[(i + 1) % 4])
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - wall)
+    times, state, metrics = engine.time_chunk(
+        chunk, mesh, state, train.images, train.labels, idx[1:] + idx[:1], calls=steps
+    )
     return {
         "model": model_name,
         "input": "x".join(map(str, input_shape)),

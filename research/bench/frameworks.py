@@ -63,8 +63,14 @@ def random_data(batch: int, seed: int = 0):
     return images, labels
 
 
-def synthetic_splits(input_shape: tuple[int, ...], train: int, evaluate: int, seed: int = 0):
-    """`pipeline.Splits` of uniform random images and `peers.NUM_CLASSES` labels.
+def synthetic_splits(
+    input_shape: tuple[int, ...],
+    train: int,
+    evaluate: int,
+    seed: int = 0,
+    classes: int = peers.NUM_CLASSES,
+):
+    """`pipeline.Splits` of uniform random images and labels of `classes` classes.
 
     `train` training examples, `evaluate` each for validation and test (drawn in that
     order from one generator); normalization mean 0.5, std 0.25 per channel. For
@@ -78,14 +84,14 @@ def synthetic_splits(input_shape: tuple[int, ...], train: int, evaluate: int, se
 
     def split(count):
         images = rng.random((count, *input_shape), dtype=np.float32)
-        return pipeline.Split(images, rng.integers(0, peers.NUM_CLASSES, count).astype(np.int32))
+        return pipeline.Split(images, rng.integers(0, classes, count).astype(np.int32))
 
     channels = input_shape[-1]
     return pipeline.Splits(
         split(train),
         split(evaluate),
         split(evaluate),
-        peers.NUM_CLASSES,
+        classes,
         tuple(input_shape),
         (0.5,) * channels,
         (0.25,) * channels,

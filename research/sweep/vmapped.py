@@ -20,7 +20,6 @@ user deciding whether to set `sweep.parallel` by hand; it never decides a sweep.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import jax
@@ -104,19 +103,16 @@ def probe(
     idx = np.stack([p.rows for p in first])  # (T, steps, B)
 
     def timed(programs, states, index):
-        mesh = programs.mesh
-        data = [
-            engine.on_mesh(a, mesh)
-            for a in (np.ones(index.shape[0], bool), splits.train.images, splits.train.labels)
-        ]
-        index = engine.on_mesh(index, mesh)
-        times = []
-        for _ in range(1 + repeats):
-            t0 = time.perf_counter()
-            states, _, metrics = programs.chunk(states, data[0], data[1], data[2], index)
-            # Block on every call (CPU with forced host devices can deadlock otherwise).
-            jax.block_until_ready((states, metrics))
-            times.append(time.perf_counter() - t0)
+        train = splits.train
+        times, _, _ = engine.time_chunk(
+            programs.chunk,
+            programs.mesh,
+            states,
+            train.images,
+            train.labels,
+            index,
+            calls=1 + repeats,
+        )
         steady = float(np.median(times[1:]))
         return steady, max(times[0] - steady, 0.0)
 

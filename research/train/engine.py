@@ -336,6 +336,30 @@ def on_mesh(array: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def time_chunk(chunk, mesh: Mesh, states, images, labels, indices, *, calls: int):
+    """Wall seconds of `calls` calls of a compiled chunk, for measurements.
+
+    `chunk` is `Programs.chunk` (its first call compiles) or an ahead-of-time
+    compiled one; `images`, `labels` and `indices` are host arrays, placed on
+    `mesh` here; `indices` is one `(trials, steps, batch)` array of example rows or
+    a list of them, cycled through call by call. Every call is blocked on (forced
+    host CPU devices can deadlock otherwise) and every trial starts alive.
+
+    Returns:
+      the seconds of each call, and the last call's states and metrics.
+    """
+    images, labels = on_mesh(images, mesh), on_mesh(labels, mesh)
+    indices = [on_mesh(i, mesh) for i in (indices if isinstance(indices, list) else [indices])]
+    alive = on_mesh(np.ones(indices[0].shape[0], bool), mesh)
+    times, metrics = [], None
+    for i in range(calls):
+        start = time.perf_counter()
+        states, alive, metrics = chunk(states, alive, images, labels, indices[i % len(indices)])
+        jax.block_until_ready((states, metrics))
+        times.append(time.perf_counter() - start)
+    return times, states, metrics
+
+
 def _put_like(tree, like):
     """Host arrays `tree` placed with the shardings of the arrays in `like`."""
     return jax.tree_util.tree_map(
