@@ -23,7 +23,9 @@ that may fail alone (its error goes into its row and the check goes on):
             reach 99% gives the time (goal < 5 s).
   trials    trial-steps/s of N = 1, 4, 16, 64 LeNet-5 trials vmapped into one
             program against one trial at a time (`research.sweep.vmapped.probe`;
-            goal: >= 8x one trial's throughput at N = 16).
+            goal: >= 8x one trial's throughput at N = 16); the longest events
+            (kernels on GPU) of one chunk at N = 1 and 16 go to
+            `profile_trials.md` (`research.bench.profile`).
   speedrun  experiments/cifar10_speedrun.py (airbench94 ported) for --seeds seeds
             (10): mean +- std test accuracy on the 1,000 test images of shared/data
             and seconds per run; then airbench94.py itself (PyTorch) on the same GPU
@@ -418,11 +420,19 @@ def part_trials(ctx: Context) -> list[Row]:
         base = _with(base, **{"data.train_size": 2048})
     splits, _ = loop.prepare_data(base)
     steps = 2 if ctx.smoke else 100
-    rows, single = [], None
+    rows, single, profiles = [], None, []
+    profiled = (1, 4) if ctx.smoke else (1, 16)  # where the time goes, one trial and many
     for n in (1, 4) if ctx.smoke else TRIALS:
         if not more(ctx, len(rows)):
             break
-        p = vmapped.probe([_with(base, seed=s) for s in range(n)], splits, steps=steps)
+        configs = [_with(base, seed=s) for s in range(n)]
+        p = vmapped.probe(configs, splits, steps=steps, profile=n in profiled)
+        if "vmap_profile" in p:
+            from research.bench import profile
+
+            title = f"## N = {n} LeNet-5 trials vmapped, one chunk of {steps} steps"
+            profiles.append(f"{title}\n\n{profile.markdown(p['vmap_profile'])}")
+            _write_text(ctx.out, "profile_trials.md", "\n".join(profiles))
         single = single or p["sequential_trial_steps_per_s"]
         ratio = p["vmap_trial_steps_per_s"] / single
         rows.append(
@@ -810,6 +820,12 @@ def run_check(ctx: Context, parts: list[str]) -> tuple[str, dict]:
         record["seconds"] = time.monotonic() - t0
         _write(ctx.out, table(meta, rows, record["mode"], record["seconds"]), record)
     return table(meta, rows, record["mode"], record["seconds"]), record
+
+
+def _write_text(out: str, name: str, text: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name), "w") as f:
+        f.write(text)
 
 
 def _write(out: str, text: str, record: dict) -> None:

@@ -134,6 +134,8 @@ def test_smoke_prints_the_full_table_and_writes_its_json(tmp_path, data_root):
     assert set(rows["tests"][2]["data"]["contractions"]) == {"bfloat16"}
     assert rows["lenet"][0]["data"]["runs"][0]["test_accuracy"] > 0.5
     assert [r["data"]["trials"] for r in rows["trials"]] == [1, 4]
+    profiles = (tmp_path / "accel" / "profile_trials.md").read_text()
+    assert profiles.count("## N = ") == 2 and "| event | ms per call |" in profiles
     assert rows["resnet50"][-1]["data"]["images_per_second"] > 0
     pools = [r["data"]["pool"] for r in rows["pool"]]
     # The speedrun with the backend's default pool (CPU: reshape) is the speedrun part's.

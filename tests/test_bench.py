@@ -93,3 +93,42 @@ def test_compile_time_measures_each_phase_and_compares_the_numbers():
     # The same build again gives the same numbers, bit for bit ("same init/step": yes).
     again = compile_time.measure("lenet5", (28, 28, 1), batch=8, steps=0)
     assert (again["init_sha256"], again["params_sha256"]) == (r["init_sha256"], r["params_sha256"])
+
+
+PROFILE_SCRIPT = """
+import json, jax, jax.numpy as jnp
+from research.bench import profile
+x = jnp.ones((512, 512))
+f = jax.jit(lambda x: jnp.tanh(x @ x) @ x)
+jax.block_until_ready(f(x))
+events = profile.top_events(lambda: jax.block_until_ready(f(x)), calls=3, top=5)
+print(json.dumps(events))
+print(profile.markdown(events))
+"""
+
+
+def test_profile_sums_the_programs_own_events_per_call():
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_enable_xprof_traceme=true"}
+    proc = subprocess.run(
+        [sys.executable, "-c", PROFILE_SCRIPT], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, *table = [line for line in proc.stdout.splitlines() if line]
+    events = json.loads(first)
+    assert 0 < len(events) <= 5
+    # Longest first; the two matmuls (thunks) are there, once per call each; no Python frames,
+    # no executor wrappers.
+    assert [e["ms_per_call"] for e in events] == sorted(
+        (e["ms_per_call"] for e in events), reverse=True
+    )
+    assert all(
+        e["ms_per_call"] > 0 and not e["name"].startswith(("$", "ThunkExecutor")) for e in events
+    )
+    assert any(e["count_per_call"] == 1 for e in events)
+    assert table[:2] == ["| event | ms per call | times per call |", "|---|---:|---:|"]
+    assert len(table) == 2 + len(events)

@@ -64,6 +64,7 @@ def probe(
     steps: int = 10,
     repeats: int = 1,
     devices=None,
+    profile: bool = False,
 ) -> dict[str, float]:
     """Times one trial alone against `len(configs)` trials vmapped, on `steps` steps.
 
@@ -76,7 +77,8 @@ def probe(
 
     Returns:
       `sequential_trial_steps_per_s`, `vmap_trial_steps_per_s`, the compile
-      seconds of both, `trials` and `steps`.
+      seconds of both, `trials` and `steps`; with `profile`, also `vmap_profile`:
+      the longest events of one more vmapped call (`research.bench.profile`).
     """
     configs = list(configs)
     run = loop.build_run(configs[0], splits=splits)
@@ -102,24 +104,24 @@ def probe(
     ]
     idx = np.stack([p.rows for p in first])  # (T, steps, B)
 
-    def timed(programs, states, index):
+    def timed(programs, states, index, calls=1 + repeats):
         train = splits.train
-        times, _, _ = engine.time_chunk(
+        times, states, _ = engine.time_chunk(
             programs.chunk,
             programs.mesh,
             states,
             train.images,
             train.labels,
             index,
-            calls=1 + repeats,
+            calls=calls,
         )
-        steady = float(np.median(times[1:]))
-        return steady, max(times[0] - steady, 0.0)
+        steady = float(np.median(times[1:])) if calls > 1 else times[0]
+        return steady, max(times[0] - steady, 0.0), states
 
     one = seq.init(init_keys[:1], train_keys[:1], {k: v[:1] for k, v in hps.items()})
-    seq_s, seq_compile = timed(seq, one, idx[:1])
-    vmap_s, vmap_compile = timed(vec, vec.init(init_keys, train_keys, hps), idx)
-    return {
+    seq_s, seq_compile, _ = timed(seq, one, idx[:1])
+    vmap_s, vmap_compile, states = timed(vec, vec.init(init_keys, train_keys, hps), idx)
+    result = {
         "trials": len(configs),
         "steps": steps,
         "sequential_trial_steps_per_s": steps / seq_s,
@@ -127,3 +129,12 @@ def probe(
         "sequential_compile_seconds": seq_compile,
         "vmap_compile_seconds": vmap_compile,
     }
+    if profile:
+        from research.bench import profile as profile_lib
+
+        def once():
+            nonlocal states
+            states = timed(vec, states, idx, calls=1)[2]
+
+        result["vmap_profile"] = profile_lib.top_events(once)
+    return result

@@ -1,0 +1,65 @@
+"""Where a compiled program spends its time: `jax.profiler`'s trace, summed by event name.
+
+    events = profile.top_events(lambda: step_and_block(), calls=3)
+    print(profile.markdown(events))
+
+On GPU the trace holds the kernels (CUPTI); on CPU the XLA thunks, when XLA_FLAGS
+has `--xla_cpu_enable_xprof_traceme=true` (without it, only the executor's own
+events). Python frames and the runtime's wrappers are left out, so what remains
+is the program's own operations. For the check of one program at a time: the
+profiler is process-wide.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Callable
+
+# Events that wrap the program's operations rather than being one of them.
+WRAPPERS = ("ThunkExecutor::", "SlinkyThreadPool::", "PjRt", "TfrtCpu", "Execute", "Thread")
+
+
+def top_events(
+    run: Callable[[], object], *, calls: int = 1, top: int = 15, folder: str | None = None
+) -> list[dict]:
+    """The `top` events that took the most time over `calls` calls of `run`.
+
+    `run` must block until its work is done (`jax.block_until_ready`). Returns
+    `{"name", "ms_per_call", "count_per_call"}` rows, longest first; durations of
+    events of one name are summed (so work on several threads or streams adds up).
+    """
+    import jax
+
+    folder = folder or tempfile.mkdtemp(prefix="research-profile-")
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+        for _ in range(calls):
+            run()
+    (path,) = glob.glob(os.path.join(folder, "**", "*perfetto_trace.json.gz"), recursive=True)
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    total, count = collections.Counter(), collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") != "X" or name.startswith("$") or name.startswith(WRAPPERS):
+            continue
+        total[name] += event.get("dur", 0)
+        count[name] += 1
+    return [
+        {"name": name, "ms_per_call": us / calls / 1e3, "count_per_call": count[name] / calls}
+        for name, us in total.most_common(top)
+    ]
+
+
+def markdown(events: list[dict]) -> str:
+    """`top_events` as a markdown table."""
+    lines = ["| event | ms per call | times per call |", "|---|---:|---:|"]
+    for e in events:
+        name = e["name"].replace("|", "/")[:120]
+        lines.append(f"| {name} | {e['ms_per_call']:.3f} | {e['count_per_call']:g} |")
+    return "\n".join(lines) + "\n"
