@@ -885,9 +885,10 @@ def main(argv=None) -> int:
         return 2
     # Before JAX starts: deterministic GPU ops or not (--deterministic), TFDS files in the repo.
     deterministic = args.deterministic == "on"
-    os.environ["XLA_FLAGS"] = with_deterministic_flag(
-        os.environ.get("XLA_FLAGS", ""), deterministic
-    )
+    flags = with_deterministic_flag(os.environ.get("XLA_FLAGS", ""), deterministic)
+    if "xla_cpu_enable_xprof_traceme" not in flags:  # CPU thunks in profile_trials.md
+        flags += " --xla_cpu_enable_xprof_traceme=true"
+    os.environ["XLA_FLAGS"] = flags
     os.environ.setdefault("RESEARCH_CACHE_DIR", os.path.join(ROOT, ".accel-cache"))
     if args.smoke:  # compile times are not figures here: identical programs compile once
         import tempfile
