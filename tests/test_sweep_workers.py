@@ -1,7 +1,8 @@
 """Sweeps on Optuna storage: several workers, lost workers, the study itself, TPE and pruning.
 
 Workers are `scripts/sweep.py` processes on tiny digits sweeps (simple_cnn, 6
-trials of 1-4 epochs), sharing a journal file or a SQLite file. Heartbeats come
+trials of 1-4 epochs), sharing a journal file, a SQLite file or a PostgreSQL
+database (a throwaway local server, `tests/postgres.py`). Heartbeats come
 every 0.5 s and a trial whose heartbeat stood still for 3 s is taken over, so a
 killed worker's trial moves on within seconds.
 """
@@ -26,11 +27,12 @@ from research import data
 from research.data import pipeline
 from research.sweep import runner, space, storage
 from research.train import engine, loop
-from tests import tiny_sweep
+from tests import postgres, tiny_sweep
 
 STORAGES = {
     "journal": lambda tmp: "",  # the default: DIR/optuna.journal
     "sqlite": lambda tmp: f"sqlite:///{tmp}/sweep.db",
+    "postgresql": lambda tmp: postgres.database_url(),  # a throwaway local server
 }
 
 
@@ -63,8 +65,13 @@ sweep_config = tiny_sweep.config
 # ------------------------------------------------------------------ the storage's transitions
 
 
-# The fast tier runs the journal file; SQLite (the same code past open_storage) is slow-tier.
-BOTH = ["journal", pytest.param("sqlite", marks=pytest.mark.slow)]
+# The fast tier runs the journal file; SQLite and PostgreSQL (the same code past
+# open_storage) are slow-tier.
+BOTH = [
+    "journal",
+    pytest.param("sqlite", marks=pytest.mark.slow),
+    pytest.param("postgresql", marks=pytest.mark.slow),
+]
 
 CLAIMER = """
 import sys, time
