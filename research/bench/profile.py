@@ -21,7 +21,15 @@ import tempfile
 from collections.abc import Callable
 
 # Events that wrap the program's operations rather than being one of them.
-WRAPPERS = ("ThunkExecutor::", "SlinkyThreadPool::", "PjRt", "TfrtCpu", "Execute", "Thread")
+WRAPPERS = (
+    "ThunkExecutor::",
+    "SlinkyThreadPool::",
+    "PjRt",
+    "PjitFunction",
+    "TfrtCpu",
+    "Execute",
+    "Thread",
+)
 
 
 def top_events(
@@ -31,17 +39,21 @@ def top_events(
 
     `run` must block until its work is done (`jax.block_until_ready`). Returns
     `{"name", "ms_per_call", "count_per_call"}` rows, longest first; durations of
-    events of one name are summed (so work on several threads or streams adds up).
+    events of one name are summed (so work on several threads or streams adds up),
+    and an event that contains others (a loop's) counts as well as they do. The
+    trace is written to `folder` if given (kept), else to a temporary folder.
     """
     import jax
 
-    folder = folder or tempfile.mkdtemp(prefix="research-profile-")
-    with jax.profiler.trace(folder, create_perfetto_trace=True):
-        for _ in range(calls):
-            run()
-    (path,) = glob.glob(os.path.join(folder, "**", "*perfetto_trace.json.gz"), recursive=True)
-    with gzip.open(path) as f:
-        trace = json.load(f)
+    with tempfile.TemporaryDirectory(prefix="research-profile-") as scratch:
+        folder = folder or scratch
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            for _ in range(calls):
+                run()
+        pattern = os.path.join(folder, "**", "*perfetto_trace.json.gz")
+        path = sorted(glob.glob(pattern, recursive=True))[-1]
+        with gzip.open(path) as f:
+            trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     total, count = collections.Counter(), collections.Counter()
     for event in events:
