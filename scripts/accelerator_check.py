@@ -411,14 +411,27 @@ def part_lenet(ctx: Context) -> list[Row]:
     ]
 
 
-def part_trials(ctx: Context) -> list[Row]:
-    from research.sweep import vmapped
+def _lenet_trials(ctx: Context):
+    """LeNet-5's config for measuring trials (smoke: 2,048 images) and its data, loaded."""
     from research.train import loop
 
     base = _configured(ctx, _experiment("lenet5_mnist").get_config())
     if ctx.smoke:
         base = _with(base, **{"data.train_size": 2048})
-    splits, _ = loop.prepare_data(base)
+    return base, loop.prepare_data(base)[0]
+
+
+def _speedrun_config(ctx: Context):
+    """The speedrun's config: the full recipe, or (smoke) its narrow variant."""
+    if ctx.smoke:
+        return _speedrun_smoke_config(ctx)
+    return _configured(ctx, _experiment("cifar10_speedrun").get_config("full"))
+
+
+def part_trials(ctx: Context) -> list[Row]:
+    from research.sweep import vmapped
+
+    base, splits = _lenet_trials(ctx)
     steps = 2 if ctx.smoke else 100
     rows, single, profiles = [], None, []
     profiled = (1, 4) if ctx.smoke else (1, 16)  # where the time goes, one trial and many
@@ -461,15 +474,14 @@ def _images_per_second(config, splits, steps: int) -> dict:
     init_keys, _, train_keys = engine.trial_keys([config])
     states = programs.init(init_keys, train_keys, engine.hyperparams([config], run.steps_per_epoch))
     rows = np.arange(steps * config.batch_size, dtype=np.int32) % len(splits.train)
-    times, _, metrics = engine.time_chunk(  # compile + run, then two timed calls
-        programs.chunk,
+    inputs = engine.chunk_inputs(
         programs.mesh,
-        states,
         splits.train.images,
         splits.train.labels,
         rows.reshape(1, steps, config.batch_size),
-        calls=3,
     )
+    # Compile + run, then two timed calls.
+    times, _, metrics = engine.time_chunk(programs.chunk, states, inputs, calls=3)
     best = min(times[1:])
     return {
         "images_per_second": steps * config.batch_size / best,
@@ -552,10 +564,7 @@ def part_resnet50(ctx: Context) -> list[Row]:
 def part_speedrun(ctx: Context) -> list[Row]:
     import jax
 
-    if ctx.smoke:
-        config = _speedrun_smoke_config(ctx)
-    else:
-        config = _configured(ctx, _experiment("cifar10_speedrun").get_config("full"))
+    config = _speedrun_config(ctx)
     from research.train import loop
 
     splits, _ = loop.prepare_data(config)  # TFDS preparation, outside the timings
@@ -598,10 +607,7 @@ def part_pool(ctx: Context) -> list[Row]:
     from research.sweep import vmapped
     from research.train import loop
 
-    base = _configured(ctx, _experiment("lenet5_mnist").get_config())
-    if ctx.smoke:
-        base = _with(base, **{"data.train_size": 2048})
-    splits, _ = loop.prepare_data(base)
+    base, splits = _lenet_trials(ctx)
     n, steps = (4, 2) if ctx.smoke else (16, 100)
     rows = []
     for pool in POOL_ALGORITHMS:
@@ -617,10 +623,7 @@ def part_pool(ctx: Context) -> list[Row]:
                 data={"pool": pool, **p},
             )
         )
-    if ctx.smoke:
-        config = _speedrun_smoke_config(ctx)
-    else:
-        config = _configured(ctx, _experiment("cifar10_speedrun").get_config("full"))
+    config = _speedrun_config(ctx)
     cifar, _ = loop.prepare_data(config)
     default = conv_algorithms.resolve_pool_algorithm()  # the speedrun part's: not run again
     for pool in [p for p in POOL_ALGORITHMS if p != default]:
@@ -829,10 +832,8 @@ def _write_text(out: str, name: str, text: str) -> None:
 
 
 def _write(out: str, text: str, record: dict) -> None:
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(record, f, indent=1, default=str)
+    _write_text(out, "table.md", text)
+    _write_text(out, "results.json", json.dumps(record, indent=1, default=str))
 
 
 def main(argv=None) -> int:
@@ -885,10 +886,9 @@ def main(argv=None) -> int:
         return 2
     # Before JAX starts: deterministic GPU ops or not (--deterministic), TFDS files in the repo.
     deterministic = args.deterministic == "on"
-    flags = with_deterministic_flag(os.environ.get("XLA_FLAGS", ""), deterministic)
-    if "xla_cpu_enable_xprof_traceme" not in flags:  # CPU thunks in profile_trials.md
-        flags += " --xla_cpu_enable_xprof_traceme=true"
-    os.environ["XLA_FLAGS"] = flags
+    os.environ["XLA_FLAGS"] = with_deterministic_flag(
+        os.environ.get("XLA_FLAGS", ""), deterministic
+    )
     os.environ.setdefault("RESEARCH_CACHE_DIR", os.path.join(ROOT, ".accel-cache"))
     if args.smoke:  # compile times are not figures here: identical programs compile once
         import tempfile

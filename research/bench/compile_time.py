@@ -224,23 +224,19 @@ def measure(
     state = phases.time("init_run", lambda: jax.block_until_ready(init(init_keys, train_keys, hps)))
     init_sha = tree_sha256(to_default(jax.tree_util.tree_map(lambda x: x[0], state.params)))
 
-    train = splits.train
     # Four batches' example indices, each a chunk of one step: (trials 1, steps 1, batch).
-    idx = list(np.arange(4 * batch, dtype=np.int32).reshape(4, 1, 1, batch))
-    placed = [engine.on_mesh(a, mesh) for a in (np.ones(1, bool), train.images, train.labels)]
-    chunk, lowered = compiled(
-        "", var.chunk_options, programs.chunk, state, *placed, engine.on_mesh(idx[0], mesh)
-    )
+    rows = list(np.arange(4 * batch, dtype=np.int32).reshape(4, 1, 1, batch))
+    inputs = engine.chunk_inputs(mesh, splits.train.images, splits.train.labels, rows)
+    chunk, lowered = compiled("", var.chunk_options, programs.chunk, state, *inputs.args(0))
 
     def first():
-        return engine.time_chunk(chunk, mesh, state, train.images, train.labels, idx[0], calls=1)
+        return engine.time_chunk(chunk, state, inputs, calls=1)
 
     _, state, _ = phases.time("first_step", first)
     params = jax.tree_util.tree_map(lambda x: x[0], state.params)
     sha = tree_sha256(to_default(params))
-    times, state, metrics = engine.time_chunk(
-        chunk, mesh, state, train.images, train.labels, idx[1:] + idx[:1], calls=steps
-    )
+    later = dataclasses.replace(inputs, indices=inputs.indices[1:] + inputs.indices[:1])
+    times, state, metrics = engine.time_chunk(chunk, state, later, calls=steps)
     return {
         "model": model_name,
         "input": "x".join(map(str, input_shape)),

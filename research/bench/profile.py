@@ -3,10 +3,9 @@
     events = profile.top_events(lambda: step_and_block(), calls=3)
     print(profile.markdown(events))
 
-On GPU the trace holds the kernels (CUPTI); on CPU the XLA thunks, when XLA_FLAGS
-has `--xla_cpu_enable_xprof_traceme=true` (without it, only the executor's own
-events). Python frames and the runtime's wrappers are left out, so what remains
-is the program's own operations. For the check of one program at a time: the
+On GPU the trace holds the kernels (CUPTI); on CPU the XLA thunks (fusions, dots)
+by their HLO names. Python frames and the runtime's wrappers are left out, so
+what remains is the program's own operations. For the check of one program at a time: the
 profiler is process-wide.
 """
 
@@ -25,6 +24,8 @@ WRAPPERS = (
     "ThunkExecutor::",
     "SlinkyThreadPool::",
     "PjRt",
+    "CommonPjRt",
+    "AllocateOutputBuffers",
     "PjitFunction",
     "TfrtCpu",
     "Execute",

@@ -104,23 +104,15 @@ def probe(
     ]
     idx = np.stack([p.rows for p in first])  # (T, steps, B)
 
-    def timed(programs, states, index, calls=1 + repeats):
-        train = splits.train
-        times, states, _ = engine.time_chunk(
-            programs.chunk,
-            programs.mesh,
-            states,
-            train.images,
-            train.labels,
-            index,
-            calls=calls,
-        )
-        steady = float(np.median(times[1:])) if calls > 1 else times[0]
-        return steady, max(times[0] - steady, 0.0), states
+    def timed(programs, states, index):
+        inputs = engine.chunk_inputs(programs.mesh, splits.train.images, splits.train.labels, index)
+        times, states, _ = engine.time_chunk(programs.chunk, states, inputs, calls=1 + repeats)
+        steady = float(np.median(times[1:]))
+        return steady, max(times[0] - steady, 0.0), states, inputs
 
     one = seq.init(init_keys[:1], train_keys[:1], {k: v[:1] for k, v in hps.items()})
-    seq_s, seq_compile, _ = timed(seq, one, idx[:1])
-    vmap_s, vmap_compile, states = timed(vec, vec.init(init_keys, train_keys, hps), idx)
+    seq_s, seq_compile, _, _ = timed(seq, one, idx[:1])
+    vmap_s, vmap_compile, states, inputs = timed(vec, vec.init(init_keys, train_keys, hps), idx)
     result = {
         "trials": len(configs),
         "steps": steps,
@@ -132,9 +124,9 @@ def probe(
     if profile:
         from research.bench import profile as profile_lib
 
-        def once():
+        def once():  # the data is on the device already: the profile is the chunk's own
             nonlocal states
-            states = timed(vec, states, idx, calls=1)[2]
+            states = engine.time_chunk(vec.chunk, states, inputs, calls=1)[1]
 
         result["vmap_profile"] = profile_lib.top_events(once)
     return result

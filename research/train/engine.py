@@ -336,25 +336,46 @@ def on_mesh(array: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def time_chunk(chunk, mesh: Mesh, states, images, labels, indices, *, calls: int):
+@dataclasses.dataclass(frozen=True)
+class ChunkInputs:
+    """A chunk's inputs other than the states, on the mesh, for measurements."""
+
+    alive: jax.Array  # (trials,), all True
+    images: jax.Array
+    labels: jax.Array
+    indices: tuple[jax.Array, ...]  # (trials, steps, batch) example rows, cycled call by call
+
+    def args(self, i: int = 0) -> tuple:
+        """The chunk's arguments after the states, for call `i`: alive, images, labels, rows."""
+        return self.alive, self.images, self.labels, self.indices[i % len(self.indices)]
+
+
+def chunk_inputs(mesh: Mesh, images, labels, indices) -> ChunkInputs:
+    """Host `images`, `labels` and `indices` (one array of rows, or a list) placed once."""
+    indices = indices if isinstance(indices, list) else [indices]
+    return ChunkInputs(
+        on_mesh(np.ones(np.shape(indices[0])[0], bool), mesh),
+        on_mesh(images, mesh),
+        on_mesh(labels, mesh),
+        tuple(on_mesh(i, mesh) for i in indices),
+    )
+
+
+def time_chunk(chunk, states, inputs: ChunkInputs, *, calls: int):
     """Wall seconds of `calls` calls of a compiled chunk, for measurements.
 
     `chunk` is `Programs.chunk` (its first call compiles) or an ahead-of-time
-    compiled one; `images`, `labels` and `indices` are host arrays, placed on
-    `mesh` here; `indices` is one `(trials, steps, batch)` array of example rows or
-    a list of them, cycled through call by call. Every call is blocked on (forced
-    host CPU devices can deadlock otherwise) and every trial starts alive.
+    compiled one. Every call is blocked on (forced host CPU devices can deadlock
+    otherwise); every trial starts alive.
 
     Returns:
       the seconds of each call, and the last call's states and metrics.
     """
-    images, labels = on_mesh(images, mesh), on_mesh(labels, mesh)
-    indices = [on_mesh(i, mesh) for i in (indices if isinstance(indices, list) else [indices])]
-    alive = on_mesh(np.ones(indices[0].shape[0], bool), mesh)
-    times, metrics = [], None
+    times, metrics, alive = [], None, inputs.alive
     for i in range(calls):
         start = time.perf_counter()
-        states, alive, metrics = chunk(states, alive, images, labels, indices[i % len(indices)])
+        rows = inputs.indices[i % len(inputs.indices)]
+        states, alive, metrics = chunk(states, alive, inputs.images, inputs.labels, rows)
         jax.block_until_ready((states, metrics))
         times.append(time.perf_counter() - start)
     return times, states, metrics
