@@ -20,7 +20,8 @@ dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
     input are concatenated along channels into patches `(N, H', W', f_h f_w C)`
     and contracted with the kernel reshaped to `(f_h f_w C, C_out)` in one
     matmul. Autodiff gives the kernel gradient as one matmul too
-    (`patches^T @ dy`) and the input gradient as one matmul followed by the
+    (`patches^T @ dy`; on CPU, for most wide layers, as `(dy^T @ patches)^T`,
+    see `patch_matmul`) and the input gradient as one matmul followed by the
     sum of `f_h * f_w` shifted pads, which XLA fuses into one loop.
   * "taps": `sum_{i,j} slice_ij(x) @ K[i, j]`: `f_h * f_w` matmuls of depth
     `C`, no patch tensor. Cheaper in memory; slower for few input channels.
@@ -29,10 +30,11 @@ dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
     laid out as a banded matrix, so one matmul row yields `t * C_out` outputs:
     fewer, wider patches and a wider matmul, for `(t + f_w - 1) / f_w` times
     the multiply-adds. `tile_width` picks `t` from the shapes (`t = 1`, plain
-    im2col, for layers with many output channels). Its patches are built from
-    reshaped column blocks, one fused loop, where "im2col" copies out each of
-    its `f_h * f_w` slices before concatenating them (XLA does not fuse a
-    concatenation of more than 8 operands).
+    im2col, for layers with 128 or more output channels, and wherever its cost
+    model finds the extra multiply-adds dearer than the patches they save).
+    Its patches are built from reshaped column blocks, one fused loop, where
+    "im2col" copies out each of its `f_h * f_w` slices before concatenating
+    them (XLA does not fuse a concatenation of more than 8 operands).
   * grouped calls (`groups > 1`) in "im2col", "taps" and "tiled":
     `_grouped_taps`, a batched contraction per group; depthwise (one input
     channel per group) is `f_h * f_w` broadcast multiply-adds, no matmul at all.
@@ -155,6 +157,71 @@ def _grouped_taps(slices, kernel, groups: int):
     return y.reshape(n, ho, wo, o)
 
 
+def _dot(a, b):
+    return lax.dot_general(a, b, (((1,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def _patch_matmul_rowmajor(patches, b):
+    return _dot(patches, b)
+
+
+def _patch_matmul_fwd(patches, b):
+    return _dot(patches, b), (patches, b)
+
+
+def _patch_matmul_bwd(res, dy):
+    patches, b = res
+    dpatches = lax.dot_general(dy, b, (((1,), (1,)), ((), ())))
+    # db = patches^T @ dy, computed as (dy^T @ patches)^T: both of the dot's operands
+    # contract their row-major axes. The barriers keep XLA from folding the
+    # transposes back into the dot's dimension numbers.
+    dy_t = lax.optimization_barrier(dy.T)
+    db = lax.optimization_barrier(_dot(dy_t, patches)).T
+    return dpatches, db
+
+
+_patch_matmul_rowmajor.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
+
+
+def patch_matmul(patches, b):
+    """`patches (M, K) @ b (K, N)`, the one matmul of "im2col" and "tiled".
+
+    On CPU, XLA hands a dot to YNNPACK only when its left operand contracts its
+    last, row-major axis; autodiff's kernel gradient `patches^T @ dy` contracts
+    the first axis of both and runs in Eigen instead. Where YNNPACK is faster
+    (`rowmajor_kernel_gradient`), a custom gradient computes it as `(dy^T @
+    patches)^T`, `dy^T` and the result copied out (`M x N` and `K x N`, small
+    beside the patches). The numbers are the same sums in another order.
+    """
+    m, k = patches.shape
+    if jax.default_backend() == "cpu" and rowmajor_kernel_gradient(m, k, b.shape[1]):
+        return _patch_matmul_rowmajor(patches, b)
+    return _dot(patches, b)
+
+
+def rowmajor_kernel_gradient(m: int, k: int, n: int) -> bool:
+    """Whether `patch_matmul` computes its kernel gradient as `(dy^T @ patches)^T`.
+
+    Measured on this project's 2-core CPU, each shape alone (ms, Eigen's
+    `patches^T @ dy` -> the row-major form): it wins for 64-256 output
+    channels over deep patches, e.g. the lecture CNN's conv3 (M 8192, K 1600,
+    N 128: 23.1 -> 17.4) and conv4 (2048, 3200, 64: 8.0 -> 4.5). It loses for
+    512 channels (2048, 2304, 512: 19.3 -> 20.5), shallow patches (65536, 90,
+    64: 6.4 -> 12.8) and a contraction far longer than the patches are deep
+    (131072, 576, 64: 102 -> 165), where YNNPACK has few output tiles to
+    share out. ResNet-18's 32768-row layers win alone (32768, 1152, 128: 63.0
+    -> 51.0) yet made its whole step 4% slower, hence `M <= 8 K`.
+    """
+    low, high = ROWMAJOR_CHANNELS
+    return k >= ROWMAJOR_DEPTH and low <= n <= high and m <= ROWMAJOR_ROWS_PER_DEPTH * k
+
+
+ROWMAJOR_DEPTH = 512  # shallowest patches (K) for the row-major kernel gradient
+ROWMAJOR_CHANNELS = (64, 256)  # output columns (N) it pays for
+ROWMAJOR_ROWS_PER_DEPTH = 8  # longest contraction (M), per patch number (K)
+
+
 def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """Patches of all taps side by side along channels, then one matmul."""
     kh, kw, c, o = kernel.shape
@@ -162,11 +229,11 @@ def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: i
     if groups != 1:
         return _grouped_taps(slices, kernel, groups)
     patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
-    # (N, H', W', kh * kw * C) @ (kh * kw * C, O): the (i, j, c) order of both
+    n, ho, wo, _ = patches.shape
+    # (N H' W', kh * kw * C) @ (kh * kw * C, O): the (i, j, c) order of both
     # matches HWIO's row-major layout, so the kernel reshape is free.
-    return lax.dot_general(
-        patches, kernel.reshape(kh * kw * c, o), (((3,), (0,)), ((), ()))
-    )  # (N, H', W', O)
+    y = patch_matmul(patches.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, o))
+    return y.reshape(n, ho, wo, o)
 
 
 def conv_taps(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
@@ -182,22 +249,61 @@ def conv_taps(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int
     return y  # (N, H', W', O)
 
 
-def tile_width(out_w: int, out_channels: int, kernel_w: int) -> int:
+def tile_width(
+    out_w: int,
+    out_channels: int,
+    kernel_w: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    rows: int | None = None,
+) -> int:
     """Output columns per tile of "tiled": a rule on static shapes, no timing.
 
-    The smallest `t` with `t * out_channels >= TILE_LANES` (a matmul output row
-    wide enough for the CPU's vector units), preferring a divisor of the output
-    width (no overhanging last tile) unless that more than doubles `t`; 1 (im2col)
-    when the channels alone fill the row or the kernel is one column wide.
+    1 (im2col) for 1-column kernels and for `C_out >= TILE_LANES`. Then two
+    regimes, each fitted to measured steps (README, "Training step speed"):
+
+      * Narrow layers (`C_out < NARROW_LANES`, LeNet-5's 6 and 16): a matmul
+        row of `C_out` numbers is too narrow to vectorise, so `t` is the
+        smallest with `t * C_out >= NARROW_LANES`, or a divisor of the output
+        width up to twice that (no overhanging last tile): LeNet-5's C1 takes 4
+        and C3 2.
+      * Wider layers: tiles only where a cost model says they pay. A tile of `t`
+        outputs reads `w_in = (t - 1) s + d (f_w - 1) + 1` input columns, so per
+        output pixel (and kernel row and input channel) it copies `w_in / t`
+        patch numbers and does `w_in * C_out` multiply-adds:
+
+            cost(t) = w_in * (PATCH_COST / t + C_out) * (columns computed / W')
+
+        with a copied number worth `PATCH_COST` multiply-adds; `t` is the
+        cheapest up to `ceil(TILE_LANES / C_out)`. The band matrix is built from
+        the kernel every step, so a `t > 1` also needs `BAND_ROWS` matmul rows
+        (`rows`: the batch's output rows, times tiles per row) per output lane.
+        The lecture CNN's conv1 (32 channels) and conv2 (64, 5x5) take 2; 3x3
+        layers with 64 channels and every layer with 128 stay im2col.
     """
     if kernel_w == 1 or out_channels >= TILE_LANES:
         return 1
-    t = min(-(-TILE_LANES // out_channels), out_w)
-    divisor = next(d for d in range(t, out_w + 1) if out_w % d == 0)
-    return divisor if divisor <= 2 * t else t
+    if out_channels < NARROW_LANES:
+        t = min(-(-NARROW_LANES // out_channels), out_w)
+        divisor = next(d for d in range(t, out_w + 1) if out_w % d == 0)
+        return divisor if divisor <= 2 * t else t
+
+    def cost(t: int) -> float:
+        w_in = (t - 1) * stride + dilation * (kernel_w - 1) + 1
+        return w_in * (PATCH_COST / t + out_channels) * (-(-out_w // t) * t) / out_w
+
+    def band_fits(t: int) -> bool:
+        return t == 1 or rows is None or rows * -(-out_w // t) >= BAND_ROWS * t * out_channels
+
+    widths = range(1, min(-(-TILE_LANES // out_channels), out_w) + 1)
+    return min((t for t in widths if band_fits(t)), key=lambda t: (cost(t), t))
 
 
-TILE_LANES = 24  # matmul output width (t * C_out) that "tiled" aims for
+TILE_LANES = 128  # matmul row (t * C_out) wide enough that "tiled" stops at im2col
+NARROW_LANES = 24  # narrowest matmul row "tiled" makes for a narrow layer
+PATCH_COST = 48  # one patch number copied, in multiply-adds (tile_width's cost model)
+BAND_ROWS = 16  # fewest matmul rows per output lane for a tile wider than 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +405,9 @@ def conv_tiled(
         tuple(x.shape), (kh, kw), tuple(strides), tuple(map(tuple, pads)), tuple(dilations), 1
     )
     ho, wo = geo.out_hw
-    t = min(tile_width(wo, o, kw) if tile is None else int(tile), wo)
+    if tile is None:
+        tile = tile_width(wo, o, kw, stride=sw, dilation=dw, rows=x.shape[0] * ho)
+    t = min(int(tile), wo)
     if groups != 1 or (t == 1 and dw != 1):
         return conv_im2col(x, kernel, strides, pads, dilations, groups)
     geo = dataclasses.replace(geo, tile=t)
@@ -314,7 +422,7 @@ def conv_tiled(
         b = jnp.einsum(
             "jwx,ijco->iwcxo", band.astype(kernel.dtype), kernel, precision=lax.Precision.HIGHEST
         ).reshape(kh * win * c, t * o)
-    y = lax.dot_general(patches, b, (((1,), (0,)), ((), ())))  # (N H' tiles, t C_out)
+    y = patch_matmul(patches, b)  # (N H' tiles, t C_out)
     y = y.reshape(n, ho, nt * t, o)
     return y if nt * t == wo else y[:, :, :wo]
 
