@@ -168,6 +168,13 @@ def test_patch_matmul_rowmajor_kernel_gradient():
         for got, w in zip(fn(*args), want, strict=True):
             np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-3)
         assert ("optimization_barrier" in str(jax.make_jaxpr(fn)(*args))) == custom
+    # vmap (the sweep's trial axis) of the custom gradient: each trial's own gradient.
+    fn, (p, b), _ = grads(600, 512, 64)
+    stacked = jax.vmap(fn)(jnp.stack([p, -p]), jnp.stack([b, b]))
+    np.testing.assert_allclose(stacked[1][1], -fn(p, b)[1], rtol=1e-5, atol=1e-3)
+    # Reverse mode only, as documented.
+    with pytest.raises(TypeError):
+        jax.jvp(lambda p: CA.patch_matmul(p, b), (p,), (p,))
 
 
 @pytest.mark.parametrize("algorithm", CONV_NAMES)

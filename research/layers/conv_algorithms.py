@@ -67,6 +67,11 @@ Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
     the `f_h * f_w` window slices, fused there, made the LeNet-5 step ~15%
     slower.
 
+Custom gradients ("reshape" max pooling; `patch_matmul`'s kernel gradient on
+CPU) are reverse-mode only: `jax.grad`, `jax.vjp` and `vmap` of them work,
+`jax.jvp` through them raises a TypeError. For forward-mode derivatives pick
+conv "xla" or "taps" and pool "reduce_window" (the GPU's defaults are those).
+
 Tie rule of max pooling's gradient (both algorithms): when several positions
 of a window hold the maximum, the whole gradient of that output goes to the
 FIRST of them in row-major window order (top row first, then left to right),
