@@ -123,11 +123,11 @@ def test_tiled_matches_xla_at_every_tile_width(case):
 
 
 def test_tile_width_rule():
-    assert (CA.TILE_LANES, CA.NARROW_LANES, CA.PATCH_COST, CA.BAND_ROWS) == (128, 24, 48, 16)
+    assert (CA.TILE_LANES, CA.NARROW_LANES, CA.PATCH_COST, CA.BAND_IMAGES) == (128, 24, 48, 8)
     # Narrow layers fill a 24-wide row. LeNet-5 at 28x28: C1 (28 columns, 6 channels)
     # -> 4 columns per tile (7 tiles), C3 (10 columns, 16 channels) -> 2.
-    assert CA.tile_width(28, 6, 5, rows=128 * 28) == 4
-    assert CA.tile_width(10, 16, 5, rows=128 * 10) == 2
+    assert CA.tile_width(28, 6, 5, image_rows=28) == 4
+    assert CA.tile_width(10, 16, 5, image_rows=10) == 2
     assert CA.tile_width(13, 6, 5) == 4  # 13 is prime: no divisor near 4, the last tile overhangs
     assert CA.tile_width(14, 6, 5) == 7  # a divisor within 2x of 4 is preferred (no overhang)
     assert CA.tile_width(3, 6, 3) == 3  # capped at the output width
@@ -135,32 +135,32 @@ def test_tile_width_rule():
     # Wider layers by the cost model. The lecture CNN at batch 128: conv1 (32 channels)
     # cost(1) = 5 * (48 + 32) = 400, cost(2) = 6 * (24 + 32) = 336, cost(3) = 7 * (16 + 32)
     # * 30 / 28 = 360 (the last of 10 tiles overhangs): 2.
-    assert CA.tile_width(28, 32, 5, rows=128 * 28) == 2
-    assert CA.tile_width(10, 64, 5, rows=128 * 10) == 2  # 5 * 112 = 560 > 6 * 88 = 528
-    assert CA.tile_width(6, 128, 5, rows=128 * 6) == 1  # 128 channels fill the row
-    # conv4's 2 columns for 128 images: 256 rows < 16 * 2 * 64 for a band of 2.
-    assert CA.tile_width(2, 64, 5, rows=128 * 2) == 1
-    assert CA.tile_width(28, 32, 5, rows=28) == 1  # one image: the band would dwarf the patches
+    assert CA.tile_width(28, 32, 5, image_rows=28) == 2
+    assert CA.tile_width(10, 64, 5, image_rows=10) == 2  # 5 * 112 = 560 > 6 * 88 = 528
+    assert CA.tile_width(6, 128, 5, image_rows=6) == 1  # 128 channels fill the row
+    # conv4's 2x2 outputs: a band of 2 (2 x 64 lanes) outweighs 8 images' patches (8 x 2 rows).
+    assert CA.tile_width(2, 64, 5, image_rows=2) == 1
     # 3x3 kernels share less: 3 * (48 + 64) = 336 < 4 * (24 + 64) = 352 keeps 64 channels
     # at im2col; 32 channels take 2 (240 > 224). Strides widen the window: AlexNet's conv1.
-    assert CA.tile_width(32, 64, 3, rows=128 * 32) == 1
-    assert CA.tile_width(32, 32, 3, rows=128 * 32) == 2
-    assert CA.tile_width(55, 64, 11, stride=4, rows=128 * 55) == 1  # 11 * 112 < 15 * 88 * 56 / 55
+    assert CA.tile_width(32, 64, 3, image_rows=32) == 1
+    assert CA.tile_width(32, 32, 3, image_rows=32) == 2
+    assert CA.tile_width(55, 64, 11, stride=4, image_rows=55) == 1  # 11 * 112 < 15 * 88 * 56 / 55
 
 
 def test_patch_matmul_rowmajor_kernel_gradient():
     """On CPU, deep patches with 64-256 channels take the custom gradient; it is autodiff's."""
-    assert CA.rowmajor_kernel_gradient(4608, 1600, 128)  # the lecture CNN's conv3
-    assert not CA.rowmajor_kernel_gradient(2048, 2304, 512)  # 512 channels
-    assert not CA.rowmajor_kernel_gradient(65536, 90, 64)  # shallow patches
-    assert not CA.rowmajor_kernel_gradient(131072, 576, 64)  # contraction > 64 x depth
+    assert CA.rowmajor_kernel_gradient(36, 1600, 128)  # the lecture CNN's conv3: 6x6 outputs
+    assert not CA.rowmajor_kernel_gradient(16, 2304, 512)  # 512 channels
+    assert not CA.rowmajor_kernel_gradient(512, 90, 64)  # shallow patches
+    assert not CA.rowmajor_kernel_gradient(256, 1152, 128)  # 16x16 outputs: > 1152 / 16 rows
     rng = np.random.default_rng(0)
 
     def grads(m, k, n):
         p, b, g = (
             jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((m, k), (k, n), (m, n))
         )
-        fn = jax.grad(lambda p, b: jnp.sum(CA.patch_matmul(p, b) * g), argnums=(0, 1))
+        # 600 rows from 20 images: 30 rows each, within 512 / 16.
+        fn = jax.grad(lambda p, b: jnp.sum(CA.patch_matmul(p, b, 20) * g), argnums=(0, 1))
         return fn, (p, b), (g @ b.T, p.T @ g)
 
     for (m, k, n), custom in (((600, 512, 64), True), ((600, 256, 64), False)):
@@ -174,7 +174,7 @@ def test_patch_matmul_rowmajor_kernel_gradient():
     np.testing.assert_allclose(stacked[1][1], -fn(p, b)[1], rtol=1e-5, atol=1e-3)
     # Reverse mode only, as documented.
     with pytest.raises(TypeError):
-        jax.jvp(lambda p: CA.patch_matmul(p, b), (p,), (p,))
+        jax.jvp(lambda p: CA.patch_matmul(p, b, 20), (p,), (p,))
 
 
 @pytest.mark.parametrize("algorithm", CONV_NAMES)

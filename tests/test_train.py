@@ -208,9 +208,12 @@ def test_forced_host_devices_match_one_device(reference_run, tmp_path, devices):
     res, ref = results(tmp_path), results(reference_run)
     assert res["devices"] == devices
     np.testing.assert_allclose(losses(tmp_path), losses(reference_run), rtol=1e-5, atol=1e-5)
-    # Every test example counted once, the padding not at all: the same mean loss.
-    assert res["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-5, abs=1e-5)
-    assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5, abs=1e-5)
+    # Every test example counted once, the padding not at all: the same mean loss. The
+    # same sums run as smaller per-device dots, which XLA may give to other kernels, so
+    # after 60 steps the losses differ by rounding (1.2e-5 seen); one padded example
+    # counted would move them by ~1e-3 or more.
+    assert res["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-5, abs=5e-5)
+    assert res["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5, abs=5e-5)
     assert res["test_accuracy"] == pytest.approx(ref["test_accuracy"], abs=1e-2)
 
 

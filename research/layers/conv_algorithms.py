@@ -189,8 +189,12 @@ def _patch_matmul_bwd(res, dy):
 _patch_matmul_rowmajor.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
-def patch_matmul(patches, b):
+def patch_matmul(patches, b, images: int):
     """`patches (M, K) @ b (K, N)`, the one matmul of "im2col" and "tiled".
+
+    `images`: how many images the `M` rows come from (the batch), so that the
+    choice below depends on one image's shapes only, never on the batch size or
+    how many devices share it.
 
     On CPU, XLA hands a dot to YNNPACK only when its left operand contracts its
     last, row-major axis; autodiff's kernel gradient `patches^T @ dy` contracts
@@ -200,15 +204,17 @@ def patch_matmul(patches, b):
     beside the patches). The numbers are the same sums in another order.
     """
     m, k = patches.shape
-    if jax.default_backend() == "cpu" and rowmajor_kernel_gradient(m, k, b.shape[1]):
+    if jax.default_backend() == "cpu" and rowmajor_kernel_gradient(m // images, k, b.shape[1]):
         return _patch_matmul_rowmajor(patches, b)
     return _dot(patches, b)
 
 
-def rowmajor_kernel_gradient(m: int, k: int, n: int) -> bool:
+def rowmajor_kernel_gradient(image_rows: int, k: int, n: int) -> bool:
     """Whether `patch_matmul` computes its kernel gradient as `(dy^T @ patches)^T`.
 
-    Measured on this project's 2-core CPU, each shape alone (ms, Eigen's
+    `image_rows`: the patch rows of one image; `k`: the patches' depth; `n`: the
+    output columns. Measured on this project's 2-core CPU at batch 128 (M =
+    128 x image_rows), each shape alone (ms, Eigen's
     `patches^T @ dy` -> the row-major form): it wins for 64-256 output
     channels over deep patches, e.g. the lecture CNN's conv3 (M 8192, K 1600,
     N 128: 23.1 -> 17.4) and conv4 (2048, 3200, 64: 8.0 -> 4.5). It loses for
@@ -216,15 +222,16 @@ def rowmajor_kernel_gradient(m: int, k: int, n: int) -> bool:
     64: 6.4 -> 12.8) and a contraction far longer than the patches are deep
     (131072, 576, 64: 102 -> 165), where YNNPACK has few output tiles to
     share out. ResNet-18's 32768-row layers win alone (32768, 1152, 128: 63.0
-    -> 51.0) yet made its whole step 4% slower, hence `M <= 8 K`.
+    -> 51.0) yet made its whole step 4% slower, hence at most `K / 16` rows
+    per image.
     """
     low, high = ROWMAJOR_CHANNELS
-    return k >= ROWMAJOR_DEPTH and low <= n <= high and m <= ROWMAJOR_ROWS_PER_DEPTH * k
+    return k >= ROWMAJOR_DEPTH and low <= n <= high and image_rows * ROWMAJOR_DEPTH_PER_ROW <= k
 
 
 ROWMAJOR_DEPTH = 512  # shallowest patches (K) for the row-major kernel gradient
 ROWMAJOR_CHANNELS = (64, 256)  # output columns (N) it pays for
-ROWMAJOR_ROWS_PER_DEPTH = 8  # longest contraction (M), per patch number (K)
+ROWMAJOR_DEPTH_PER_ROW = 16  # least patch depth (K) per patch row of one image
 
 
 def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
@@ -237,7 +244,9 @@ def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: i
     n, ho, wo, _ = patches.shape
     # (N H' W', kh * kw * C) @ (kh * kw * C, O): the (i, j, c) order of both
     # matches HWIO's row-major layout, so the kernel reshape is free.
-    y = patch_matmul(patches.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, o))
+    y = patch_matmul(
+        patches.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, o), images=n
+    )
     return y.reshape(n, ho, wo, o)
 
 
@@ -261,7 +270,7 @@ def tile_width(
     *,
     stride: int = 1,
     dilation: int = 1,
-    rows: int | None = None,
+    image_rows: int | None = None,
 ) -> int:
     """Output columns per tile of "tiled": a rule on static shapes, no timing.
 
@@ -282,8 +291,10 @@ def tile_width(
 
         with a copied number worth `PATCH_COST` multiply-adds; `t` is the
         cheapest up to `ceil(TILE_LANES / C_out)`. The band matrix is built from
-        the kernel every step, so a `t > 1` also needs `BAND_ROWS` matmul rows
-        (`rows`: the batch's output rows, times tiles per row) per output lane.
+        the kernel every step, so a `t > 1` also needs the band to be no larger
+        than the patches of `BAND_IMAGES` images (`image_rows`: one image's
+        output rows). The rule depends on one image's shapes only, so the batch
+        size and the number of devices sharing it never change the algorithm.
         The lecture CNN's conv1 (32 channels) and conv2 (64, 5x5) take 2; 3x3
         layers with 64 channels and every layer with 128 stay im2col.
     """
@@ -299,7 +310,9 @@ def tile_width(
         return w_in * (PATCH_COST / t + out_channels) * (-(-out_w // t) * t) / out_w
 
     def band_fits(t: int) -> bool:
-        return t == 1 or rows is None or rows * -(-out_w // t) >= BAND_ROWS * t * out_channels
+        if t == 1 or image_rows is None:
+            return True
+        return BAND_IMAGES * image_rows * -(-out_w // t) >= t * out_channels
 
     widths = range(1, min(-(-TILE_LANES // out_channels), out_w) + 1)
     return min((t for t in widths if band_fits(t)), key=lambda t: (cost(t), t))
@@ -308,7 +321,7 @@ def tile_width(
 TILE_LANES = 128  # matmul row (t * C_out) wide enough that "tiled" stops at im2col
 NARROW_LANES = 24  # narrowest matmul row "tiled" makes for a narrow layer
 PATCH_COST = 48  # one patch number copied, in multiply-adds (tile_width's cost model)
-BAND_ROWS = 16  # fewest matmul rows per output lane for a tile wider than 1
+BAND_IMAGES = 8  # a band wider than 1 may be as large as this many images' patches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,7 +424,7 @@ def conv_tiled(
     )
     ho, wo = geo.out_hw
     if tile is None:
-        tile = tile_width(wo, o, kw, stride=sw, dilation=dw, rows=x.shape[0] * ho)
+        tile = tile_width(wo, o, kw, stride=sw, dilation=dw, image_rows=ho)
     t = min(int(tile), wo)
     if groups != 1 or (t == 1 and dw != 1):
         return conv_im2col(x, kernel, strides, pads, dilations, groups)
@@ -427,7 +440,7 @@ def conv_tiled(
         b = jnp.einsum(
             "jwx,ijco->iwcxo", band.astype(kernel.dtype), kernel, precision=lax.Precision.HIGHEST
         ).reshape(kh * win * c, t * o)
-    y = patch_matmul(patches, b)  # (N H' tiles, t C_out)
+    y = patch_matmul(patches, b, images=n)  # (N H' tiles, t C_out)
     y = y.reshape(n, ho, nt * t, o)
     return y if nt * t == wo else y[:, :, :wo]
 
