@@ -132,7 +132,7 @@ def test_tile_width_rule():
     assert CA.tile_width(14, 6, 5) == 7  # a divisor within 2x of 4 is preferred (no overhang)
     assert CA.tile_width(3, 6, 3) == 3  # capped at the output width
     assert CA.tile_width(28, 6, 1) == 1  # 1x1 kernels have no overlap to share
-    # Wider layers by the cost model. The lecture CNN at batch 128: conv1 (32 channels)
+    # Wider layers by the cost model. The lecture CNN: conv1 (32 channels)
     # cost(1) = 5 * (48 + 32) = 400, cost(2) = 6 * (24 + 32) = 336, cost(3) = 7 * (16 + 32)
     # * 30 / 28 = 360 (the last of 10 tiles overhangs): 2.
     assert CA.tile_width(28, 32, 5, image_rows=28) == 2
