@@ -331,3 +331,23 @@ def test_architecture_summary_and_flops_of_a_dense_network():
     x = jax.numpy.zeros((1, 8, 8, 1))
     weights = models.param_count(model.init(jax.random.PRNGKey(0), x)["params"])
     assert 1.5 * weights < flops < 3 * weights
+
+
+def test_architecture_flops_are_the_models_whatever_the_conv_algorithm(monkeypatch):
+    """The lecture CNN's FLOPs: its convolutions' multiply-adds, on every backend's default.
+
+    At 28x28x1: conv1 28*28*32*(5*5*1), conv2 10*10*64*(5*5*32), conv3 6*6*128*(5*5*64),
+    conv4 2*2*64*(5*5*128) multiply-adds, 2 FLOPs each: 27.86M; the dense layers, bias
+    adds, ReLUs and pooling add about 0.2M. "tiled" (the CPU default) would count the
+    zeros of its banded kernels as well (30.4M).
+    """
+    from research.layers import conv_algorithms
+
+    macs = 28 * 28 * 32 * 25 + 10 * 10 * 64 * 800 + 6 * 6 * 128 * 1600 + 2 * 2 * 64 * 3200
+    count = study_architectures.flops_per_example.__wrapped__  # uncached
+    counts = {}
+    for algorithm in ("tiled", "im2col"):
+        monkeypatch.setenv(conv_algorithms.CONV_ENV_VAR, algorithm)
+        counts[algorithm] = count("lecture_cnn", "{}", (28, 28, 1), 10)
+    assert counts["tiled"] == counts["im2col"]
+    assert 2 * macs < counts["tiled"] < 2 * macs + 0.4e6

@@ -5,8 +5,12 @@ sample std over seeds, parameter count, FLOPs per example, training examples
 per second and wall time per trial (means over seeds; the first seed's wall
 time includes compilation). FLOPs are XLA's count for one example
 (`jax.jit(model.apply).lower(x).compile().cost_analysis()["flops"]`, batch of
-1, evaluation mode), computed here from each trial's config, so a finished
-sweep can be re-reported on any machine. `accuracy_vs_flops.png` plots test
+1, evaluation mode) with XLA's own convolution and pooling
+(`conv_algorithms.override(conv="xla", pool="reduce_window")`): the model's
+arithmetic, not that of the backend's algorithm ("tiled" on a CPU also
+multiplies the zeros of its banded kernels). They are computed here from each
+trial's config, so a finished sweep can be re-reported on any machine, with
+the same numbers. `accuracy_vs_flops.png` plots test
 accuracy against FLOPs, one panel per dataset.
 
 Each row is also judged on its mean validation curve over seeds (the storage's
@@ -48,16 +52,23 @@ def _input_shape(config) -> tuple[int, ...]:
 
 @functools.cache
 def flops_per_example(name: str, overrides_json: str, shape: tuple, num_classes: int) -> float:
-    """XLA's FLOP count of one forward pass on one example (evaluation mode)."""
+    """XLA's FLOP count of one forward pass on one example (evaluation mode).
+
+    Traced with XLA's convolution and pooling, whatever the backend's defaults, so
+    the count is the model's and the same on every machine.
+    """
     import jax
     import jax.numpy as jnp
 
     from research import models
+    from research.layers import conv_algorithms
 
     model = models.create(name, num_classes=num_classes, **json.loads(overrides_json))
     x = jnp.zeros((1, *shape), jnp.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
-    cost = jax.jit(lambda x: model.apply(variables, x)).lower(x).compile().cost_analysis()
+    with conv_algorithms.override(conv="xla", pool="reduce_window"):  # traced in the block
+        lowered = jax.jit(lambda x: model.apply(variables, x)).lower(x)
+    cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost.get("flops", float("nan")))
 
