@@ -47,6 +47,19 @@ ratio, and the throughput over one trial vmapped alone (the issue's GPU goal:
 are 1,4,16 (a CPU finishes them in a few minutes); ask for the issue's full
 list with `--trials 1,4,16,64`.
 
+Profile mode (`--mode profile`): where each framework's step spends its time.
+
+    python scripts/bench.py --mode profile --models lecture_cnn --frameworks ours,torch
+
+For each model and framework, in a fresh worker process, `--repeats` calls of
+`--steps` steps under the framework's profiler, after two warm-up calls:
+"ours" as a table per layer, forward and backward (`research.bench.profile.by_layer`:
+XLA's thunks charged to the layers by the HLO's op_name metadata), then its
+longest events; PyTorch as its operators by input shape (self time); the other
+JAX frameworks as their longest events. Milliseconds per step. The profilers
+add their own overhead, and one process's profile is one sample: compare shares
+within a table, and step times with the train mode.
+
 Compile mode (`--mode compile`): the time a run waits for its first step.
 
     python scripts/bench.py --mode compile --compile-models googlenet,resnet34 \
@@ -276,6 +289,99 @@ def markdown_table(rows: list[dict], backend: str) -> str:
             f"{r['examples_per_s']:.0f} | {r['peak_mb']:.0f} | {ratio} | {r['notes']} |"
         )
     lines += ["", "load average while timing: " + "; ".join(sorted(loads))]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- profile mode
+
+
+def _profile_worker(spec: str, args) -> None:
+    """Profiles one framework in this process; prints `RESULT {...}` (ms per call)."""
+    from research.bench import profile
+
+    model_name, batch, framework = spec.split(",")
+    runner = frameworks.build(framework, model_name, int(batch), args.steps, args.torch_threads)
+    for _ in range(2):  # warm-up: allocation, kernel choice
+        runner.run()
+    result = {"model": model_name, "batch": int(batch), "framework": framework}
+    result["notes"] = runner.notes
+    if framework == "torch":
+        result["ops"] = profile.torch_top_ops(runner.run, calls=args.repeats, top=PROFILE_TOP)
+    else:
+        events = profile.top_events(runner.run, calls=args.repeats, top=None)
+        if runner.hlo is not None:
+            result["layers"] = profile.by_layer(events, runner.hlo)
+        result["events"] = events[:PROFILE_TOP]
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+PROFILE_TOP = 15  # longest events / operators listed per framework
+
+
+def run_profile(args) -> list[dict]:
+    """The "profile" mode: one worker process per (model, batch, framework), one after another."""
+    rows = []
+    for model_name in args.models:
+        for batch in args.batch_sizes:
+            for framework in args.frameworks:
+                if not _available(framework):
+                    print(f"note: {framework} is not installed; skipped", file=sys.stderr)
+                    continue
+                print(f"profiling {model_name} batch {batch} {framework} ...", file=sys.stderr)
+                cmd = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--_worker",
+                    f"profile,{model_name},{batch},{framework}",
+                    "--steps",
+                    str(args.steps),
+                    "--repeats",
+                    str(args.repeats),
+                    "--torch-threads",
+                    str(args.torch_threads),
+                ]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode != 0 or not lines:
+                    raise RuntimeError(
+                        f"profiling {model_name}/{batch}/{framework} failed "
+                        f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+                    )
+                row = json.loads(lines[-1][len("RESULT ") :])
+                row["steps"] = args.steps
+                rows.append(row)
+    return rows
+
+
+def profile_tables(rows: list[dict], backend: str) -> str:
+    from research.bench import profile
+
+    lines = [f"backend: {backend}; ms per step under each framework's profiler"]
+    for r in rows:
+        steps = r["steps"]
+        lines += ["", f"### {r['model']}, batch {r['batch']}, {r['framework']} ({r['notes']})", ""]
+        if "layers" in r:
+            lines += [profile.layer_markdown(r["layers"], per=steps)]
+        if "events" in r:
+            per_step = [
+                {
+                    **e,
+                    "ms_per_call": e["ms_per_call"] / steps,
+                    "count_per_call": e["count_per_call"] / steps,
+                }
+                for e in r["events"]
+            ]
+            lines += [profile.markdown(per_step).replace("per call", "per step")]
+        if "ops" in r:
+            lines += [
+                "| operator | input shapes | ms per step | calls per step |",
+                "|---|---|---:|---:|",
+            ]
+            lines += [
+                f"| {o['name']} | {o['shapes'][:100]} | {o['ms_per_call'] / steps:.2f} "
+                f"| {o['count_per_call'] / steps:g} |"
+                for o in r["ops"]
+            ]
     return "\n".join(lines)
 
 
@@ -518,6 +624,7 @@ MODES: dict[str, tuple[Callable[[argparse.Namespace], list[dict]], Callable]] = 
     "train": (run_train, markdown_table),
     "sweep": (run_sweep, sweep_table),
     "compile": (run_compile, compile_table),
+    "profile": (run_profile, profile_tables),
 }
 
 
@@ -586,7 +693,8 @@ def main(argv=None) -> None:
         "--repeats",
         type=int,
         default=None,
-        help="timed repeats, median reported (default 7; compile: 3 fresh processes)",
+        help="timed repeats, median reported (default 7; compile: 3 fresh processes; "
+        "profile: 3 profiled calls)",
     )
     parser.add_argument(
         "--torch-threads", type=int, default=0, help="torch.set_num_threads; 0: torch default"
@@ -600,7 +708,7 @@ def main(argv=None) -> None:
     if args.steps is None:
         args.steps = COMPILE_STEPS if compiling else 20
     if args.repeats is None:
-        args.repeats = 3 if compiling else 7
+        args.repeats = 3 if compiling or args.mode == "profile" else 7
     if args.mode == "compile":  # the zoo's names: imported only here (jax, flax)
         from research import models
 
@@ -616,6 +724,8 @@ def main(argv=None) -> None:
             print("RESULT " + json.dumps(rows))
         elif kind == "compile":
             _compile_worker(spec, args)
+        elif kind == "profile":
+            _profile_worker(spec, args)
         else:
             _train_worker(spec, args)
         return

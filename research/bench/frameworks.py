@@ -44,12 +44,15 @@ class Runner:
       compile_s: seconds to build and compile (eager frameworks: the first step).
       params: trainable parameters of the framework's model.
       notes: what ran (algorithms, threads, versions).
+      hlo: the compiled program's HLO text, where one program runs the steps (ours),
+        for `profile.by_layer`; None elsewhere.
     """
 
     run: Callable[[], None]
     compile_s: float
     params: int
     notes: str
+    hlo: str | None = None
 
 
 def random_data(batch: int, seed: int = 0):
@@ -131,7 +134,7 @@ def ours(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
 
     algorithms = programs.algorithms
     notes = f"engine program, conv={algorithms['conv']}, pool={algorithms['pool']}"
-    return Runner(run_once, compile_s, params, notes)
+    return Runner(run_once, compile_s, params, notes, hlo=chunk.as_text())
 
 
 class _OneModelRun:
