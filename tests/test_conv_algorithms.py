@@ -168,6 +168,18 @@ def test_patch_matmul_rowmajor_kernel_gradient():
         for got, w in zip(fn(*args), want, strict=True):
             np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-3)
         assert ("optimization_barrier" in str(jax.make_jaxpr(fn)(*args))) == custom
+    # "tiled" rows (tile > 1) transpose dy by an identity matmul: the same bits.
+    fn, args, _ = grads(600, 512, 64)
+    g = jnp.asarray(rng.normal(size=(600, 64)), jnp.float32)
+    by_matmul = jax.grad(lambda p, b: jnp.sum(CA.patch_matmul(p, b, 20, tile=2) * g), (0, 1))
+    by_copy = jax.grad(lambda p, b: jnp.sum(CA.patch_matmul(p, b, 20) * g), (0, 1))
+    for got, want in zip(jax.jit(by_matmul)(*args), jax.jit(by_copy)(*args), strict=True):
+        np.testing.assert_array_equal(got, want)
+    dots = [str(jax.make_jaxpr(f)(*args)).count("dot_general") for f in (by_matmul, by_copy)]
+    assert dots[0] == dots[1] + 1  # the identity matmul
+    p, b = args
+    stacked = jax.vmap(by_matmul)(jnp.stack([p, -p]), jnp.stack([b, b]))
+    np.testing.assert_allclose(stacked[1][1], -by_copy(p, b)[1], rtol=1e-5, atol=1e-3)
     # vmap (the sweep's trial axis) of the custom gradient: each trial's own gradient.
     fn, (p, b), _ = grads(600, 512, 64)
     stacked = jax.vmap(fn)(jnp.stack([p, -p]), jnp.stack([b, b]))
