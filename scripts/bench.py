@@ -112,6 +112,27 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _worker_command(spec: str, *options: str) -> list[str]:
+    """The command line of a `--_worker spec` process of this script."""
+    return [sys.executable, os.path.abspath(__file__), "--_worker", spec, *options]
+
+
+def _worker_result(spec: str, *options: str, env: dict | None = None):
+    """Runs a `--_worker spec` process to its end; its `RESULT` line's JSON, or raises.
+
+    The error names the worker and ends with its stderr.
+    """
+    proc = subprocess.run(
+        _worker_command(spec, *options), capture_output=True, text=True, env=env, check=False
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(
+            f"benchmark worker {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 # --------------------------------------------------------------------------- train mode
 
 
@@ -144,16 +165,10 @@ class Worker:
     def __init__(self, model_name: str, batch: int, framework: str, args, conv: str | None = None):
         self.name = f"{model_name}/{batch}/{framework}"
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in finish)
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--_worker",
+        cmd = _worker_command(
             f"train,{model_name},{batch},{framework}",
-            "--steps",
-            str(args.steps),
-            "--torch-threads",
-            str(args.torch_threads),
-        ]
+            *("--steps", str(args.steps), "--torch-threads", str(args.torch_threads)),
+        )
         env = dict(os.environ)
         if conv:  # read where the layers are traced: in the worker only
             env[conv_algorithms.CONV_ENV_VAR] = conv
@@ -328,26 +343,11 @@ def run_profile(args) -> list[dict]:
                     print(f"note: {framework} is not installed; skipped", file=sys.stderr)
                     continue
                 print(f"profiling {model_name} batch {batch} {framework} ...", file=sys.stderr)
-                cmd = [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    "--_worker",
+                row = _worker_result(
                     f"profile,{model_name},{batch},{framework}",
-                    "--steps",
-                    str(args.steps),
-                    "--repeats",
-                    str(args.repeats),
-                    "--torch-threads",
-                    str(args.torch_threads),
-                ]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-                if proc.returncode != 0 or not lines:
-                    raise RuntimeError(
-                        f"profiling {model_name}/{batch}/{framework} failed "
-                        f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-                    )
-                row = json.loads(lines[-1][len("RESULT ") :])
+                    *("--steps", str(args.steps), "--repeats", str(args.repeats)),
+                    *("--torch-threads", str(args.torch_threads)),
+                )
                 row["steps"] = args.steps
                 rows.append(row)
     return rows
@@ -456,26 +456,11 @@ def run_sweep(args) -> list[dict]:
     rows = []
     for model_name in args.sweep_models:
         print(f"running sweep {model_name} N={args.trials} ...", file=sys.stderr)
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--_worker",
+        group = _worker_result(
             f"sweep,{model_name}",
-            "--trials",
-            ",".join(map(str, args.trials)),
-            "--steps",
-            str(args.steps),
-            "--repeats",
-            str(args.repeats),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            raise RuntimeError(
-                f"sweep benchmark {model_name} failed (exit {proc.returncode}):\n"
-                f"{proc.stderr[-3000:]}"
-            )
-        group = json.loads(lines[-1][len("RESULT ") :])
+            *("--trials", ",".join(map(str, args.trials))),
+            *("--steps", str(args.steps), "--repeats", str(args.repeats)),
+        )
         base = next((r for r in group if r["trials"] == 1), None)
         for r in group:
             # Throughput over one trial run vmapped alone (the issue's GPU goal: >= 8 at N=16).
@@ -530,25 +515,12 @@ def _measure_compile(model_name: str, input_name: str, variant: str, args) -> di
     env["RESEARCH_COMPILATION_CACHE"] = "off"
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env.update(compile_time.VARIANTS.get(variant).env)
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--_worker",
-        f"compile,{model_name},{input_name},{variant}",
-        "--batch-sizes",
-        str(args.batch_sizes[0]),
-        "--steps",
-        str(args.steps),
-    ]
     load_before = os.getloadavg()[0]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(
-            f"compile benchmark {model_name} {input_name} {variant} failed "
-            f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    row = json.loads(lines[-1][len("RESULT ") :])
+    row = _worker_result(
+        f"compile,{model_name},{input_name},{variant}",
+        *("--batch-sizes", str(args.batch_sizes[0]), "--steps", str(args.steps)),
+        env=env,
+    )
     row["load_average"] = [load_before, os.getloadavg()[0]]
     return row
 
