@@ -27,12 +27,13 @@ from research import data
 from research.data import pipeline
 from research.sweep import runner, space, storage
 from research.train import engine, loop
-from tests import postgres, tiny_sweep
+from tests import mysql, postgres, tiny_sweep
 
 STORAGES = {
     "journal": lambda tmp: "",  # the default: DIR/optuna.journal
     "sqlite": lambda tmp: f"sqlite:///{tmp}/sweep.db",
     "postgresql": lambda tmp: postgres.database_url(),  # a throwaway local server
+    "mysql": lambda tmp: mysql.database_url(),  # a throwaway local MariaDB server
 }
 
 
@@ -65,12 +66,13 @@ sweep_config = tiny_sweep.config
 # ------------------------------------------------------------------ the storage's transitions
 
 
-# The fast tier runs the journal file; SQLite and PostgreSQL (the same code past
+# The fast tier runs the journal file; SQLite, PostgreSQL and MySQL (the same code past
 # open_storage) are slow-tier.
 BOTH = [
     "journal",
     pytest.param("sqlite", marks=pytest.mark.slow),
     pytest.param("postgresql", marks=pytest.mark.slow),
+    pytest.param("mysql", marks=pytest.mark.slow),
 ]
 
 CLAIMER = """
