@@ -196,15 +196,18 @@ def test_by_layer_charges_each_event_to_its_layers_and_phase():
         {"name": "cutlass_gemm", "ms_per_call": 1.0, "count_per_call": 2},  # not in the module
     ]
     rows = profile.by_layer(events, SMALL_HLO)
+    zero = {"forward": 0.0, "backward": 0.0, "other": 0.0}
     assert rows == [
-        {"layer": "pool1+conv2", "forward": 0.0, "backward": 5.0, "events": 1},
-        {"layer": "conv1", "forward": 2.0, "backward": 0.0, "events": 1},
-        {"layer": "unattributed", "forward": 1.0, "backward": 0.0, "events": 2},
-        {"layer": profile.OTHER, "forward": 0.5, "backward": 0.0, "events": 1},
+        {"layer": "pool1+conv2", **zero, "backward": 5.0, "events": 1},
+        {"layer": "conv1", **zero, "forward": 2.0, "events": 1},
+        {"layer": "unattributed", **zero, "other": 1.0, "events": 2},
+        {"layer": profile.OTHER, **zero, "other": 0.5, "events": 1},
     ]
     table = profile.layer_markdown(rows, per=2).splitlines()
-    assert table[2] == "| pool1+conv2 | 0.00 | 2.50 | 0.5 |"
-    assert table[-1] == "| all events | | 4.25 | |"
+    assert table[0] == "| layer | forward ms | backward ms | other ms | events |"
+    assert table[2] == "| pool1+conv2 |  | 2.50 |  | 0.5 |"
+    assert table[4] == "| unattributed |  |  | 0.50 | 1 |"
+    assert table[-1] == "All events: 4.25 ms."
 
 
 def test_bench_profile_mode_tables_our_layers_and_torchs_operators():
@@ -219,16 +222,17 @@ def test_bench_profile_mode_tables_our_layers_and_torchs_operators():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     ours = out.split("### lenet5, batch 8, ours")[1].split("###")[0]
+    layer_table = ours.split("| layer |")[1].split("All events:")[0]  # header row cut off
     rows = {
-        line.split("|")[1].strip(): line.split("|")[2:4]
-        for line in ours.splitlines()
+        cells[1].strip(): [float(c) if c.strip() else 0.0 for c in cells[2:4]]
+        for line in layer_table.splitlines()
         if line.startswith("| ")
+        for cells in [line.split("|")]
     }
     # LeNet-5's two convolutions run forward and backward in the scanned step (XLA may fuse
     # a convolution with its neighbours: such rows name every layer they hold).
     for conv in ("conv1", "conv2"):
-        row = next(v for k, v in rows.items() if conv in k.split("+") and float(v[1]) > 0)
-        assert float(row[1]) > 0
-        assert any(conv in k.split("+") and float(v[0]) > 0 for k, v in rows.items())
+        for phase in (0, 1):
+            assert any(conv in k.split("+") and v[phase] > 0 for k, v in rows.items()), rows
     torch_part = out.split("### lenet5, batch 8, torch")[1]
     assert "| aten::convolution_backward |" in torch_part

@@ -41,6 +41,7 @@ WRAPPERS = (
     "TfrtCpu",
     "Execute",
     "Thread",
+    "end: ",  # the executor's zero-length markers after each thunk
 )
 
 
@@ -158,13 +159,15 @@ def hlo_sources(hlo_text: str) -> dict[str, tuple[str, list[str]]]:
 
 
 def by_layer(events: list[dict], hlo_text: str) -> list[dict]:
-    """`top_events(..., top=None)` summed per layer: `{"layer", "forward", "backward", "events"}`.
+    """`top_events(..., top=None)` summed per layer: `{"layer", "forward", "backward", "other",
+    "events"}`.
 
     ms per call, largest total first. A fusion holding several layers' operations is
     its own row, its root's layer first ("conv2+pool1"), in the phase of its root
     operation (an operation outside the model at the root: its first layer's); loops and calls
     are left out (their operations are events of their own); events the module does
-    not name (library kernels on GPU) are "unattributed".
+    not name (library kernels on GPU) are "unattributed". Time outside the model's
+    layers is "other", neither forward nor backward.
     """
     sources = hlo_sources(hlo_text)
     rows: dict[str, dict] = {}
@@ -175,29 +178,42 @@ def by_layer(events: list[dict], hlo_text: str) -> list[dict]:
         found = [layer_of(n) for n in op_names]
         layers = list(dict.fromkeys(f[0] for f in found if f))
         if opcode is None:
-            label, phase = "unattributed", "forward"
+            label, phase = "unattributed", "other"
         elif not layers:
-            label, phase = OTHER, "forward"
+            label, phase = OTHER, "other"
         else:  # the root's layer first, then the others fused with it
             first = next(f for f in found if f)
             label = "+".join([first[0], *sorted(set(layers) - {first[0]})])
             phase = first[1]
-        row = rows.setdefault(label, {"layer": label, "forward": 0.0, "backward": 0.0, "events": 0})
+        row = rows.setdefault(
+            label, {"layer": label, "forward": 0.0, "backward": 0.0, "other": 0.0, "events": 0}
+        )
         row[phase] += event["ms_per_call"]
         row["events"] += event["count_per_call"]
-    return sorted(rows.values(), key=lambda r: -(r["forward"] + r["backward"]))
+    return sorted(rows.values(), key=lambda r: -(r["forward"] + r["backward"] + r["other"]))
 
 
 def layer_markdown(rows: list[dict], per: float = 1.0) -> str:
-    """`by_layer` as a markdown table, times divided by `per` (e.g. the steps per call)."""
-    lines = ["| layer | forward ms | backward ms | events |", "|---|---:|---:|---:|"]
+    """`by_layer` as a markdown table, times divided by `per` (e.g. the steps per call).
+
+    A last line gives the sum of all events: events on several threads at once add up,
+    so it can exceed the wall time they took.
+    """
+
+    def ms(value: float) -> str:
+        return f"{value / per:.2f}" if value else ""
+
+    lines = [
+        "| layer | forward ms | backward ms | other ms | events |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['layer']} | {r['forward'] / per:.2f} | {r['backward'] / per:.2f} "
+            f"| {r['layer']} | {ms(r['forward'])} | {ms(r['backward'])} | {ms(r['other'])} "
             f"| {r['events'] / per:g} |"
         )
-    total = sum(r["forward"] + r["backward"] for r in rows) / per
-    lines.append(f"| all events | | {total:.2f} | |")
+    total = sum(r["forward"] + r["backward"] + r["other"] for r in rows) / per
+    lines += ["", f"All events: {total:.2f} ms."]
     return "\n".join(lines) + "\n"
 
 
