@@ -211,10 +211,17 @@ class Worker:
 
 
 def _available(framework: str) -> bool:
+    """Whether `framework`'s package is installed; if not, says so on stderr (it is skipped)."""
     import importlib.util
 
     module = frameworks.FRAMEWORKS.get(framework).requires
-    return module is None or importlib.util.find_spec(module) is not None
+    if module is None or importlib.util.find_spec(module) is not None:
+        return True
+    print(
+        f"note: {framework} is not installed; skipped (pip install -r requirements-bench.txt)",
+        file=sys.stderr,
+    )
+    return False
 
 
 def run_train(args) -> list[dict]:
@@ -231,12 +238,6 @@ def run_train(args) -> list[dict]:
                 convs[names[-1]] = conv
         elif _available(framework):
             names.append(framework)
-        else:
-            print(
-                f"note: {framework} is not installed; skipped "
-                "(pip install -r requirements-bench.txt)",
-                file=sys.stderr,
-            )
     rows = []
     for model_name in args.models:
         for batch in args.batch_sizes:
@@ -340,7 +341,6 @@ def run_profile(args) -> list[dict]:
         for batch in args.batch_sizes:
             for framework in args.frameworks:
                 if not _available(framework):
-                    print(f"note: {framework} is not installed; skipped", file=sys.stderr)
                     continue
                 print(f"profiling {model_name} batch {batch} {framework} ...", file=sys.stderr)
                 row = _worker_result(
@@ -363,25 +363,9 @@ def profile_tables(rows: list[dict], backend: str) -> str:
         if "layers" in r:
             lines += [profile.layer_markdown(r["layers"], per=steps)]
         if "events" in r:
-            per_step = [
-                {
-                    **e,
-                    "ms_per_call": e["ms_per_call"] / steps,
-                    "count_per_call": e["count_per_call"] / steps,
-                }
-                for e in r["events"]
-            ]
-            lines += [profile.markdown(per_step).replace("per call", "per step")]
+            lines += [profile.markdown(r["events"], per=steps, unit="step")]
         if "ops" in r:
-            lines += [
-                "| operator | input shapes | ms per step | calls per step |",
-                "|---|---|---:|---:|",
-            ]
-            lines += [
-                f"| {o['name']} | {o['shapes'][:100]} | {o['ms_per_call'] / steps:.2f} "
-                f"| {o['count_per_call'] / steps:g} |"
-                for o in r["ops"]
-            ]
+            lines += [profile.torch_markdown(r["ops"], per=steps, unit="step")]
     return "\n".join(lines)
 
 

@@ -208,6 +208,14 @@ def test_by_layer_charges_each_event_to_its_layers_and_phase():
     assert table[2] == "| pool1+conv2 |  | 2.50 |  | 0.5 |"
     assert table[4] == "| unattributed |  |  | 0.50 | 1 |"
     assert table[-1] == "All events: 4.25 ms."
+    # The events and PyTorch's operators, per step of calls of 2 steps.
+    events_table = profile.markdown(events[:1], per=2, unit="step").splitlines()
+    assert events_table[0] == "| event | ms per step | times per step |"
+    assert events_table[2] == "| dot.3 | 1.000 | 0.5 |"
+    ops = [{"name": "aten::mm", "shapes": "[[8, 4]]", "ms_per_call": 3.0, "count_per_call": 4}]
+    ops_table = profile.torch_markdown(ops, per=2, unit="step").splitlines()
+    assert ops_table[0] == "| operator | input shapes | ms per step | calls per step |"
+    assert ops_table[2] == "| aten::mm | [[8, 4]] | 1.50 | 2 |"
 
 
 def test_bench_profile_mode_tables_our_layers_and_torchs_operators():

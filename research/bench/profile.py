@@ -81,12 +81,15 @@ def top_events(
     ]
 
 
-def markdown(events: list[dict]) -> str:
-    """`top_events` as a markdown table."""
-    lines = ["| event | ms per call | times per call |", "|---|---:|---:|"]
+def markdown(events: list[dict], per: float = 1.0, unit: str = "call") -> str:
+    """`top_events` as a markdown table, per `unit`: each call's figures divided by `per`.
+
+    E.g. `per=20, unit="step"` for calls of 20 steps.
+    """
+    lines = [f"| event | ms per {unit} | times per {unit} |", "|---|---:|---:|"]
     for e in events:
         name = e["name"].replace("|", "/")[:120]
-        lines.append(f"| {name} | {e['ms_per_call']:.3f} | {e['count_per_call']:g} |")
+        lines.append(f"| {name} | {e['ms_per_call'] / per:.3f} | {e['count_per_call'] / per:g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,3 +241,17 @@ def torch_top_ops(run: Callable[[], object], *, calls: int = 1, top: int = 15) -
         for a in prof.key_averages(group_by_input_shape=True)
     ]
     return sorted(rows, key=lambda r: -r["ms_per_call"])[:top]
+
+
+def torch_markdown(ops: list[dict], per: float = 1.0, unit: str = "call") -> str:
+    """`torch_top_ops` as a markdown table, per `unit` as in `markdown`."""
+    lines = [
+        f"| operator | input shapes | ms per {unit} | calls per {unit} |",
+        "|---|---|---:|---:|",
+    ]
+    for o in ops:
+        lines.append(
+            f"| {o['name']} | {o['shapes'][:100]} | {o['ms_per_call'] / per:.2f} "
+            f"| {o['count_per_call'] / per:g} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -168,21 +168,21 @@ def _dot(a, b):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _patch_matmul_rowmajor(patches, b, split_rows: bool):
+def _patch_matmul_rowmajor(patches, b, transpose_by_matmul: bool):
     return _dot(patches, b)
 
 
-def _patch_matmul_fwd(patches, b, split_rows):
+def _patch_matmul_fwd(patches, b, transpose_by_matmul):
     return _dot(patches, b), (patches, b)
 
 
-def _patch_matmul_bwd(split_rows, res, dy):
+def _patch_matmul_bwd(transpose_by_matmul, res, dy):
     patches, b = res
     dpatches = lax.dot_general(dy, b, (((1,), (1,)), ((), ())))
     # db = patches^T @ dy, computed as (dy^T @ patches)^T: both of the dot's operands
     # contract their row-major axes. The barriers keep XLA from folding the
     # transposes back into the dot's dimension numbers.
-    if split_rows:  # YNNPACK's packing transposes dy: see patch_matmul
+    if transpose_by_matmul:  # YNNPACK's packing transposes dy: see patch_matmul
         eye = jnp.eye(dy.shape[1], dtype=dy.dtype)
         dy_t = lax.dot_general(eye, dy, (((1,), (1,)), ((), ())))
     else:
