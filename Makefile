@@ -56,7 +56,7 @@ accel-check:
 
 # Wheels of the packages the GPU image lacks (Python 3.12, manylinux x86-64) into .whl/.
 # What requirements.txt names is either in the image (its own versions) or a wheel here
-# (the pinned version); ruff only lints. tests/test_accelerator_check.py checks this.
+# (the pinned version), or skipped (ACCEL_SKIP); ruff only lints. tests/test_accelerator_check.py checks this.
 ACCEL_IMAGE := jax jaxlib flax optax orbax-checkpoint numpy scipy absl-py etils scikit-learn \
 	pyyaml packaging matplotlib pillow tqdm pytest pytest-xdist execnet torch torchvision
 ACCEL_WHEELS := ml-collections==1.1.0 tensorflow-datasets==4.9.10 array-record==0.8.6 \
@@ -66,6 +66,9 @@ ACCEL_WHEELS := ml-collections==1.1.0 tensorflow-datasets==4.9.10 array-record==
 	importlib-resources==7.1.0 optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 \
 	colorlog==6.12.0
 ACCEL_SDISTS := promise==2.3
+# CPU convolutions only (conv "onednn"): the GPU convolves with XLA's cuDNN calls, and a
+# CPU without them takes "tiled". 39 MB that need not travel.
+ACCEL_SKIP := onednn-cpu-gomp onednn-devel-cpu-gomp
 WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64
 accel-wheels:

@@ -830,7 +830,15 @@ _LAX_OPS = ("conv_general_dilated", "reduce_window", "dot_general", "pad", "slic
 
 
 def _reached_xla(*args, **kwargs):
-    raise AssertionError("a jax.lax operation ran before the arguments were checked")
+    raise AssertionError("an XLA operation ran before the arguments were checked")
+
+
+def _guard_xla(monkeypatch):
+    """Every way a layer reaches XLA raises: the lax operations, and the FFI call
+    of the "onednn" conv algorithm."""
+    for op in _LAX_OPS:
+        monkeypatch.setattr(jax.lax, op, _reached_xla)
+    monkeypatch.setattr(jax.ffi, "ffi_call", _reached_xla)
 
 
 _X = np.zeros((1, 5, 5, 4), np.float32)
@@ -864,8 +872,7 @@ BAD_CALLS = {
 @pytest.mark.parametrize("name", sorted(BAD_CALLS))
 def test_bad_hyperparameters_raise_before_xla(name, monkeypatch):
     call, needles = BAD_CALLS[name]
-    for op in _LAX_OPS:
-        monkeypatch.setattr(jax.lax, op, _reached_xla)
+    _guard_xla(monkeypatch)
     with pytest.raises(ValueError) as err:
         call()
     message = str(err.value)
@@ -875,11 +882,11 @@ def test_bad_hyperparameters_raise_before_xla(name, monkeypatch):
 
 def test_the_xla_guard_trips_on_valid_calls(monkeypatch):
     # The guard above is only evidence if valid calls do reach the replaced operations.
-    for op in _LAX_OPS:
-        monkeypatch.setattr(jax.lax, op, _reached_xla)
+    _guard_xla(monkeypatch)
     for call in (
         lambda: conv2d(_X, _K),
         lambda: conv2d(_X, _K, algorithm="xla"),
+        lambda: conv2d(_X, _K, algorithm="tiled"),
         lambda: conv2d(_X, np.zeros((3, 3, 2, 2)), groups=2),
         lambda: max_pool(_X, 3, stride=1, padding=1),
         lambda: avg_pool(_X, 2),
