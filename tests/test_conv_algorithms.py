@@ -212,7 +212,7 @@ def test_conv_algorithms_registry_and_defaults():
         assert all(name in registry for name in table.values())
     assert CA.DEFAULT_CONV_ALGORITHM["cpu"] == "onednn"
     assert CA.DEFAULT_CONV_ALGORITHM["gpu"] == "xla"
-    assert CA.UNAVAILABLE_DEFAULT_STAND_IN == {"onednn": "tiled"}
+    assert CA.DEFAULT_STAND_IN == {"onednn": "tiled"}
 
 
 def test_algorithm_selection_keyword_over_env_over_default(monkeypatch):
@@ -382,10 +382,13 @@ def _needs_onednn():
         pytest.skip(why)
 
 
-def test_onednn_is_the_cpu_default_where_it_builds_and_tiled_stands_in(monkeypatch):
+def test_onednn_is_the_one_device_cpu_default_where_it_builds_and_tiled_stands_in(monkeypatch):
     _needs_onednn()
     monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
-    assert CA.resolve_conv_algorithm() == "onednn"
+    assert CA.resolve_conv_algorithm() == ("onednn" if jax.device_count() == 1 else "tiled")
+    with monkeypatch.context() as m:  # several devices (forced CPU devices, several hosts)
+        m.setattr(jax, "device_count", lambda: 2)
+        assert CA.resolve_conv_algorithm() == "tiled"
     monkeypatch.setattr(onednn, "status", lambda: (False, "package onednn-cpu-gomp is missing"))
     assert CA.resolve_conv_algorithm() == "tiled"
     assert CA.resolve_conv_algorithm("onednn") == "onednn"  # asked for: no stand-in, but

@@ -35,18 +35,27 @@ dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
     Its patches are built from reshaped column blocks, one fused loop, where
     "im2col" copies out each of its `f_h * f_w` slices before concatenating
     them (XLA does not fuse a concatenation of more than 8 operands).
+  * "onednn" (`conv_onednn`, built in `onednn.py`): oneDNN's direct
+    convolutions, the kernels behind PyTorch's CPU convolutions, called from
+    inside the XLA program through its FFI; gradients by oneDNN's
+    backward-data and backward-weights primitives. No patches at all. float32
+    on CPU; other dtypes and backends, and dense convolutions of fewer than
+    `ONEDNN_MIN_IN_CHANNELS` input channels (faster as "tiled"), take "tiled".
   * grouped calls (`groups > 1`) in "im2col", "taps" and "tiled":
     `_grouped_taps`, a batched contraction per group; depthwise (one input
     channel per group) is `f_h * f_w` broadcast multiply-adds, no matmul at all.
+    "onednn" runs them as oneDNN's grouped and depthwise convolutions.
 
-Defaults per backend: "tiled" on "cpu", "xla" on "gpu"/"tpu" (cuDNN/native
-convolutions; not measured here). On CPU, XLA's own convolutions (above all
-their gradients inside the scanned training loop) take a slow generic path,
-30-40x slower than the matmul algorithms for the LeNet-5 and lecture CNN
-steps. Among those, "tiled" halves the LeNet-5 step against "im2col" (its two
-convolutions have 6 and 16 output channels: moving patches and a matmul too
-narrow to vectorise cost more than arithmetic) and takes ~0.9x of its time on
-the lecture CNN; "taps" is ~2x slower than "im2col". XLA CPU flags (YNNPACK
+Defaults per backend: "onednn" on "cpu" with one device, "tiled" where oneDNN
+did not build or with several devices (`DEFAULT_STAND_IN`); "xla" on
+"gpu"/"tpu" (cuDNN/native convolutions). On CPU, XLA's own convolutions
+(above all their gradients inside the scanned training loop) take a slow
+generic path, 30-40x slower than the matmul algorithms for the LeNet-5 and
+lecture CNN steps. "onednn" takes ~0.8x of "tiled"'s time on the lecture
+CNN's step and 1/5-1/7 on grouped and depthwise layers; "tiled" halves the
+LeNet-5 step against "im2col" (its two convolutions have 6 and 16 output
+channels: moving patches and a matmul too narrow to vectorise cost more than
+arithmetic); "taps" is ~2x slower than "im2col". XLA CPU flags (YNNPACK
 element-wise fusion, the old fusion emitters, 512-bit vectors, the
 concurrency-optimised scheduler; onednn and thunk-runtime flags earlier)
 changed the step by less than the noise or made it slower. Figures: README,
@@ -68,7 +77,7 @@ Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
     slower.
 
 Custom gradients ("reshape" max pooling; `patch_matmul`'s kernel gradient on
-CPU) are reverse-mode only: `jax.grad`, `jax.vjp` and `vmap` of them work,
+CPU; "onednn") are reverse-mode only: `jax.grad`, `jax.vjp` and `vmap` of them work,
 `jax.jvp` through them raises a TypeError. For forward-mode derivatives pick
 conv "xla" or "taps" and pool "reduce_window" (the GPU's defaults are those).
 
@@ -495,17 +504,20 @@ CONV_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
     },
 )
 
-# Backends not listed use "xla". "onednn" stands down to "tiled" on a CPU where
-# it is unavailable (`onednn.status()` says why).
+# Backends not listed use "xla".
 DEFAULT_CONV_ALGORITHM: dict[str, str] = {"cpu": "onednn", "gpu": "xla", "tpu": "xla"}
-UNAVAILABLE_DEFAULT_STAND_IN: dict[str, str] = {"onednn": "tiled"}
+# Where a default cannot serve, its stand-in. "onednn" cannot where it did not
+# build (`onednn.status()` says why), nor with more than one device: a custom
+# call has no partitioning rule, so XLA would gather its operands onto every
+# device and each would convolve the whole batch (correct, but no parallelism).
+DEFAULT_STAND_IN: dict[str, str] = {"onednn": "tiled"}
 
 
 def _conv_defaults() -> dict[str, str]:
     defaults = dict(DEFAULT_CONV_ALGORITHM)
     backend = jax.default_backend()
-    if defaults.get(backend) == "onednn" and not onednn.available():
-        defaults[backend] = UNAVAILABLE_DEFAULT_STAND_IN["onednn"]
+    if defaults.get(backend) == "onednn" and (jax.device_count() > 1 or not onednn.available()):
+        defaults[backend] = DEFAULT_STAND_IN["onednn"]
     return defaults
 
 
