@@ -447,6 +447,8 @@ def test_onednn_runs_as_one_custom_call_per_pass_and_other_dtypes_take_tiled():
     for target in onednn.TARGETS:
         assert hlo.count(f"research_onednn_conv_{target}") == 1, target
     assert "convolution(" not in hlo and "dot(" not in hlo  # no XLA conv, no im2col matmul
+    with pytest.raises(TypeError):  # a custom VJP: reverse mode only, as documented
+        jax.jvp(lambda x: F.conv2d(x, k, algorithm="onednn"), (x,), (x,))
     # bfloat16 (and any backend but CPU) takes "tiled", bit for bit.
     xb, kb = x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
     got = F.conv2d(xb, kb, algorithm="onednn")
