@@ -382,7 +382,9 @@ def _needs_onednn():
         pytest.skip(why)
 
 
-def test_onednn_is_the_one_device_cpu_default_where_it_builds_and_tiled_stands_in(monkeypatch):
+def test_onednn_is_the_one_device_cpu_default_where_it_builds_and_tiled_stands_in(
+    monkeypatch, caplog
+):
     _needs_onednn()
     monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
     assert CA.resolve_conv_algorithm() == ("onednn" if jax.device_count() == 1 else "tiled")
@@ -390,7 +392,15 @@ def test_onednn_is_the_one_device_cpu_default_where_it_builds_and_tiled_stands_i
         m.setattr(jax, "device_count", lambda: 2)
         assert CA.resolve_conv_algorithm() == "tiled"
     monkeypatch.setattr(onednn, "status", lambda: (False, "package onednn-cpu-gomp is missing"))
-    assert CA.resolve_conv_algorithm() == "tiled"
+    CA._say_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert CA.resolve_conv_algorithm() == "tiled"
+        assert CA.resolve_conv_algorithm() == "tiled"
+    said = [r.getMessage() for r in caplog.records if r.name == CA.__name__]
+    assert said == [  # once per process, with the reason
+        "conv algorithm 'onednn' is unavailable (package onednn-cpu-gomp is missing); "
+        "CPU convolutions run 'tiled'"
+    ]
     assert CA.resolve_conv_algorithm("onednn") == "onednn"  # asked for: no stand-in, but
     x, k = _conv_inputs((1, 5, 5, 8), (3, 3, 8, 4))[:2]
     with pytest.raises(onednn.OnednnUnavailable, match="'onednn' is unavailable here: package"):

@@ -94,6 +94,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import logging
 import os
 from collections.abc import Callable, Iterator
 
@@ -104,6 +105,8 @@ from jax import lax
 
 from research.layers import onednn
 from research.registry import Registry
+
+log = logging.getLogger(__name__)
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 Pair = tuple[int, int]
@@ -516,9 +519,21 @@ DEFAULT_STAND_IN: dict[str, str] = {"onednn": "tiled"}
 def _conv_defaults() -> dict[str, str]:
     defaults = dict(DEFAULT_CONV_ALGORITHM)
     backend = jax.default_backend()
-    if defaults.get(backend) == "onednn" and (jax.device_count() > 1 or not onednn.available()):
-        defaults[backend] = DEFAULT_STAND_IN["onednn"]
+    if defaults.get(backend) == "onednn":
+        if jax.device_count() > 1:
+            defaults[backend] = DEFAULT_STAND_IN["onednn"]
+        elif not onednn.available():
+            _say_once(
+                f"conv algorithm 'onednn' is unavailable ({onednn.status()[1]}); "
+                f"CPU convolutions run {DEFAULT_STAND_IN['onednn']!r}"
+            )
+            defaults[backend] = DEFAULT_STAND_IN["onednn"]
     return defaults
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    log.warning(message)
 
 
 def resolve_conv_algorithm(algorithm: str | None = None) -> str:

@@ -132,6 +132,8 @@ def build() -> Path:
             )
         except FileNotFoundError as e:
             raise OnednnUnavailable(f"no C++ compiler ({e.filename}); set CXX") from None
+        except subprocess.TimeoutExpired:
+            raise OnednnUnavailable(f"building {SOURCE.name} took over 600 s") from None
         if result.returncode != 0:
             raise OnednnUnavailable(
                 f"building {SOURCE.name} failed: {result.stderr.strip()[-2000:]}"
