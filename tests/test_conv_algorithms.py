@@ -53,6 +53,17 @@ def _conv_inputs(x_shape, k_shape):
     return x, kernel, bias
 
 
+def _case_operands(case):
+    """A CONV_CASES entry as the arguments of an algorithm: x, kernel, strides, pads, ..."""
+    x_shape, k_shape, stride, padding, dilation, groups = case
+    x, kernel, _ = _conv_inputs(x_shape, k_shape)
+    strides = F._pair(stride, "stride", minimum=1)
+    dilations = F._pair(dilation, "dilation", minimum=1)
+    window = tuple(d * (f - 1) + 1 for f, d in zip(k_shape[:2], dilations, strict=True))
+    pads = F.normalize_padding(padding, window, strides, x_shape[1:3])
+    return x, kernel, strides, pads, dilations, groups
+
+
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -93,12 +104,7 @@ TILED_CASES = [c for c in CONV_CASES if c[5] == 1]
 @pytest.mark.parametrize("case", TILED_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}")
 def test_tiled_matches_xla_at_every_tile_width(case):
     """Every tile width, including ones whose last tile overhangs the image."""
-    x_shape, k_shape, stride, padding, dilation, _ = case
-    x, kernel, _ = _conv_inputs(x_shape, k_shape)
-    strides = F._pair(stride, "stride", minimum=1)
-    dilations = F._pair(dilation, "dilation", minimum=1)
-    window = tuple(d * (f - 1) + 1 for f, d in zip(k_shape[:2], dilations, strict=True))
-    pads = F.normalize_padding(padding, window, strides, x_shape[1:3])
+    x, kernel, strides, pads, dilations, _ = _case_operands(case)
     ref = CA.conv_xla(x, kernel, strides, pads, dilations)
     weights = jnp.arange(ref.size, dtype=ref.dtype).reshape(ref.shape) / ref.size
 
@@ -412,13 +418,7 @@ def test_onednn_conv_itself_matches_xla_forward_and_gradient(case):
     """`onednn.conv` on every case, shallow ones too (which the "onednn" algorithm
     leaves to "tiled"): strides, dilations, uneven pads, groups, depthwise."""
     _needs_onednn()
-    x_shape, k_shape, stride, padding, dilation, groups = case
-    x, kernel, _ = _conv_inputs(x_shape, k_shape)
-    strides = F._pair(stride, "stride", minimum=1)
-    dilations = F._pair(dilation, "dilation", minimum=1)
-    window = tuple(d * (f - 1) + 1 for f, d in zip(k_shape[:2], dilations, strict=True))
-    pads = F.normalize_padding(padding, window, strides, x_shape[1:3])
-    args = (strides, pads, dilations, groups)
+    x, kernel, *args = _case_operands(case)
     ref = CA.conv_xla(x, kernel, *args)
     weights = jnp.arange(ref.size, dtype=ref.dtype).reshape(ref.shape) / ref.size
 
