@@ -491,7 +491,7 @@ def conv_onednn(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: i
     "tiled", see `resolve_conv_algorithm`).
     """
     shallow = groups == 1 and kernel.shape[2] < ONEDNN_MIN_IN_CHANNELS
-    if jax.default_backend() == "cpu" and x.dtype == kernel.dtype == jnp.float32 and not shallow:
+    if onednn.supports(x, kernel) and not shallow:
         return onednn.conv(x, kernel, strides, pads, dilations, groups)
     return conv_tiled(x, kernel, strides, pads, dilations, groups)
 
