@@ -21,11 +21,11 @@ narrower question on MNIST alone, with every model trained to its plateau
 (2,000 images, 20 epochs, 620 steps; rows still improving would be marked †):
 VGG11 and GoogLeNet are left to `full`, since at widths a CPU trains in minutes
 they were far from converged. Measured (small): mlp 0.925 (235k parameters),
-lenet5 0.961 (61.7k), lecture_cnn 0.961 (539k), resnet18 0.947 (176k),
-xception 0.912 (44.3k), every row at its plateau (2 seeds: differences under
-about 1 pp are noise; the lecture CNN's mean moved 0.6 pp when its CPU
-convolutions changed rounding).
-Run time on a 2-core CPU: small 276 s wall with nothing else running (seeds
+lenet5 0.961 (61.7k), lecture_cnn 0.972 (539k, still improving: †),
+resnet18 0.947 (176k), xception 0.912 (44.3k), the others at their plateau
+(2 seeds: differences under about 1 pp are noise; the lecture CNN's mean has
+moved by up to 1.1 pp between CPU convolutions that differ only in rounding).
+Run time on a 2-core CPU: small 237 s wall with nothing else running (seeds
 share compiled programs). Full: hours, on a GPU.
 The report (research/studies/architectures.py) writes summary.md/.csv,
 trials.csv and accuracy_vs_flops.png.
