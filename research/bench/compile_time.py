@@ -118,6 +118,10 @@ VARIANTS: Registry[Variant] = Registry(
             "im2col convolution (RESEARCH_CONV_ALGORITHM=im2col)",
             env={"RESEARCH_CONV_ALGORITHM": "im2col"},
         ),
+        "conv_tiled": Variant(
+            "tiled convolution, the CPU default before oneDNN (RESEARCH_CONV_ALGORITHM=tiled)",
+            env={"RESEARCH_CONV_ALGORITHM": "tiled"},
+        ),
     },
 )
 
