@@ -225,8 +225,9 @@ def test_algorithm_selection_keyword_over_env_over_default(monkeypatch):
     monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
     monkeypatch.delenv(CA.POOL_ENV_VAR, raising=False)
     backend = jax.default_backend()
-    assert CA.resolve_conv_algorithm() == CA._conv_defaults().get(backend, "xla")
+    assert CA.resolve_conv_algorithm() == CA.default_conv_algorithm()
     assert CA.resolve_pool_algorithm() == CA.DEFAULT_POOL_ALGORITHM.get(backend, "reduce_window")
+    assert CA.default_pool_algorithm() == CA.DEFAULT_POOL_ALGORITHM.get(backend, "reduce_window")
     monkeypatch.setenv(CA.CONV_ENV_VAR, "taps")
     monkeypatch.setenv(CA.POOL_ENV_VAR, "reduce_window")
     assert CA.resolve_conv_algorithm() == "taps"
@@ -249,7 +250,7 @@ def test_override_block_sits_between_keyword_and_environment(monkeypatch):
         with CA.override(conv="taps"):  # nested blocks add to the outer one
             assert CA.resolve_conv_algorithm() == "taps"
             assert CA.resolve_pool_algorithm() == "reduce_window"
-        assert CA.resolve_conv_algorithm() == CA._conv_defaults().get(jax.default_backend(), "xla")
+        assert CA.resolve_conv_algorithm() == CA.default_conv_algorithm()
         # It acts where the layer is traced.
         assert "reduce_window_max" in traced()
     assert CA.resolve_pool_algorithm() == "reshape"

@@ -9,8 +9,9 @@ match wins:
   2. an enclosing `with override(conv=..., pool=...)` block, active while a
      function is traced (the sweep's vmapped programs use it);
   3. the environment variable `RESEARCH_CONV_ALGORITHM` (read at trace time);
-  4. `DEFAULT_CONV_ALGORITHM[jax.default_backend()]` (measured, see below);
-  5. "xla".
+  4. `default_conv_algorithm()`: `DEFAULT_CONV_ALGORITHM[jax.default_backend()]`
+     (measured, see below; "xla" for backends not listed), or its
+     `DEFAULT_STAND_IN` where it cannot serve.
 
 Conv algorithms (`CONV_ALGORITHMS`), each `f(x, kernel, strides, pads,
 dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
@@ -516,19 +517,19 @@ DEFAULT_CONV_ALGORITHM: dict[str, str] = {"cpu": "onednn", "gpu": "xla", "tpu": 
 DEFAULT_STAND_IN: dict[str, str] = {"onednn": "tiled"}
 
 
-def _conv_defaults() -> dict[str, str]:
-    defaults = dict(DEFAULT_CONV_ALGORITHM)
-    backend = jax.default_backend()
-    if defaults.get(backend) == "onednn":
-        if jax.device_count() > 1:
-            defaults[backend] = DEFAULT_STAND_IN["onednn"]
-        elif not onednn.available():
-            _say_once(
-                f"conv algorithm 'onednn' is unavailable ({onednn.status()[1]}); "
-                f"CPU convolutions run {DEFAULT_STAND_IN['onednn']!r}"
-            )
-            defaults[backend] = DEFAULT_STAND_IN["onednn"]
-    return defaults
+def default_conv_algorithm() -> str:
+    """This backend's default conv algorithm, or its stand-in where that cannot serve."""
+    name = DEFAULT_CONV_ALGORITHM.get(jax.default_backend(), "xla")
+    if name == "onednn" and jax.device_count() > 1:
+        return DEFAULT_STAND_IN[name]
+    if name == "onednn" and not onednn.available():
+        stand_in = DEFAULT_STAND_IN[name]
+        _say_once(
+            f"conv algorithm 'onednn' is unavailable ({onednn.status()[1]}); "
+            f"CPU convolutions run {stand_in!r}"
+        )
+        return stand_in
+    return name
 
 
 @functools.cache
@@ -538,7 +539,9 @@ def _say_once(message: str) -> None:
 
 def resolve_conv_algorithm(algorithm: str | None = None) -> str:
     """The conv algorithm a call uses: keyword, else `override`, else env variable, else default."""
-    return _resolve(algorithm, _CONV_OVERRIDE, CONV_ENV_VAR, _conv_defaults, CONV_ALGORITHMS, "xla")
+    return _resolve(
+        algorithm, _CONV_OVERRIDE, CONV_ENV_VAR, default_conv_algorithm, CONV_ALGORITHMS
+    )
 
 
 def conv(x, kernel, strides, pads, dilations, groups: int, algorithm: str | None = None):
@@ -616,15 +619,15 @@ POOL_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
 DEFAULT_POOL_ALGORITHM: dict[str, str] = {"cpu": "reshape"}  # others: "reduce_window"
 
 
+def default_pool_algorithm() -> str:
+    """This backend's default max-pool algorithm."""
+    return DEFAULT_POOL_ALGORITHM.get(jax.default_backend(), "reduce_window")
+
+
 def resolve_pool_algorithm(algorithm: str | None = None) -> str:
     """The max-pool algorithm a call uses: keyword, `override`, env variable, default."""
     return _resolve(
-        algorithm,
-        _POOL_OVERRIDE,
-        POOL_ENV_VAR,
-        DEFAULT_POOL_ALGORITHM,
-        POOL_ALGORITHMS,
-        "reduce_window",
+        algorithm, _POOL_OVERRIDE, POOL_ENV_VAR, default_pool_algorithm, POOL_ALGORITHMS
     )
 
 
@@ -675,8 +678,8 @@ def override(*, conv: str | None = None, pool: str | None = None) -> Iterator[No
             token.var.reset(token)
 
 
-def _resolve(algorithm, override_var, env_var, defaults, registry, fallback) -> str:
-    """keyword, else `override` block, else environment variable, else backend default."""
+def _resolve(algorithm, override_var, env_var, default: Callable[[], str], registry) -> str:
+    """keyword, else `override` block, else environment variable, else `default()`."""
     overridden = override_var.get()
     if algorithm is not None:
         source = "algorithm="
@@ -685,8 +688,7 @@ def _resolve(algorithm, override_var, env_var, defaults, registry, fallback) -> 
     elif os.environ.get(env_var):
         algorithm, source = os.environ[env_var], f"environment variable {env_var}"
     else:
-        table = defaults() if callable(defaults) else defaults
-        algorithm, source = table.get(jax.default_backend(), fallback), "default"
+        algorithm, source = default(), "default"
     if algorithm not in registry:
         raise ValueError(
             f"{source} gives unknown {registry.kind} {algorithm!r}; "

@@ -247,11 +247,12 @@ def conv2d(
       groups: split input and output channels into this many independent
         groups; `groups == C_in` with `C_out = k * C_in` is a depthwise conv.
       algorithm: how to compute it, a name in `conv_algorithms.CONV_ALGORITHMS`
-        ("xla", "im2col", "taps", "tiled"). None (default) takes the
-        environment variable `RESEARCH_CONV_ALGORITHM`, else the backend's
-        default in `conv_algorithms.DEFAULT_CONV_ALGORITHM` ("tiled" on CPU,
-        "xla" elsewhere). All give the same result (to float rounding) and
-        gradient, grouped or not.
+        ("xla", "im2col", "taps", "tiled", "onednn"). None (default) takes an
+        enclosing `conv_algorithms.override` block, else the environment
+        variable `RESEARCH_CONV_ALGORITHM`, else the backend's default
+        (`conv_algorithms.default_conv_algorithm()`: "onednn" on a one-device
+        CPU, "tiled" where it cannot serve, "xla" elsewhere). All give the same
+        result (to float rounding) and gradient, grouped or not.
 
     Returns:
       `(N, H_out, W_out, C_out)` (or 3-D for a 3-D input) in `x`'s dtype.
