@@ -8,6 +8,7 @@ JAX, so XLA's own convolution and `reduce_window` are held to them too.
 
 from __future__ import annotations
 
+import os
 import platform
 
 import jax
@@ -498,6 +499,10 @@ def test_onednn_build_is_cached_and_a_failed_build_says_why(monkeypatch, tmp_pat
     with pytest.raises(onednn.OnednnUnavailable, match="building onednn_conv.cc failed"):
         onednn.build()
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+    # A cache folder that cannot be written (a read-only home): this user's temporary one.
+    with monkeypatch.context() as m:
+        m.setattr(os, "access", lambda path, mode: False)
+        assert onednn._cache_dir().name == f"research-native-{os.getuid()}"
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(onednn.OnednnUnavailable, match="no C\\+\\+ compiler"):
         onednn.build()

@@ -20,7 +20,8 @@ Building. The handlers (`onednn_conv.cc`) are compiled on first use with the
 C++ compiler (`$CXX`, else `g++`), against the XLA FFI headers shipped with
 jaxlib and oneDNN from the pinned PyPI packages `onednn-cpu-gomp` and
 `onednn-devel-cpu-gomp` (x86-64 Linux; GNU OpenMP threads). The library goes to
-`$RESEARCH_NATIVE_CACHE`, else `~/.cache/research/native`, under a name hashed
+`$RESEARCH_NATIVE_CACHE`, else `~/.cache/research/native` (a temporary folder
+where neither can be written), under a name hashed
 from the source, the compiler command and the jaxlib and oneDNN versions, and is
 written to a temporary name and renamed, so processes building at once (sweep
 workers) do not see half a file. A build takes a few seconds, once per machine.
@@ -104,7 +105,16 @@ def _build_command(output: Path) -> list[str]:
 
 
 def _cache_dir() -> Path:
-    return Path(os.path.expanduser(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR))
+    """`$RESEARCH_NATIVE_CACHE`, else `~/.cache/research/native`; a temporary folder
+    of this user's where that cannot be written (a read-only home)."""
+    preferred = Path(os.path.expanduser(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR))
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"research-native-{os.getuid()}"
 
 
 def build() -> Path:
