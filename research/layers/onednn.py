@@ -65,6 +65,11 @@ TARGETS = {  # FFI target name -> handler symbol in the built library
 }
 
 
+def _ffi_name(target: str) -> str:
+    """The FFI target name under which `TARGETS[target]` is registered."""
+    return f"research_onednn_conv_{target}"
+
+
 class OnednnUnavailable(RuntimeError):
     """The oneDNN handlers cannot be built or loaded here; the message says why."""
 
@@ -83,7 +88,8 @@ def _package_file(package: str, suffix: str) -> Path:
     raise OnednnUnavailable(f"package {package} has no file {suffix}")
 
 
-def _build_command(output: Path) -> list[str]:
+def _build_command() -> list[str]:
+    """The compiler command, all but its `-o OUTPUT` (which `build` appends)."""
     library = _package_file(LIBRARY_PACKAGE, "/libdnnl.so.3")
     header = _package_file(HEADERS_PACKAGE, "/oneapi/dnnl/dnnl.hpp")
     compiler = shlex.split(os.environ.get("CXX", "g++"))
@@ -95,8 +101,6 @@ def _build_command(output: Path) -> list[str]:
         "-fPIC",
         "-w",  # the FFI headers' own warnings are not ours to fix
         str(SOURCE),
-        "-o",
-        str(output),
         f"-I{jax.ffi.include_dir()}",
         f"-I{header.parents[2]}",
         str(library),
@@ -106,7 +110,7 @@ def _build_command(output: Path) -> list[str]:
 
 def _cache_dir() -> Path:
     """`$RESEARCH_NATIVE_CACHE`, else `~/.cache/research/native`; a temporary folder
-    of this user's where that cannot be written (a read-only home)."""
+    of this user's where that cannot be written (a read-only home). Created."""
     preferred = Path(os.path.expanduser(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR))
     try:
         preferred.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,9 @@ def _cache_dir() -> Path:
             return preferred
     except OSError:
         pass
-    return Path(tempfile.gettempdir()) / f"research-native-{os.getuid()}"
+    fallback = Path(tempfile.gettempdir()) / f"research-native-{os.getuid()}"
+    fallback.mkdir(exist_ok=True)
+    return fallback
 
 
 def build() -> Path:
@@ -124,21 +130,20 @@ def build() -> Path:
             f"the pinned oneDNN packages are for x86-64 Linux, not "
             f"{platform.system()} {platform.machine()}"
         )
-    probe = _build_command(Path("OUT"))
+    command = _build_command()
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
-    key.update("\0".join(probe).encode())
+    key.update("\0".join(command).encode())
     for package in ("jaxlib", LIBRARY_PACKAGE, HEADERS_PACKAGE):
         key.update(importlib.metadata.version(package).encode())
     target = _cache_dir() / f"onednn_conv-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         partial = Path(tmp) / target.name
         try:
             result = subprocess.run(
-                _build_command(partial), capture_output=True, text=True, timeout=600
+                [*command, "-o", str(partial)], capture_output=True, text=True, timeout=600
             )
         except FileNotFoundError as e:
             raise OnednnUnavailable(f"no C++ compiler ({e.filename}); set CXX") from None
@@ -159,7 +164,7 @@ def _load() -> tuple[bool, str]:
         library = ctypes.CDLL(str(path))
         for name, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(
-                f"research_onednn_conv_{name}",
+                _ffi_name(name),
                 jax.ffi.pycapsule(getattr(library, symbol)),
                 platform="cpu",
             )
@@ -184,7 +189,7 @@ def supports(x, kernel) -> bool:
 
 def _call(target: str, out, *operands, strides, pads, dilations, groups):
     i64 = functools.partial(np.asarray, dtype=np.int64)
-    return jax.ffi.ffi_call(f"research_onednn_conv_{target}", out, vmap_method="sequential")(
+    return jax.ffi.ffi_call(_ffi_name(target), out, vmap_method="sequential")(
         *operands,
         strides=i64(strides),
         dilations=i64(dilations),

@@ -80,6 +80,16 @@ struct Plan {
   memory::desc scratch_md;
 };
 
+// A plan's primitive of type `Primitive` from `pd`, whose (diff) weights layout is
+// `kernel_md`.
+template <typename Primitive>
+void SetPrimitive(Plan& plan, const typename Primitive::primitive_desc& pd,
+                  const memory::desc& kernel_md) {
+  plan.conv = Primitive(pd);
+  plan.kernel_md = kernel_md;
+  plan.scratch_md = pd.scratchpad_desc();
+}
+
 std::mutex plans_mutex;
 std::map<std::string, std::shared_ptr<const Plan>> plans;
 
@@ -99,23 +109,17 @@ std::shared_ptr<const Plan> GetPlan(const Geometry& g, Pass pass) {
       g.dilations, g.pad_lo, g.pad_hi, attr);
   auto plan = std::make_shared<Plan>();
   if (pass == kForward) {
-    plan->conv = dnnl::convolution_forward(forward);
-    plan->kernel_md = forward.weights_desc();
-    plan->scratch_md = forward.scratchpad_desc();
+    SetPrimitive<dnnl::convolution_forward>(*plan, forward, forward.weights_desc());
   } else if (pass == kBackwardInput) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), algo, x_md, any, y_md, g.strides, g.dilations, g.pad_lo, g.pad_hi, forward,
         attr);
-    plan->conv = dnnl::convolution_backward_data(pd);
-    plan->kernel_md = pd.weights_desc();
-    plan->scratch_md = pd.scratchpad_desc();
+    SetPrimitive<dnnl::convolution_backward_data>(*plan, pd, pd.weights_desc());
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), algo, x_md, any, y_md, g.strides, g.dilations, g.pad_lo, g.pad_hi, forward,
         attr);
-    plan->conv = dnnl::convolution_backward_weights(pd);
-    plan->kernel_md = pd.diff_weights_desc();
-    plan->scratch_md = pd.scratchpad_desc();
+    SetPrimitive<dnnl::convolution_backward_weights>(*plan, pd, pd.diff_weights_desc());
   }
   const auto user_md = g.Kernel(g.KernelTag());
   plan->reorder = plan->kernel_md != user_md;
