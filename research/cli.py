@@ -4,11 +4,16 @@ and the process-wide settings that must precede the first use of a device."""
 from __future__ import annotations
 
 import ast
-import os
 import re
 import sys
 
 from absl import flags
+
+from research.environment import (  # noqa: F401  (the scripts' set-up, one place)
+    CACHE_ENV_VAR,
+    compilation_cache_dir,
+    setup_environment,
+)
 
 # Model constructor overrides given on the command line as --config.model.overrides.NAME=VALUE.
 # `model.overrides` starts empty, and config_flags can only set fields that exist, so
@@ -110,54 +115,3 @@ def _literal(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
-
-
-CACHE_ENV_VAR = "RESEARCH_COMPILATION_CACHE"
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "research", "xla")
-
-
-def compilation_cache_dir() -> str | None:
-    """Where compiled programs are kept between processes, or None when switched off.
-
-    `RESEARCH_COMPILATION_CACHE` names the folder; "off" (or "0", "") switches the
-    cache off; unset means `~/.cache/research/xla`. The cache keys on the whole
-    program (HLO, compile options, backend, jax version), so a hit runs the very
-    executable a fresh compile would give: same numbers, no compile time. It is
-    what lets a sweep's trials that differ only in seed, or MNIST and
-    Fashion-MNIST trials of one model (same shapes), compile once.
-    """
-    value = os.environ.get(CACHE_ENV_VAR, DEFAULT_CACHE_DIR).strip()
-    if value.lower() in ("", "0", "off", "false", "no"):
-        return None
-    return os.path.expanduser(value)
-
-
-def setup_environment(config) -> None:
-    """Process-wide settings that must precede the first use of a device.
-
-    Deterministic GPU ops when `config.deterministic`; the persistent compilation
-    cache (`compilation_cache_dir`); multi-host initialisation from
-    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (gloo collectives
-    on CPU).
-    """
-    if config.deterministic and "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
-        # Deterministic reductions and convolutions on GPU (CPU is deterministic already).
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true"
-        ).strip()
-    import jax
-
-    cache = compilation_cache_dir()
-    if cache is not None:
-        jax.config.update("jax_compilation_cache_dir", cache)
-        # Keep every program that took over a second to compile (tiny ones are not worth a file).
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        # Multi-host: the usual environment (one process per host, or per group of devices).
-        if jax.config.jax_platforms in (None, "", "cpu"):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )

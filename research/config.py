@@ -29,7 +29,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_epochs = 1  # orbax checkpoint cadence; 0 disables periodic checkpoints
     c.keep_checkpoints = 2  # how many recent checkpoints to keep
     c.progress = True  # a tqdm progress bar on stderr
-    c.deterministic = True  # XLA deterministic ops on GPU (CPU is deterministic anyway)
+    c.deterministic = True  # bit-identical results on GPU too (CPU is deterministic anyway)
+    # How `deterministic` holds on GPU (research/environment.py): "ops" uses
+    # --xla_gpu_deterministic_ops, which switches XLA's autotuning off; "pinned" keeps
+    # autotuning and pins its choices in a file that every later process loads.
+    c.determinism = "ops"
     c.compute_dtype = "float32"  # "float32" or "bfloat16": activations/matmuls; params stay float32
     # Test-time augmentation of every evaluation (validation and test): the logits are a
     # weighted mean over views of each image (research.data.pipeline.TTA). "none"; "flip":
@@ -176,6 +180,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("eval_tta", config.eval_tta, f"one of {', '.join(pipeline.TTA.names())}")
     if not 0 <= config.loss.label_smoothing < 1:
         _fail("loss.label_smoothing", config.loss.label_smoothing, "must be in [0, 1)")
+    if config.determinism not in ("pinned", "ops"):
+        _fail("determinism", config.determinism, "must be 'pinned' or 'ops'")
     if config.compute_dtype not in ("float32", "bfloat16"):
         _fail("compute_dtype", config.compute_dtype, "must be 'float32' or 'bfloat16'")
     if config.model.name not in models.MODELS:

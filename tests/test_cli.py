@@ -51,3 +51,7 @@ def test_setup_environment_points_jax_at_the_cache(monkeypatch, tmp_path, jax_se
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
     # Deterministic GPU ops are asked for in the flags (CPU is deterministic anyway).
     assert "--xla_gpu_deterministic_ops=true" in os.environ["XLA_FLAGS"]
+    # Idempotent: a second call adds nothing.
+    flags = os.environ["XLA_FLAGS"]
+    cli.setup_environment(config.get_base_config())
+    assert os.environ["XLA_FLAGS"] == flags
