@@ -1,7 +1,25 @@
 """research: a JAX/Flax codebase for convolutional neural networks.
 
 Subpackages: `layers` (pure conv/pool functions and Flax modules), `models` (the
-zoo), `data`, `optim`, `train`, `sweep`, `viz`. See README.md.
+zoo), `data`, `optim`, `train`, `sweep`, `studies`, `viz`, `bench`. From Python:
+`research.fit`, `research.run_sweep` and `research.restore` (`research/api.py`;
+docs/python.md). See README.md.
 """
 
 __version__ = "0.1.0"
+
+_API = ("load_config", "fit", "run_sweep", "restore", "RunResult", "SweepResult", "Restored")
+
+
+def __getattr__(name: str):
+    # The Python API on first use: `import research` stays light (no JAX), and the
+    # command line, which never uses it, does not import it.
+    if name in _API:
+        from research import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'research' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API])
