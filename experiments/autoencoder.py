@@ -21,7 +21,7 @@ Expected: the reconstruction error falls steadily from latent 2 to 8 to 32
 (blurry class averages at 2, recognisable digits and garments at 32), and the
 probe's test accuracy rises with the latent size, far above chance (0.10): the
 codes, learned without labels, separate the classes nearly linearly. Small run
-(README): MNIST pixel MSE 0.053 / 0.027 / 0.010 and probe 0.42 / 0.84 / 0.88
+(docs/results.md): MNIST pixel MSE 0.053 / 0.027 / 0.010 and probe 0.42 / 0.84 / 0.88
 for latent 2 / 8 / 32; latent 2 and 8 at their plateau, latent 32 still
 improving (-1.5 % validation loss over the last 10 of 50 epochs, marked †).
 Run time on a 2-core CPU: small 151 s wall with nothing else running (189 s of

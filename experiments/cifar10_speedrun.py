@@ -11,7 +11,7 @@ Commands (run from the repository root; RESEARCH_DATA_DIR names the data folder)
     python scripts/train.py --config experiments/cifar10_speedrun.py --workdir runs/speedrun
   10 seeds (GPU), one after another:
     python scripts/sweep.py --config experiments/cifar10_speedrun.py:seeds --workdir runs/sr10
-  10 seeds side by side with airbench94 itself on the same GPU (README, "Accelerators"):
+  10 seeds side by side with airbench94 itself on the same GPU (docs/accelerators.md):
     python scripts/accelerator_check.py --parts speedrun --out accel
   CPU, the full recipe on 10,000 training images (the documented CPU run, below):
     python scripts/train.py --config experiments/cifar10_speedrun.py:cpu_subset \
@@ -91,7 +91,7 @@ difference with this port is paired and far tighter.
 
 Expected: GPU (full recipe, 10 seeds): test accuracy on the 1,000 images close to
 airbench94's on the same images, and about 94%; a run in a few seconds on an
-H100/H200 (airbench94: 3.83 s on an A100). Not yet measured on a GPU: README and
+H100/H200 (airbench94: 3.83 s on an A100). Not yet measured on a GPU: docs/accelerators.md and
 scripts/accelerator_check.py say how to measure it.
 CPU (the documented run, `cpu_subset`: the full recipe and network, float32, on a
 fixed subset of 10,000 training images: 9 steps per epoch, so 9.9 epochs round up

@@ -18,7 +18,7 @@ rmsprop/adam 1e-3 (inside the grids since rmsprop's and adam's moved up a
 step); every seed of every optimizer reaches 0.98 validation accuracy, by
 epoch 2 to 4. Digits (65 s): 0.93-0.98, momentum/nesterov/adam reach 0.9 in half
 of sgd's steps; rmsprop's best ε sits at 1e-3 or 1e-2 depending on the
-convolutions' rounding (see the README). The README shows both tables and plots.
+convolutions' rounding (see docs/results.md, which shows both tables and plots).
 """
 
 from research.sweep import get_sweep_config

@@ -28,7 +28,7 @@ the conv1 maps look like filtered copies of the digit while conv2's are coarser
 part detectors. Test accuracy: 0.975 (small, measured; validation accuracy at
 its plateau), ~0.99 (full).
 Run time on a 2-core CPU: small 22 s wall with nothing else running (24 s of CPU
-time; README); full ~15-25 min (not yet measured).
+time; docs/results.md); full ~15-25 min (not yet measured).
 """
 
 from research.sweep import get_sweep_config

@@ -10,7 +10,7 @@ Expected: test accuracy >= 0.990 for every seed (seeds 0-4: 0.9918, 0.9919,
 Run time: 6 epochs of 429 steps. On the shared 2-core CPU at load 8.5: 65 s
   wall, 35 s of CPU; with an empty compilation cache 84 s wall, 42 s of CPU
   (load 9). On 2 idle cores it should take about half that wall time (the
-  README's table is refreshed there).
+  table in docs/training.md is refreshed there).
 """
 
 from research.config import get_base_config

@@ -51,16 +51,11 @@ Defaults per backend: "onednn" on "cpu" with one device, "tiled" where oneDNN
 did not build or with several devices (`DEFAULT_STAND_IN`); "xla" on
 "gpu"/"tpu" (cuDNN/native convolutions). On CPU, XLA's own convolutions
 (above all their gradients inside the scanned training loop) take a slow
-generic path, 30-40x slower than the matmul algorithms for the LeNet-5 and
-lecture CNN steps. "onednn" takes ~0.8x of "tiled"'s time on the lecture
-CNN's step and 1/5-1/7 on grouped and depthwise layers; "tiled" halves the
-LeNet-5 step against "im2col" (its two convolutions have 6 and 16 output
-channels: moving patches and a matmul too narrow to vectorise cost more than
-arithmetic); "taps" is ~2x slower than "im2col". XLA CPU flags (YNNPACK
-element-wise fusion, the old fusion emitters, 512-bit vectors, the
-concurrency-optimised scheduler; onednn and thunk-runtime flags earlier)
-changed the step by less than the noise or made it slower. Figures: README,
-"Training step speed" (`scripts/bench.py`).
+generic path; oneDNN's direct convolutions build no patches at all; and for
+layers with few output channels (LeNet-5's 6 and 16) "tiled" beats "im2col"
+because moving patches and a matmul too narrow to vectorise cost more than the
+arithmetic. The measurements behind each default, with their commands:
+docs/performance-cpu.md (`scripts/bench.py --ours-conv ...`).
 
 Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
 `RESEARCH_POOL_ALGORITHM` and `DEFAULT_POOL_ALGORITHM`:
@@ -306,7 +301,7 @@ def tile_width(
     """Output columns per tile of "tiled": a rule on static shapes, no timing.
 
     1 (im2col) for 1-column kernels and for `C_out >= TILE_LANES`. Then two
-    regimes, each fitted to measured steps (README, "Training step speed"):
+    regimes, each fitted to measured steps (docs/performance-cpu.md):
 
       * Narrow layers (`C_out < NARROW_LANES`, LeNet-5's 6 and 16): a matmul
         row of `C_out` numbers is too narrow to vectorise, so `t` is the
@@ -477,8 +472,8 @@ def conv_tiled(
 
 
 # Dense convolutions of fewer input channels (image stems, LeNet-5) run faster as
-# "tiled"'s banded matmuls than as oneDNN's direct convolutions (README, "Training
-# step speed"): their patches are shallow, and the band fills the vector lanes.
+# "tiled"'s banded matmuls than as oneDNN's direct convolutions (docs/performance-cpu.md):
+# their patches are shallow, and the band fills the vector lanes.
 ONEDNN_MIN_IN_CHANNELS = 8
 
 
