@@ -14,7 +14,7 @@ the same numbers. `accuracy_vs_flops.png` plots test
 accuracy against FLOPs, one panel per dataset.
 
 Each row is also judged on its mean validation curve over seeds (the storage's
-per-epoch validation accuracy) by `research.studies.plateau`: a row whose mean
+per-epoch validation accuracy) by `research.sweep.plateau`: a row whose mean
 validation accuracy still rose by 0.5 pp or more over the last fifth of its
 epochs is marked † in summary.md, with its gain listed under the table;
 summary.csv's `plateau` column gives every row's verdict and gain.
@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from research.studies import plateau
-from research.sweep import aggregate, storage
+from research.sweep import aggregate, plateau, storage
 
 # Input shape of one example per dataset (HWC); other datasets are loaded to find it.
 INPUT_SHAPES = {

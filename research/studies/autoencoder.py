@@ -21,7 +21,7 @@ MSE units: the pipeline standardizes pixels, so the training loss (and
 = `test_loss * std**2` is the MSE of [0, 1] pixels, comparable across datasets.
 
 Each row is also judged on its mean validation loss curve over seeds (the
-storage's per-epoch validation loss) by `research.studies.plateau`: a row whose
+storage's per-epoch validation loss) by `research.sweep.plateau`: a row whose
 mean validation loss still fell by 1 % or more over the last fifth of its
 epochs is marked † in summary.md, with its gain listed under the table;
 summary.csv's `plateau` column gives every row's verdict and gain.
@@ -38,8 +38,7 @@ import numpy as np
 
 from research import models
 from research.data import pipeline
-from research.studies import plateau
-from research.sweep import aggregate
+from research.sweep import aggregate, plateau
 from research.train import checkpoint
 
 NUM_SHOWN = 8  # test images per dataset in reconstructions.png

@@ -14,7 +14,7 @@ trained on MNIST, experiments/filters_and_features.py) and writes:
   filters.csv           per classic filter and image: mean |response|
   summary.md/.csv       that table, plus the trained model's test accuracy and
                         whether its validation curve reached its plateau
-                        (`research.studies.plateau`; † if it was still improving)
+                        (`research.sweep.plateau`; † if it was still improving)
 
 Each figure is drawn from arrays a function returns (`filter_responses`,
 `first_layer_kernels`, `feature_maps`), so tests assert on the numbers.
@@ -29,9 +29,8 @@ import numpy as np
 
 from research import data as data_lib
 from research.layers import conv2d, filters
-from research.studies import plateau
 from research.studies.autoencoder import build_model, load_splits, restore_params
-from research.sweep import aggregate
+from research.sweep import aggregate, plateau
 
 NATURAL_DATASET = "cifar10"  # the second example image: a natural photo, in grayscale
 EXAMPLE_INDEX = 0  # which test image is shown (and fed through the network)

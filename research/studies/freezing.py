@@ -11,7 +11,7 @@ pretrained weights is the "linear_probe_random_init" baseline. Writes
 line per strategy, one panel per pair).
 
 Each cell is also judged on its mean validation curve over seeds (the
-storage's per-epoch validation accuracy) by `research.studies.plateau`: a cell
+storage's per-epoch validation accuracy) by `research.sweep.plateau`: a cell
 whose mean validation accuracy still rose by 0.5 pp or more over the last fifth
 of its epochs is marked † in summary.md, with its gain listed under the pair's
 table; summary.csv's `plateau` column gives every cell's verdict and gain.
@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from research.studies import plateau
-from research.sweep import aggregate, space, storage
+from research.sweep import aggregate, plateau, space, storage
 
 
 def strategy_label(config) -> str:
