@@ -197,6 +197,9 @@ def test_architecture_report_marks_a_model_still_improving(tmp_path, monkeypatch
     assert (
         row_mlp["plateau"] == "reached its plateau (accuracy +0.0 pp over the last 4 of 20 epochs)"
     )
+    # Ranked per dataset: 0.952 ± 0.011 against 0.769 ± 0.001 over 2 seeds is resolved.
+    assert (row_mlp["overlaps_top"], row_cnn["overlaps_top"]) == ("top", "no")
+    assert "Ranking not resolved" not in text
 
 
 # ------------------------------------------------------------------ tables from rows
@@ -243,6 +246,17 @@ def test_freezing_summary_means_over_seeds_and_pivots_by_target_size():
     assert "| linear_probe | 0.850 ± 0.071 † | — |" in text
     assert "| scratch | 0.250 ± 0.354 | 0.970 ± 0.000 (1) |" in text
     assert "† linear_probe, 100 examples: accuracy +3.8 pp over the last 4 of 20 epochs" in text
+    # Strategies are ranked per target size (caveats' rule): at 100 examples, two seeds'
+    # 95 % t-intervals (half-width 12.71 * std / sqrt(2)) overlap; "all" has one strategy.
+    assert (probe["overlaps_top"], scratch["overlaps_top"]) == ("top", "yes")
+    half = 12.7062 * np.std([0.8, 0.9], ddof=1) / np.sqrt(2)
+    assert probe["test_accuracy_ci95_low"] == pytest.approx(0.85 - half, abs=1e-4)
+    assert (
+        "mnist_0to4 → mnist[5,6,7,8,9], 100 examples: Ranking not resolved by 2 seeds: the "
+        "95 % t-interval of the mean test accuracy of the top row (linear_probe 0.2147..1.4853) "
+        "overlaps scratch " in text
+    )
+    assert "all (5,000) examples: Ranking" not in text
 
 
 def test_freezing_labels_name_strategies_and_pairs():

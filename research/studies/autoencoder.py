@@ -207,14 +207,12 @@ def reconstruction_grid(workdir: str, trials, cache: dict) -> dict[str, dict[str
 
 
 def plot_reconstructions(grid: dict[str, dict[str, np.ndarray]], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     rows = sum(len(entry) for entry in grid.values())
     cols = max(len(next(iter(e.values()))) for e in grid.values())
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.95), squeeze=False)
+    fig = Figure(figsize=(cols * 0.9, rows * 0.95))
+    axes = fig.subplots(rows, cols, squeeze=False)
     r = 0
     for dataset, entry in grid.items():
         for label, images in entry.items():
@@ -232,7 +230,6 @@ def plot_reconstructions(grid: dict[str, dict[str, np.ndarray]], path: str) -> s
     fig.suptitle("test images (top) and reconstructions per latent size", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 

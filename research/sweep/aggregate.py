@@ -182,7 +182,6 @@ def summarize(
         verdict = plateau.of((curves.get(r["trial_id"], {}) for r in chosen), higher_is_better)
         where = caveats.edge(list(by_lr), best)
         diverged = {lr: sum(map(_diverged, mine)) for lr, mine in sorted(by_lr.items())}
-        low, high = caveats.interval([_num(r["test_accuracy"]) for r in chosen])
         marks = [where.mark if where else "", verdict.mark, caveats.DIVERGED * bool(diverged[best])]
         out.append(
             {
@@ -204,13 +203,9 @@ def summarize(
                 "diverged": "; ".join(
                     f"ε={lr:g}: {n}/{len(by_lr[lr])} seeds" for lr, n in diverged.items() if n
                 ),
-                "test_accuracy_ci95_low": low,
-                "test_accuracy_ci95_high": high,
             }
         )
-    order = caveats.ranking({_label(s): _test_accuracies(s, rows) for s in out})
-    for s in out:
-        s["overlaps_top"] = order.overlaps_top(_label(s))
+    caveats.rank(out, [_test_accuracies(s, rows) for s in out], label=_label)
     return out
 
 
@@ -227,22 +222,6 @@ def _competes(row: dict) -> bool:
 def _test_accuracies(summary_row: dict, rows: list[dict]) -> list[float]:
     ids = set(summary_row["best_trial_ids"].split())
     return [_num(r["test_accuracy"]) for r in rows if r["trial_id"] in ids]
-
-
-def ranking(summary: list[dict]) -> caveats.Ranking:
-    """The top row's ranking, rebuilt from the summary's columns."""
-    intervals = {
-        _label(s): (s["test_accuracy_ci95_low"], s["test_accuracy_ci95_high"])
-        for s in summary
-        if s["overlaps_top"]
-    }
-    tops = [_label(s) for s in summary if s["overlaps_top"] == "top"]
-    return caveats.Ranking(
-        tops[0] if tops else None,
-        tuple(_label(s) for s in summary if s["overlaps_top"] in ("yes", "untested")),
-        intervals,
-        min((s["seeds"] for s in summary if s["overlaps_top"]), default=0),
-    )
 
 
 def write_csv(rows: list[dict], path: str) -> None:
@@ -326,8 +305,7 @@ def caveat_lines(summary: list[dict]) -> list[str]:
         for s in summary
         if s["diverged"]
     ]
-    ranked = ranking(summary).note()
-    notes += [f"- {ranked}"] if ranked else []
+    notes += [f"- {line}" for line in caveats.notes(summary, label=_label)]
     return [f"{caveats.rule()} {plateau.rule()}.", *(["", *notes] if notes else [])]
 
 

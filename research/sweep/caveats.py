@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -166,6 +166,60 @@ class Ranking:
             f"t-interval of the mean {metric} of the top row ({span(self.top)}) overlaps "
             f"{others}."
         )
+
+
+def rank(
+    summary: list[dict[str, Any]],
+    values: Sequence[Sequence[float]],
+    *,
+    label: Callable[[dict], str],
+    group: Callable[[dict], str] = lambda row: "",
+) -> None:
+    """Adds the interval columns to each summary row, ranking the rows within each group.
+
+    Args:
+      summary: a table's rows; each gets `test_accuracy_ci95_low/high` (None if it
+        took no part) and `overlaps_top` (`Ranking.overlaps_top`). Needs `seeds`.
+      values: each row's values over seeds (test accuracy), in the rows' order.
+      label: a row's name, unique within its group ("adam", "resnet18").
+      group: the rows ranked against each other share it ("mnist"); "" for one table.
+    """
+    for key in dict.fromkeys(map(group, summary)):
+        mine = [(row, v) for row, v in zip(summary, values, strict=True) if group(row) == key]
+        order = ranking({label(row): v for row, v in mine})
+        for row, _ in mine:
+            low, high = order.intervals.get(label(row), (None, None))
+            row.update(
+                test_accuracy_ci95_low=low,
+                test_accuracy_ci95_high=high,
+                overlaps_top=order.overlaps_top(label(row)),
+            )
+
+
+def notes(
+    summary: list[dict[str, Any]],
+    *,
+    label: Callable[[dict], str],
+    group: Callable[[dict], str] = lambda row: "",
+) -> list[str]:
+    """The ranking note of each group not resolved ("mnist: Ranking not ..."), from `rank`'s
+    columns (so a table rebuilt from summary.csv's columns gives the same notes)."""
+    out = []
+    for key in dict.fromkeys(map(group, summary)):
+        ranked = {label(r): r for r in summary if group(r) == key and r["overlaps_top"]}
+        tops = [name for name, r in ranked.items() if r["overlaps_top"] == "top"]
+        order = Ranking(
+            tops[0] if tops else None,
+            tuple(n for n, r in ranked.items() if r["overlaps_top"] in ("yes", "untested")),
+            {
+                n: (r["test_accuracy_ci95_low"], r["test_accuracy_ci95_high"])
+                for n, r in ranked.items()
+            },
+            min((r["seeds"] for r in ranked.values()), default=0),
+        )
+        if note := order.note():
+            out.append(f"{key}: {note}" if key else note)
+    return out
 
 
 def ranking(rows: Mapping[str, Sequence[float]]) -> Ranking:
