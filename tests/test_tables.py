@@ -108,7 +108,7 @@ def test_ranking_overlap_and_separation():
     one_seed = caveats.ranking({"sgd": [0.95], "adam": [0.90]})
     assert (
         one_seed.note()
-        == "One seed per row: no interval, the ranking by test accuracy is not tested."
+        == "A row with one seed has no interval: the ranking by test accuracy is not tested."
     )
     assert one_seed.overlaps_top("adam") == "untested"
     # A row with a diverged seed (no test accuracy) has no mean: it takes no part.

@@ -10,8 +10,8 @@ best of a grid (the learning rate ε: the best mean validation accuracy over
 seeds) may not be the best value when it is the grid's smallest or largest:
 the optimum may lie outside. Such a row is marked `ε↓` (extend the grid down)
 or `ε↑` (extend it up), with the next value one grid step further (a
-positive grid steps by the ratio of its two outer values, e.g. 0.03 below
-0.1, 0.3; other grids by their difference). A grid of one value was no choice
+positive grid steps by the ratio of the edge value to its neighbour, e.g.
+0.033 below 0.1, 0.3; other grids by their difference). A grid of one value was no choice
 and is not flagged.
 
 **Seed intervals.** Each row's test accuracy over its n seeds gets a 95 %
@@ -23,8 +23,8 @@ t-interval for its mean:
 The top row (highest mean) is resolved when its interval overlaps no other
 row's; otherwise a note under the table names every row whose interval
 overlaps the top row's, and summary.csv's `overlaps_top` says "yes" for them:
-that many seeds do not rank those rows. With one seed there is no interval and
-the note says the ranking is not tested. A row with a seed without a finite
+that many seeds do not rank those rows. A row with one seed has no interval,
+and the note says the ranking is not tested. A row with a seed without a finite
 test accuracy (a diverged trial) takes no part: its mean is not a number.
 
 **Diverged.** A trial is diverged when the engine stopped it on a non-finite
@@ -79,11 +79,11 @@ class Edge:
 
     @property
     def mark(self) -> str:
-        """ "ε↑" (extend up) or "ε↓" (extend down)."""
+        """The table's mark: "ε↑" (extend the grid up) or "ε↓" (extend it down)."""
         return f"{self.axis}{'↑' if self.side == 'top' else '↓'}"
 
     def __str__(self) -> str:
-        """E.g. "best ε 0.3 is the top of its grid (0.03 0.1 0.3): extend it up (e.g. 1)"."""
+        """E.g. "best ε 0.3 is the top of its grid (0.03 0.1 0.3): extend it up (e.g. 0.9)"."""
         grid = " ".join(f"{v:g}" for v in self.grid)
         way = "up" if self.side == "top" else "down"
         return (
@@ -154,7 +154,7 @@ class Ranking:
         if self.top is None or len(self.intervals) < 2 or self.resolved:
             return None
         if self.seeds < 2:
-            return f"One seed per row: no interval, the ranking by {metric} is not tested."
+            return f"A row with one seed has no interval: the ranking by {metric} is not tested."
 
         def span(label):
             low, high = self.intervals[label]
