@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from research.sweep import aggregate, caveats, plateau, space, storage
+from research.sweep import aggregate, caveats, plateau, run_sweep, space, storage
 from research.sweep.space import get_sweep_config
 
 # ------------------------------------------------------------------ plateau
@@ -268,3 +268,34 @@ def test_overlapping_seed_intervals_add_the_note(tmp_path):
         "the top row (sgd 0.9252..0.9748) overlaps adam 0.9152..0.9648." in text
     )
     assert all(s["flags"] == "" for s in out["summary"])  # inside the grids, at their plateau
+
+
+@pytest.mark.slow
+def test_a_real_sweep_marks_adam_at_1e6_diverged(tmp_path):
+    # issue 21: Adam at ε = 1e6 on digits ends with a huge (or non-finite) training loss.
+    config = get_sweep_config()
+    config.model.name = "simple_cnn"
+    config.data.name = "digits"  # 8x8, embedded: no data folder needed
+    config.batch_size = 64
+    config.num_epochs = 2
+    config.log_every_steps = 0
+    config.progress = False
+    config.sweep.parallel = "sequential"
+    config.sweep.axes = {"optim": {"name": ("adam",), "learning_rate": (1e-3, 1e6)}, "seed": (0,)}
+    run_sweep(config, str(tmp_path))
+    with open(tmp_path / "trials.csv") as f:
+        trials = {float(r["optim.learning_rate"]): r for r in csv.DictReader(f)}
+    assert trials[1e-3]["diverged"] == ""
+    exploded = trials[1e6]
+    if exploded["status"] == "done":  # a finite loss, far above a uniform guess's
+        loss = float(exploded["final_train_loss"])
+        assert exploded["diverged"] == f"final training loss {loss:.3g} > 2 × ln 10 = 4.61"
+    else:  # the engine stopped it on a NaN
+        assert exploded["status"] == "diverged"
+        assert exploded["diverged"].startswith("loss non-finite at step ")
+    with open(tmp_path / "summary.csv") as f:
+        (summary,) = list(csv.DictReader(f))
+    assert summary["best_learning_rate"] == "0.001" and summary["diverged"] == "ε=1e+06: 1/1 seeds"
+    assert summary["flags"].split()[0] == "ε↓"  # 1e-3 is the bottom of (1e-3, 1e6)
+    text = (tmp_path / "summary.md").read_text()
+    assert "- ✗ adam: diverged at ε=1e+06: 1/1 seeds" in text
