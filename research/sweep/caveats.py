@@ -11,8 +11,9 @@ seeds) may not be the best value when it is the grid's smallest or largest:
 the optimum may lie outside. Such a row is marked `ε↓` (extend the grid down)
 or `ε↑` (extend it up), with the next value one grid step further (a
 positive grid steps by the ratio of the edge value to its neighbour, e.g.
-0.033 below 0.1, 0.3; other grids by their difference). A grid of one value was no choice
-and is not flagged.
+0.033 below 0.1, 0.3; other grids by their difference). A grid of one value
+was no choice and is not flagged. The grid is the values the row's finished
+trials tried: under `sweep.mode = "tpe"`, the rates TPE sampled.
 
 **Seed intervals.** Each row's test accuracy over its n seeds gets a 95 %
 t-interval for its mean:
