@@ -189,7 +189,7 @@ def get_config(arg: str = "small"):
         # ~310 steps on 10,000 source images: 0.99 test accuracy on digits 0-4.
         source = {"data": {"train_size": 10000}, "num_epochs": 2, "batch_size": 64}
         # target examples -> schedule, long enough for every strategy's validation accuracy
-        # to level off (`research.studies.plateau`); 5,000 stands in for "all", whose
+        # to level off (`research.sweep.plateau`); 5,000 stands in for "all", whose
         # epochs (~28,000 digits 5-9, 59,000 clothes) a CPU cannot repeat until it does.
         sizes = {
             100: {"batch_size": 10, "num_epochs": 25},  # 250 steps

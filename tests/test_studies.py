@@ -19,10 +19,11 @@ from research.studies import architectures as study_architectures
 from research.studies import autoencoder as study_autoencoder
 from research.studies import filters as study_filters
 from research.studies import freezing as study_freezing
-from research.studies import plateau
 from research.sweep import run_sweep, runner, space, storage
 from research.sweep.space import get_sweep_config
 from tests import tiny_sweep
+from tests.test_tables import FINETUNE_LOWER_LR_100, LENET5_MNIST, RESNET18_MNIST
+from tests.test_tables import curve as _curve
 
 
 def read_csv(path):
@@ -160,54 +161,7 @@ def test_autoencoder_report_table_figure_and_probe(tmp_path):
         assert images.min() >= 0 and images.max() <= 1
 
 
-# ------------------------------------------------------------------ plateau
-
-# Real validation curves (accuracy at each epoch end, 1,000 validation images), from
-# exploratory runs of this branch: LeNet-5's family on MNIST with 2,000 training images
-# and 20 epochs of batch 64 (compare_architectures), and finetune_lower_lr on 100
-# examples of digits 5-9, 20 epochs of batch 25 (compare_freezing's old small variant).
-RESNET18_MNIST = [0.652, 0.853, 0.916, 0.922, 0.934, 0.938, 0.935, 0.936, 0.937, 0.94]
-RESNET18_MNIST += [0.94, 0.945, 0.944, 0.942, 0.942, 0.943, 0.944, 0.937, 0.944, 0.939]
-LENET5_MNIST = [0.806, 0.896, 0.91, 0.919, 0.942, 0.931, 0.949, 0.946, 0.947, 0.956]
-LENET5_MNIST += [0.953, 0.946, 0.946, 0.955, 0.95, 0.956, 0.962, 0.961, 0.958, 0.96]
-FINETUNE_LOWER_LR_100 = [0.374, 0.383, 0.404, 0.426, 0.442, 0.456, 0.479, 0.521, 0.554, 0.587]
-FINETUNE_LOWER_LR_100 += [0.611, 0.638, 0.66, 0.687, 0.707, 0.73, 0.738, 0.751, 0.761, 0.768]
-
-
-def _curve(values):
-    return {epoch: v for epoch, v in enumerate(values, start=1)}
-
-
-def test_plateau_reached_by_a_flat_curve_and_not_by_a_climbing_one():
-    # 20 epochs: the window is the last 4; the last epoch is held against the best of 1-16.
-    flat = plateau.judge(_curve(RESNET18_MNIST))
-    assert flat.reached is True and (flat.window, flat.epochs) == (4, 20)
-    assert flat.gain == pytest.approx(0.939 - 0.945)  # below its best: past the plateau
-    assert flat.mark == "" and str(flat) == (
-        "reached its plateau (accuracy -0.6 pp over the last 4 of 20 epochs)"
-    )
-    slow = plateau.judge(_curve(LENET5_MNIST))  # still creeping up, by less than 0.5 pp
-    assert slow.reached is True and slow.gain == pytest.approx(0.96 - 0.956)
-    climbing = plateau.judge(_curve(FINETUNE_LOWER_LR_100))
-    assert climbing.reached is False and climbing.gain == pytest.approx(0.768 - 0.730)
-    assert climbing.mark == plateau.IMPROVING == "†"
-    assert climbing.describe() == "accuracy +3.8 pp over the last 4 of 20 epochs"
-
-
-def test_plateau_of_a_loss_one_epoch_and_the_mean_over_seeds():
-    # Loss: lower is better, the gain is relative; 5 epochs -> a window of 1.
-    falling = plateau.judge(_curve([0.80, 0.60, 0.50, 0.45, 0.44]), higher_is_better=False)
-    assert falling.reached is False and falling.gain == pytest.approx(0.01 / 0.45)
-    assert falling.describe() == "loss -2.2 % over the last 1 of 5 epochs"
-    level = plateau.judge(_curve([0.80, 0.60, 0.50, 0.45, 0.448]), higher_is_better=False)
-    assert level.reached is True  # -0.4 %: under LOSS_GAIN
-    one = plateau.judge({1: 0.9})
-    assert one.reached is None and one.mark == plateau.UNJUDGED
-    assert str(one) == "not judged (1 epoch: no curve to judge)"
-    # Seeds are averaged epoch by epoch (a diverged seed's NaN left out) before judging.
-    seeds = [{1: 0.90, 2: 0.94}, {1: 0.92, 2: float("nan")}, {1: 0.91, 2: 0.92}]
-    assert plateau.mean_curve(seeds) == pytest.approx({1: 0.91, 2: 0.93})
-    assert plateau.of(seeds).gain == pytest.approx(0.02)
+# ------------------------------------------------------------------ plateau marks
 
 
 def _records(config, curves, accuracies):
@@ -243,6 +197,9 @@ def test_architecture_report_marks_a_model_still_improving(tmp_path, monkeypatch
     assert (
         row_mlp["plateau"] == "reached its plateau (accuracy +0.0 pp over the last 4 of 20 epochs)"
     )
+    # Ranked per dataset: 0.952 ± 0.011 against 0.769 ± 0.001 over 2 seeds is resolved.
+    assert (row_mlp["overlaps_top"], row_cnn["overlaps_top"]) == ("top", "no")
+    assert "Ranking not resolved" not in text
 
 
 # ------------------------------------------------------------------ tables from rows
@@ -289,6 +246,17 @@ def test_freezing_summary_means_over_seeds_and_pivots_by_target_size():
     assert "| linear_probe | 0.850 ± 0.071 † | — |" in text
     assert "| scratch | 0.250 ± 0.354 | 0.970 ± 0.000 (1) |" in text
     assert "† linear_probe, 100 examples: accuracy +3.8 pp over the last 4 of 20 epochs" in text
+    # Strategies are ranked per target size (caveats' rule): at 100 examples, two seeds'
+    # 95 % t-intervals (half-width 12.71 * std / sqrt(2)) overlap; "all" has one strategy.
+    assert (probe["overlaps_top"], scratch["overlaps_top"]) == ("top", "yes")
+    half = 12.7062 * np.std([0.8, 0.9], ddof=1) / np.sqrt(2)
+    assert probe["test_accuracy_ci95_low"] == pytest.approx(0.85 - half, abs=1e-4)
+    assert (
+        "mnist_0to4 → mnist[5,6,7,8,9], 100 examples: Ranking not resolved by 2 seeds: the "
+        "95 % t-interval of the mean test accuracy of the top row (linear_probe 0.2147..1.4853) "
+        "overlaps scratch " in text
+    )
+    assert "all (5,000) examples: Ranking" not in text
 
 
 def test_freezing_labels_name_strategies_and_pairs():

@@ -3,15 +3,12 @@
 Each module holds one study's `report(workdir, trials, config)`, which an
 experiment names in its config (`config.sweep.report =
 "research.studies.freezing:report"`); the sweep runner calls it after the
-trials. The generic sweep package (`research.sweep`) does not import these.
+trials. The generic sweep package (`research.sweep`) does not import these;
+they take their shared table rules from it (`research.sweep.plateau`: a row
+still improving at its last epoch is marked †).
 
   architectures  compare_architectures: accuracy against parameters and FLOPs
   autoencoder    autoencoder: reconstruction error and a linear probe of the code
   filters        filters_and_features: classic kernels, learned kernels, feature maps
   freezing       compare_freezing: transfer strategies against target-set size
-
-and the rule every table uses to mark a row that had not reached its plateau:
-
-  plateau        a row's mean validation curve over seeds: still improving (†)
-                 when the last fifth of its epochs gained 0.5 pp accuracy / 1 % loss
 """

@@ -14,10 +14,14 @@ the same numbers. `accuracy_vs_flops.png` plots test
 accuracy against FLOPs, one panel per dataset.
 
 Each row is also judged on its mean validation curve over seeds (the storage's
-per-epoch validation accuracy) by `research.studies.plateau`: a row whose mean
+per-epoch validation accuracy) by `research.sweep.plateau`: a row whose mean
 validation accuracy still rose by 0.5 pp or more over the last fifth of its
 epochs is marked † in summary.md, with its gain listed under the table;
-summary.csv's `plateau` column gives every row's verdict and gain.
+summary.csv's `plateau` column gives every row's verdict and gain. The
+models of a dataset are ranked by `research.sweep.caveats`' seed-interval rule:
+when the top model's 95 % t-interval of test accuracy overlaps another's, a
+note under the table says that those seeds do not rank them (summary.csv:
+`test_accuracy_ci95_low/high`, `overlaps_top`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from research.studies import plateau
-from research.sweep import aggregate, storage
+from research.sweep import aggregate, caveats, plateau, storage
 
 # Input shape of one example per dataset (HWC); other datasets are loaded to find it.
 INPUT_SHAPES = {
@@ -132,6 +135,15 @@ def summarize(
                 "plateau": plateau.of(curves.get(r.get("trial_id"), {}) for r in mine),
             }
         )
+    accuracies = [
+        [
+            r["test_accuracy"]
+            for r in rows
+            if (r["dataset"], r["model"]) == (s["dataset"], s["model"])
+        ]
+        for s in out
+    ]
+    caveats.rank(out, accuracies, label=lambda r: r["model"], group=lambda r: r["dataset"])
     return out
 
 
@@ -160,7 +172,8 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
     lines = [
         f"Trials finished: {finished}/{total}. Test accuracy: mean ± std over seeds; "
         "train ex/s and wall time (per trial, incl. compilation for the first seed): means. "
-        f"{plateau.rule()}.",
+        f"{plateau.rule()}. Ranking: the {100 * caveats.CONFIDENCE:g} % t-interval of the "
+        "mean test accuracy over seeds, per dataset.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -180,6 +193,7 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = plateau.legend((f"{r['dataset']} {r['model']}", r["plateau"]) for r in summary)
+    notes += caveats.notes(summary, label=lambda r: r["model"], group=lambda r: r["dataset"])
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"

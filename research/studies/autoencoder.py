@@ -21,7 +21,7 @@ MSE units: the pipeline standardizes pixels, so the training loss (and
 = `test_loss * std**2` is the MSE of [0, 1] pixels, comparable across datasets.
 
 Each row is also judged on its mean validation loss curve over seeds (the
-storage's per-epoch validation loss) by `research.studies.plateau`: a row whose
+storage's per-epoch validation loss) by `research.sweep.plateau`: a row whose
 mean validation loss still fell by 1 % or more over the last fifth of its
 epochs is marked † in summary.md, with its gain listed under the table;
 summary.csv's `plateau` column gives every row's verdict and gain.
@@ -38,8 +38,7 @@ import numpy as np
 
 from research import models
 from research.data import pipeline
-from research.studies import plateau
-from research.sweep import aggregate
+from research.sweep import aggregate, plateau
 from research.train import checkpoint
 
 NUM_SHOWN = 8  # test images per dataset in reconstructions.png
@@ -208,14 +207,12 @@ def reconstruction_grid(workdir: str, trials, cache: dict) -> dict[str, dict[str
 
 
 def plot_reconstructions(grid: dict[str, dict[str, np.ndarray]], path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     rows = sum(len(entry) for entry in grid.values())
     cols = max(len(next(iter(e.values()))) for e in grid.values())
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.95), squeeze=False)
+    fig = Figure(figsize=(cols * 0.9, rows * 0.95))
+    axes = fig.subplots(rows, cols, squeeze=False)
     r = 0
     for dataset, entry in grid.items():
         for label, images in entry.items():
@@ -233,7 +230,6 @@ def plot_reconstructions(grid: dict[str, dict[str, np.ndarray]], path: str) -> s
     fig.suptitle("test images (top) and reconstructions per latent size", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 

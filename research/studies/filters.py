@@ -14,7 +14,7 @@ trained on MNIST, experiments/filters_and_features.py) and writes:
   filters.csv           per classic filter and image: mean |response|
   summary.md/.csv       that table, plus the trained model's test accuracy and
                         whether its validation curve reached its plateau
-                        (`research.studies.plateau`; † if it was still improving)
+                        (`research.sweep.plateau`; † if it was still improving)
 
 Each figure is drawn from arrays a function returns (`filter_responses`,
 `first_layer_kernels`, `feature_maps`), so tests assert on the numbers.
@@ -29,9 +29,8 @@ import numpy as np
 
 from research import data as data_lib
 from research.layers import conv2d, filters
-from research.studies import plateau
 from research.studies.autoencoder import build_model, load_splits, restore_params
-from research.sweep import aggregate
+from research.sweep import aggregate, plateau
 
 NATURAL_DATASET = "cifar10"  # the second example image: a natural photo, in grayscale
 EXAMPLE_INDEX = 0  # which test image is shown (and fed through the network)
@@ -75,13 +74,12 @@ def feature_maps(model, params: dict, image: np.ndarray) -> dict[str, np.ndarray
     return maps
 
 
-def _plt():
-    import matplotlib
+def _figure(rows: int, cols: int, figsize: tuple[float, float]):
+    """A figure and its (rows, cols) axes, drawn without pyplot: the caller's backend is kept."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def _bare(ax):
@@ -91,12 +89,9 @@ def _bare(ax):
 
 def plot_classic(images: dict[str, np.ndarray], path: str) -> dict[str, dict[str, np.ndarray]]:
     """One row per image: the image, then each filter's response (diverging colour map)."""
-    plt = _plt()
     responses = {label: filter_responses(img) for label, img in images.items()}
     cols = 1 + len(filters.FILTERS)
-    fig, axes = plt.subplots(
-        len(images), cols, figsize=(cols * 1.2, len(images) * 1.45), squeeze=False
-    )
+    fig, axes = _figure(len(images), cols, (cols * 1.2, len(images) * 1.45))
     for r, (label, img) in enumerate(images.items()):
         axes[r, 0].imshow(img, cmap="gray")
         axes[r, 0].set_title(label, fontsize=7)
@@ -108,13 +103,11 @@ def plot_classic(images: dict[str, np.ndarray], path: str) -> dict[str, dict[str
             _bare(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return responses
 
 
 def plot_kernels(kernels: np.ndarray, path: str) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(kernels), figsize=(len(kernels) * 1.1, 1.4), squeeze=False)
+    fig, axes = _figure(1, len(kernels), (len(kernels) * 1.1, 1.4))
     for i, k in enumerate(kernels):
         limit = float(np.abs(k).max()) or 1.0
         axes[0, i].imshow(k, cmap="RdBu_r", vmin=-limit, vmax=limit)
@@ -123,15 +116,13 @@ def plot_kernels(kernels: np.ndarray, path: str) -> None:
     fig.suptitle("first-layer kernels learned (red +, blue -)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: str) -> None:
     """The input, then one block of rows per layer, 8 maps per row."""
-    plt = _plt()
     per_row = 8
     rows = 1 + sum(-(-m.shape[-1] // per_row) for m in maps.values())
-    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 0.9, rows * 1.0), squeeze=False)
+    fig, axes = _figure(rows, per_row, (per_row * 0.9, rows * 1.0))
     for ax in axes.flat:
         _bare(ax)
         ax.axis("off")
@@ -147,7 +138,6 @@ def plot_feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: str)
     fig.suptitle("feature maps of each convolution layer (after the activation)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def _first_finished(trials):

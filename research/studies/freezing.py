@@ -11,10 +11,14 @@ pretrained weights is the "linear_probe_random_init" baseline. Writes
 line per strategy, one panel per pair).
 
 Each cell is also judged on its mean validation curve over seeds (the
-storage's per-epoch validation accuracy) by `research.studies.plateau`: a cell
+storage's per-epoch validation accuracy) by `research.sweep.plateau`: a cell
 whose mean validation accuracy still rose by 0.5 pp or more over the last fifth
 of its epochs is marked † in summary.md, with its gain listed under the pair's
 table; summary.csv's `plateau` column gives every cell's verdict and gain.
+The strategies at one target size are ranked by `research.sweep.caveats`'
+seed-interval rule: when the top strategy's 95 % t-interval of test accuracy
+overlaps another's, a note under the pair's table says those seeds do not rank
+them (summary.csv: `test_accuracy_ci95_low/high`, `overlaps_top`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from research.studies import plateau
-from research.sweep import aggregate, space, storage
+from research.sweep import aggregate, caveats, plateau, space, storage
 
 
 def strategy_label(config) -> str:
@@ -87,8 +90,10 @@ def summarize(
     curves = curves or {}
     out = []
     groups = aggregate.group_by(rows, "pair", "strategy", "target_size")
+    accuracies = []
     for (pair, strategy, size), mine in groups.items():
         acc = [r["test_accuracy"] if r["status"] == "done" else 0.0 for r in mine]
+        accuracies.append(acc)
         mean, std = aggregate.mean_std(acc)
         examples = [r["train_examples"] for r in mine if r["train_examples"] is not None]
         out.append(
@@ -103,7 +108,13 @@ def summarize(
                 "plateau": plateau.of(curves.get(r["trial_id"], {}) for r in mine),
             }
         )
+    caveats.rank(out, accuracies, label=lambda r: r["strategy"], group=_group)
     return out
+
+
+def _group(row) -> str:
+    """The strategies ranked against each other: one pair at one target size."""
+    return f"{row['pair']}, {_size(row)} examples"
 
 
 def _size(row) -> str:
@@ -119,7 +130,9 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
         return f"No finished trials yet (0/{total}).\n"
     lines = [
         f"Trials finished: {finished}/{total}. Target test accuracy, mean ± std over seeds "
-        f"(seeds in brackets when fewer than the rest). {plateau.rule()}.",
+        f"(seeds in brackets when fewer than the rest). {plateau.rule()}. Ranking: the "
+        f"{100 * caveats.CONFIDENCE:g} % t-interval of the mean test accuracy over seeds, "
+        "per target size.",
     ]
     for pair in dict.fromkeys(r["pair"] for r in summary):
         mine = [r for r in summary if r["pair"] == pair]
@@ -148,6 +161,7 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
             (f"{r['strategy']}, {size_names[r['target_size']]} examples", r["plateau"])
             for r in mine
         )
+        notes += caveats.notes(mine, label=lambda r: r["strategy"], group=_group)
         if notes:
             lines += ["", *notes]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,9 @@ vmapped.py   which path a sweep's groups take ("vmap" or "sequential"), and the 
 runner.py    `run_sweep(config, workdir)`: a worker: claim, group, train
              (research.train.engine), tell, report
 aggregate.py trials.csv, summary.md/.csv (best ε on validation), plots: the generic report
+plateau.py   the rule every table uses to mark a row still improving at its last epoch (†)
+caveats.py   the other rules a table flags by: best ε on its grid's edge, diverged trials,
+             overlapping seed intervals of the top rows
 
 Study-specific reports live in `research.studies`, named by each experiment.
 """

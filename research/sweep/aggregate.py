@@ -15,6 +15,17 @@ mean ± sample standard deviation over seeds. The test split plays no part in
 the choice. A pruned trial (stopped early by `sweep.pruner`) counts as
 accuracy 0 there too, like a diverged one: it never competes as if it had
 finished.
+
+Each row also says what it cannot claim, by the rules every sweep's table
+shares: `plateau` (†: its chosen trials' mean validation curve was still
+improving at the last epoch; ‡: one epoch, not judged) and `caveats` (ε↑/ε↓:
+its best ε sits on the edge of its grid; ✗: some chosen trials diverged, by
+the documented rule that also catches a finite, exploding loss; the top rows'
+95 % t-intervals of test accuracy over seeds overlapping). The marks go into
+the `flags` column, the details into summary.csv's `grid_edge`, `plateau`,
+`diverged`, `test_accuracy_ci95_low/high` and `overlaps_top` columns and into
+the lines under summary.md's table; trials.csv's `diverged` column gives each
+diverged trial's reason.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from research.sweep import storage
+from research.sweep import caveats, plateau, storage
 from research.train import outputs
 
 LR_FIELD = "optim.learning_rate"
@@ -41,6 +52,7 @@ METRICS = (
     "steps_to_target",
     "wall_seconds",
     "params_sha256",
+    "diverged",
 )
 
 
@@ -78,6 +90,7 @@ def trial_row(record: storage.Record, target_accuracy: float) -> dict[str, Any] 
         steps_to_target=reached[0] if reached else None,
         wall_seconds=results.get("wall_seconds"),
         params_sha256=results.get("params_sha256"),
+        diverged=caveats.divergence(results),
     )
     return row
 
@@ -115,20 +128,35 @@ def group_by(rows: list[dict[str, Any]], *fields: str) -> dict[tuple, list[dict[
     return groups
 
 
-def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> list[dict[str, Any]]:
+def summarize(
+    rows: list[dict[str, Any]],
+    target_accuracy: float,
+    curves: dict[str, dict[int, float]] | None = None,
+    *,
+    higher_is_better: bool = True,
+) -> list[dict[str, Any]]:
     """One row per setting, at its learning rate with the best mean validation accuracy.
 
     Args:
       rows: trial rows (`trial_row`), with the fields `optim.learning_rate`,
         `seed`, `val_accuracy`, `test_accuracy`, `final_train_loss`,
-        `steps_to_target`, `status`; other keys not in `METRICS` are settings.
+        `steps_to_target`, `status` and `diverged` (a row without it counts
+        as diverged only by its status); other keys not in `METRICS` are settings.
       target_accuracy: reported in the table header only.
+      curves: trial id -> its validation curve (`plateau.curves`), for the
+        plateau verdict; a row without curves is not judged.
+      higher_is_better: the curves' direction (accuracy: True).
 
     Returns:
       Rows with the setting's fields, `best_learning_rate`, `seeds`,
       `val_accuracy_mean`, `test_accuracy_mean/std`, `final_train_loss_mean/std`,
-      `steps_to_target_mean`, `reached_target` ("k/n") and `learning_rates_tried`.
+      `steps_to_target_mean`, `reached_target` ("k/n"), `learning_rates_tried`,
+      `best_trial_ids`, then what the row cannot claim (`caveats`, `plateau`):
+      `flags` (the marks), `grid_edge` (a `caveats.Edge` or None), `plateau`
+      (a `plateau.Plateau`), `diverged` ("ε=1: 3/3 seeds; ..."),
+      `test_accuracy_ci95_low/high` and `overlaps_top` ("top", "yes", "no", ...).
     """
+    curves = curves or {}
     setting_fields = (
         [k for k in rows[0] if k not in (*METRICS, "trial_id", LR_FIELD, SEED_FIELD)]
         if rows
@@ -142,7 +170,7 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> list[dict[s
     for key, by_lr in settings.items():
 
         def val_score(lr, by_lr=by_lr):
-            accs = [_num(r["val_accuracy"]) if r["status"] == "done" else 0.0 for r in by_lr[lr]]
+            accs = [_num(r["val_accuracy"]) if _competes(r) else 0.0 for r in by_lr[lr]]
             accs = [0.0 if math.isnan(a) else a for a in accs]
             return float(np.mean(accs))
 
@@ -151,6 +179,10 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> list[dict[s
         test_mean, test_std = mean_std([r["test_accuracy"] for r in chosen])
         loss_mean, loss_std = mean_std([r["final_train_loss"] for r in chosen])
         reached = [r["steps_to_target"] for r in chosen if r["steps_to_target"] is not None]
+        verdict = plateau.of((curves.get(r["trial_id"], {}) for r in chosen), higher_is_better)
+        where = caveats.edge(list(by_lr), best)
+        diverged = {lr: sum(map(_diverged, mine)) for lr, mine in sorted(by_lr.items())}
+        marks = [where.mark if where else "", verdict.mark, caveats.DIVERGED * bool(diverged[best])]
         out.append(
             {
                 **dict(zip(setting_fields, key, strict=True)),
@@ -165,9 +197,31 @@ def summarize(rows: list[dict[str, Any]], target_accuracy: float) -> list[dict[s
                 "reached_target": f"{len(reached)}/{len(chosen)}",
                 "learning_rates_tried": " ".join(f"{lr:g}" for lr in sorted(by_lr)),
                 "best_trial_ids": " ".join(r["trial_id"] for r in chosen),
+                "flags": " ".join(m for m in marks if m),
+                "grid_edge": where,
+                "plateau": verdict,
+                "diverged": "; ".join(
+                    f"ε={lr:g}: {n}/{len(by_lr[lr])} seeds" for lr, n in diverged.items() if n
+                ),
             }
         )
+    caveats.rank(out, [_test_accuracies(s, rows) for s in out], label=_label)
     return out
+
+
+def _diverged(row: dict) -> bool:
+    """Diverged by `caveats`' rule (a row made without the rule: by its status)."""
+    return row["status"] == "diverged" or bool(row.get("diverged"))
+
+
+def _competes(row: dict) -> bool:
+    """Done and not diverged: a diverged or pruned trial counts as accuracy 0."""
+    return row["status"] == "done" and not _diverged(row)
+
+
+def _test_accuracies(summary_row: dict, rows: list[dict]) -> list[float]:
+    ids = set(summary_row["best_trial_ids"].split())
+    return [_num(r["test_accuracy"]) for r in rows if r["trial_id"] in ids]
 
 
 def write_csv(rows: list[dict], path: str) -> None:
@@ -214,6 +268,7 @@ def markdown(
         "test acc",
         "final train loss",
         f"steps to val acc ≥ {target_accuracy:g}",
+        "flags",
     ]
     lines = [
         f"Trials finished: {finished}/{total}{stopped}. Learning rate chosen on mean validation "
@@ -233,9 +288,25 @@ def markdown(
             f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}",
             f"{r['final_train_loss_mean']:.4f} ± {r['final_train_loss_std']:.4f}",
             ("—" if steps is None else f"{steps:.0f}") + f" ({r['reached_target']})",
+            r["flags"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *caveat_lines(summary)]) + "\n"
+
+
+def caveat_lines(summary: list[dict]) -> list[str]:
+    """Under the table: the rules, then one line per flagged row and the ranking note."""
+    notes = [
+        f"- {s['grid_edge'].mark} {_label(s)}: {s['grid_edge']}" for s in summary if s["grid_edge"]
+    ]
+    notes += [f"- {line}" for line in plateau.legend((_label(s), s["plateau"]) for s in summary)]
+    notes += [
+        f"- {caveats.DIVERGED} {_label(s)}: diverged at {s['diverged']}"
+        for s in summary
+        if s["diverged"]
+    ]
+    notes += [f"- {line}" for line in caveats.notes(summary, label=_label)]
+    return [f"{caveats.rule()} {plateau.rule()}.", *(["", *notes] if notes else [])]
 
 
 _SUMMARY_KEYS = (
@@ -250,13 +321,20 @@ _SUMMARY_KEYS = (
     "reached_target",
     "learning_rates_tried",
     "best_trial_ids",
+    "flags",
+    "grid_edge",
+    "plateau",
+    "diverged",
+    "test_accuracy_ci95_low",
+    "test_accuracy_ci95_high",
+    "overlaps_top",
 )
 
 
 def write_tables(workdir: str, records: list[storage.Record], *, target_accuracy: float) -> dict:
     """Writes trials.csv, summary.csv, summary.md and the two plots from finished trials."""
     rows = [r for t in records if (r := trial_row(t, target_accuracy)) is not None]
-    summary = summarize(rows, target_accuracy)
+    summary = summarize(rows, target_accuracy, plateau.curves(records), higher_is_better=True)
     pruned = sum(r["status"] == "pruned" for r in rows)
     text = markdown(summary, target_accuracy, finished=len(rows), total=len(records), pruned=pruned)
     save_tables(workdir, rows, summary, text)

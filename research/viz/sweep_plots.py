@@ -1,16 +1,17 @@
-"""Figures of sweeps: loss curves over seeds, and accuracy against learning rate."""
+"""Figures of sweeps: loss curves over seeds, and accuracy against learning rate.
+
+Drawn on `matplotlib.figure.Figure`, never through pyplot: importing this module
+or drawing leaves the caller's backend (a notebook's inline one) as it was.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
-import matplotlib
 import matplotlib.ticker
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 @contextlib.contextmanager
@@ -23,23 +24,19 @@ def panels(
         for ax, dataset in zip(axes, datasets):
             ax.plot(...)
     """
-    fig, axes = plt.subplots(
-        1, len(titles), figsize=(size[0] * len(titles), size[1]), squeeze=False
-    )
-    try:
-        for ax, title in zip(axes[0], titles, strict=True):
-            ax.set_xscale("log")
-            # A panel spanning less than a decade would label its minor ticks, overlapping.
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xlabel(xlabel)
-            ax.set_title(title, fontsize=10)
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(ylabel)
-        yield list(axes[0])
-        fig.tight_layout()
-        fig.savefig(path, dpi=80)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(size[0] * len(titles), size[1]))
+    axes = fig.subplots(1, len(titles), squeeze=False)
+    for ax, title in zip(axes[0], titles, strict=True):
+        ax.set_xscale("log")
+        # A panel spanning less than a decade would label its minor ticks, overlapping.
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    yield list(axes[0])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
 
 
 def plot_loss_curves(
@@ -54,7 +51,8 @@ def plot_loss_curves(
       path: the PNG to write.
       title: figure title.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     for label, runs in curves.items():
         runs = [r for r in runs if r[0]]
         if not runs:
@@ -76,11 +74,11 @@ def plot_loss_curves(
     ax.set_ylabel("training loss (mean, band: min–max over seeds)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    if ax.lines:  # no curves (no metrics.jsonl on this host): no legend to draw
+        ax.legend(fontsize=8)
     ax.set_title(title or "training loss at each optimizer's best learning rate")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -99,7 +97,8 @@ def plot_accuracy_vs_lr(
       ylabel: what the values are.
       title: figure title.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     for label, (lrs, mean, std) in lines.items():
         ax.errorbar(lrs, mean, yerr=std, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
@@ -110,5 +109,4 @@ def plot_accuracy_vs_lr(
     ax.set_title(title or "validation accuracy against learning rate")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

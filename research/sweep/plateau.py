@@ -1,11 +1,12 @@
-"""Has a published row reached its plateau? The one rule every study's table uses.
+"""Has a published row reached its plateau? The one rule every sweep's table uses.
 
-A row of a study's table (a model, a strategy at a target size, a latent size:
-one setting, over seeds) is judged on its *mean validation curve*: the sweep
-storage's intermediate values (the validation metric at each epoch end,
-`storage.Record.values`) averaged over the row's seeds, epoch by epoch. Its
-*gain* is what the last epoch adds to the best earlier epoch outside the
-*window*, the last fifth of the epochs (at least one):
+A row of a sweep's table (an optimizer at its best learning rate, a model, a
+strategy at a target size, a latent size: one setting, over seeds) is judged
+on its *mean validation curve*: the sweep storage's intermediate values (the
+validation metric at each epoch end, `storage.Record.values`) averaged over
+the row's seeds, epoch by epoch. Its *gain* is what the last epoch adds to the
+best earlier epoch outside the *window*, the last fifth of the epochs (at
+least one):
 
     accuracy (higher is better):  gain = last - max(earlier),  in percentage points
     loss (lower is better):       gain = (min(earlier) - last) / min(earlier),  in %
