@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from research import data
 from research.data import pipeline
 from research.sweep import runner, space, storage
+from research.sweep import study as optuna_api
 from research.train import engine, loop
 from tests import mysql, postgres, tiny_sweep
 
@@ -78,11 +79,10 @@ BOTH = [
 CLAIMER = """
 import sys, time
 sys.path.insert(0, {root!r})
-import optuna
-from research.sweep import storage
+from research.sweep import storage, study as optuna_api
 url, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
-study = optuna.load_study(study_name=name, storage=storage.open_storage(url))
-with storage.Heartbeats(study._storage, 60.0) as beats:
+study = optuna_api.StudyHandle.load(name, storage.open_storage(url))
+with storage.Heartbeats(study.storage, 60.0) as beats:
     queue = storage.Queue(study, beats, grace_seconds=120.0)
     waiting = [t for t in queue.all() if t.state.name == "WAITING"]
     while time.time() < start:
@@ -94,8 +94,10 @@ with storage.Heartbeats(study._storage, 60.0) as beats:
 @pytest.mark.parametrize("kind", BOTH)
 def test_of_workers_racing_for_the_same_trials_exactly_one_gets_each(tmp_path, kind):
     url = storage.storage_url(STORAGES[kind](tmp_path), str(tmp_path))
-    study = optuna.create_study(study_name="race", storage=storage.open_storage(url))
-    queue = storage.Queue(study, storage.Heartbeats(study._storage, 60.0), grace_seconds=120.0)
+    backend = storage.open_storage(url)
+    study, created = optuna_api.StudyHandle.open("race", backend, "maximize")
+    assert created
+    queue = storage.Queue(study, storage.Heartbeats(backend, 60.0), grace_seconds=120.0)
     for i in range(120):
         queue.enqueue(storage.Job(f"t{i}"))
     script = tmp_path / "claim.py"
@@ -114,41 +116,40 @@ def test_of_workers_racing_for_the_same_trials_exactly_one_gets_each(tmp_path, k
     assert all(p.returncode == 0 for p in procs), [err[-1000:] for _, err in outs]
     claimed = [int(n) for out, _ in outs for n in out.split()]
     assert sorted(claimed) == list(range(120))  # every trial once: none twice, none lost
-    assert all(t.state == TrialState.RUNNING for t in study.trials)
+    assert all(t.state == TrialState.RUNNING for t in study.trials())
 
 
 def test_a_stale_trial_is_taken_over_by_exactly_one_worker_with_its_history():
-    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    backend = optuna.storages.InMemoryStorage()
+    study, _ = optuna_api.StudyHandle.open("stale", backend, "maximize")
     now = [0.0]
-    beats = storage.Heartbeats(study._storage, 60.0)
+    beats = storage.Heartbeats(backend, 60.0)
     watchers = [
         storage.Queue(study, beats, grace_seconds=10.0, clock=lambda: now[0]) for _ in range(2)
     ]
     job = storage.Job("abc", {"seed": 0}, {"seed": optuna.distributions.IntDistribution(0, 3)})
     watchers[0].enqueue(job)
-    (trial,) = study.trials
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
-    study._storage.set_trial_intermediate_value(trial._trial_id, 1, 0.5)
+    (trial,) = study.trials()
+    assert study.claim(trial.number)  # as another worker would: no heartbeat of ours
+    assert study.report(trial.number, 0.5, 1)
 
     def beat(n):
-        study._storage.set_trial_user_attr(
-            trial._trial_id, "heartbeat", {"worker": "elsewhere:1", "beat": n}
-        )
+        study.set_trial_attr(trial.number, "heartbeat", {"worker": "elsewhere:1", "beat": n})
 
     beat(1)
     for q in watchers:
-        assert q.stale(study.trials) == []  # first sight: the clock starts now
+        assert q.stale(study.trials()) == []  # first sight: the clock starts now
     now[0] = 8.0
     beat(2)  # alive: the heartbeat moved within the grace period
-    assert [q.stale(study.trials) for q in watchers] == [[], []]
+    assert [q.stale(study.trials()) for q in watchers] == [[], []]
     now[0] = 17.0
-    assert [q.stale(study.trials) for q in watchers] == [[], []]  # 9 s since it moved
+    assert [q.stale(study.trials()) for q in watchers] == [[], []]  # 9 s since it moved
     now[0] = 18.5
-    stale = [q.stale(study.trials) for q in watchers]
+    stale = [q.stale(study.trials()) for q in watchers]
     assert [[t.number for t in s] for s in stale] == [[0], [0]]
     taken = [q.take_over(s[0], job) for q, s in zip(watchers, stale, strict=True)]
-    assert taken == [True, False]  # both saw it stale; one moved it to FAIL
-    old, new = study.trials
+    assert taken == ["retry", ""]  # both saw it stale; one moved it to FAIL
+    old, new = study.trials()
     assert (
         old.state == TrialState.FAIL
         and "elsewhere:1 stood still for 10 s" in old.user_attrs["failed"]
