@@ -266,7 +266,7 @@ class Heartbeats:
     """
 
     def __init__(self, storage: optuna_api.Storage, seconds: float):
-        self._storage = storage
+        self.backend = storage
         self.seconds = seconds
         self.worker = worker_name()
         self._ids: set[int] = set()
@@ -293,7 +293,7 @@ class Heartbeats:
         value = {"worker": self.worker, "beat": self._count, "time": time.time()}
         for trial_id in ids:
             try:
-                if not optuna_api.set_attr_by_id(self._storage, trial_id, "heartbeat", value):
+                if not optuna_api.set_attr_by_id(self.backend, trial_id, "heartbeat", value):
                     self.discard(trial_id)  # finished, or taken over by another worker
             except Exception as err:  # a storage hiccup: the next beat tries again
                 log.warning("heartbeat of trial %s not written: %s", trial_id, err)
