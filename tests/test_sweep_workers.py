@@ -119,6 +119,44 @@ def test_of_workers_racing_for_the_same_trials_exactly_one_gets_each(tmp_path, k
     assert all(t.state == TrialState.RUNNING for t in study.trials())
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_the_optuna_adapter_on_the_journal_and_sqlite_storages(tmp_path, kind):
+    url = storage.storage_url(STORAGES[kind](tmp_path), str(tmp_path))
+    study, created = optuna_api.StudyHandle.open("adapter", storage.open_storage(url), "maximize")
+    if kind == "journal":
+        size = os.path.getsize(url)
+    other, created_again = optuna_api.StudyHandle.open(
+        "adapter", storage.open_storage(url), "maximize"
+    )  # a second worker
+    assert (created, created_again) == (True, False)
+    if kind == "journal":
+        assert os.path.getsize(url) == size  # joining an existing study only reads it
+    study.set_user_attr("config", {"seed": 1})
+    assert other.user_attrs == {"config": {"seed": 1}}
+    dist = optuna.distributions.FloatDistribution(0.01, 1.0, log=True)
+    study.enqueue({"lr": 0.1}, {"lr": dist}, {"trial_id": "t0"}, {1: 0.25})
+    study.enqueue({"lr": 0.3}, {"lr": dist}, {"trial_id": "t1"})
+    t0, t1 = other.trials()
+    assert t0.state == TrialState.WAITING and t0.params == {"lr": 0.1}
+    assert t0.intermediate_values == {1: 0.25} and t1.user_attrs == {"trial_id": "t1"}
+    assert study.claim(t0.number) and not other.claim(t0.number)  # one worker wins
+    assert study.trial_id(t0.number) == other.trial_id(t0.number) != study.trial_id(t1.number)
+    assert study.set_trial_attr(t0.number, "worker", "me")
+    assert study.report(t0.number, 0.5, 2) and not study.should_prune(t0.number)
+    assert study.finish(t0.number, "complete", 0.5)
+    assert not other.finish(t0.number, "fail")  # finished: a second transition fails
+    assert not study.set_trial_attr(t0.number, "late", 1) and not study.report(t0.number, 1.0, 3)
+    assert other.claim(t1.number) and other.finish(t1.number, "pruned")
+    asked = study.ask()  # nothing WAITING: the sampler's new RUNNING trial
+    lr = study.trial(asked).suggest_float("lr", 0.01, 1.0, log=True)
+    assert 0.01 <= lr <= 1.0 and study.finish(asked, "fail")
+    done = other.trials()
+    assert [t.state for t in done] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert done[0].value == 0.5 and done[0].intermediate_values == {1: 0.25, 2: 0.5}
+    assert done[0].user_attrs == {"trial_id": "t0", "worker": "me"} and done[2].params == {"lr": lr}
+    assert [name for name, _ in optuna_api.summaries(study.storage)] == ["adapter"]
+
+
 def test_a_stale_trial_is_taken_over_by_exactly_one_worker_with_its_history():
     backend = optuna.storages.InMemoryStorage()
     study, _ = optuna_api.StudyHandle.open("stale", backend, "maximize")
@@ -263,6 +301,14 @@ def test_the_study_holds_params_values_and_results_and_a_changed_field_is_a_new_
 
     again = runner.run_sweep(config, workdir)  # the same config: nothing runs
     assert again["ran"] == [] and len(again["skipped"]) == 2
+
+    journal = os.path.join(workdir, "optuna.journal")
+    size = os.path.getsize(journal)
+    config.sweep.parallel = "vmap"  # not the path the sweep started with: refused
+    with pytest.raises(ValueError, match="ran its trials with 'sequential'"):
+        runner.run_sweep(config, workdir)
+    assert os.path.getsize(journal) == size  # refused before the storage was touched
+    config.sweep.parallel = "sequential"
 
     config.optim.momentum = 0.5  # not swept, and sgd ignores it: still a different config
     lines: list[str] = []
