@@ -190,20 +190,19 @@ class Worker:
             return
         except Exception as err:
             if isinstance(err, (engine.Interrupted, OSError)):  # not the trial's fault
-                self._hand_back(work, frozen, one_line(err))
+                self._hand_back(work, frozen, storage.redact(one_line(err), self.sweep.url))
                 raise
             log.debug("%s failed", work.kind, exc_info=True)
+            error = storage.redact(one_line(err), self.sweep.url)  # stored and shown: no password
             fresh = work.queue.all()
             for t, item in zip(frozen, items, strict=True):
                 job = work.job(storage.trial_key(t), fresh)
-                outcome = work.queue.retry_or_give_up(t, one_line(err), job, fresh)
+                outcome = work.queue.retry_or_give_up(t, error, job, fresh)
                 then = {"retry": "enqueued again", "gave up": "failed for good"}.get(outcome)
-                self.echo(
-                    f"{work.kind} {item.id} failed: {one_line(err)}" + (f"; {then}" if then else "")
-                )
+                self.echo(f"{work.kind} {item.id} failed: {error}" + (f"; {then}" if then else ""))
             return
         except BaseException as err:
-            self._hand_back(work, frozen, one_line(err))
+            self._hand_back(work, frozen, storage.redact(one_line(err), self.sweep.url))
             raise
         for t, item, r in zip(frozen, items, results, strict=True):
             told = self._tell(work, t, work.folder(item), r, spe)
