@@ -392,12 +392,16 @@ class Record:
 
 
 def _best_of(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    """The Optuna trial that stands for one sweep trial: finished, else live, else the last."""
+    """The Optuna trial that stands for one sweep trial.
+
+    The first finished one, else the first live one, else the last that gave up, else the last.
+    """
     for states in (FINISHED, LIVE):
         chosen = [t for t in trials if t.state in states]
         if chosen:
             return min(chosen, key=lambda t: t.number)
-    return trials[-1] if trials else None
+    gave_up = [t for t in trials if "gave_up" in t.user_attrs]  # failed for good: its error
+    return (gave_up or trials or [None])[-1]
 
 
 def records(trials: list[space.Trial], optuna_trials: Iterable[FrozenTrial]) -> list[Record]:
