@@ -16,7 +16,7 @@ import subprocess
 import optuna
 from optuna.trial import TrialState
 
-from research.sweep import storage
+from research.sweep import runner, storage
 from research.sweep import study as optuna_api
 from tests import tiny_sweep
 
@@ -115,3 +115,22 @@ def test_max_retries_must_be_at_least_one(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: sweep.max_retries=0 is invalid: must be an integer >= 1"
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_stage_that_fails_for_good_fails_the_trials_that_start_from_it(tmp_path):
+    config = tiny_sweep.with_transfer_stage(tiny_sweep.config())
+    config.sweep.pretrain.digits_0to4.batch_size = 2048  # fails when it builds, every time
+    lines: list[str] = []
+    done = runner.run_sweep(config, str(tmp_path), echo=lines.append)
+    records = {r.overrides["transfer.strategy"]: r for r in runner.records(config, str(tmp_path))}
+    scratch, probe = records["scratch"], records["linear_probe"]
+    assert scratch.state == "complete" and done["failed"] == [probe.id]
+    assert done["stages"] == [] and done["ran"] == [scratch.id]
+    assert probe.state == "fail" and "gave_up" in probe.results
+    assert probe.results["error"].startswith(
+        "RuntimeError: its pretraining stage digits_0to4 failed for good: ValueError: "
+        "config.batch_size=2048 is larger than the training split"
+    )
+    assert sum(line.startswith("stage ") and "failed" in line for line in lines) == 2
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Failed for good (1;" in summary and f"- {probe.id} " in summary
