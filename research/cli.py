@@ -64,6 +64,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         detail = re.sub(r"\s+", " ", text).strip(" '\"")
         overrides = [a.split("=")[0] for a in kept[1:] if re.match(r"--config\.", a)]
         bad = [o for o in overrides if o.rsplit(".", 1)[-1] in detail]
+        # A missing section names only its first missing part (`sweep.axes.optim.x`: 'optim').
+        bad = bad or [o for o in overrides if detail in o.split(".")[1:]]
         where = f"bad config override {bad[0]}: " if bad else ""
         if isinstance(err, (AttributeError, KeyError)):
             hint = re.search(r'Did you mean "[^"]+"', text)

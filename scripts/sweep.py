@@ -10,7 +10,15 @@ database URL; default DIR/optuna.journal): each trial runs once, a lost
 worker's trial is taken over, and each command returns when every trial of the
 sweep has finished.
 
-Exit codes: 0 done; 2 bad input (a message names the field or path); 74 the
+A trial whose attempts fail `--config.sweep.max_retries` times (it raises, or
+its worker is lost) is failed for good: the others finish, the tables list it
+with its error, and the command exits 4 with one line naming it. Every trial's
+model and input are checked before the first trial starts. A database password
+is best given by `--config.sweep.storage_password=env:VARIABLE` (or
+`file:PATH`) rather than in the URL; it is never written anywhere.
+
+Exit codes: 0 done; 2 bad input (a message names the field or path); 4 some
+trials failed for good (the others finished; the line names them); 74 the
 operating system refused a write (disk full, read-only folder: the message
 names the path; finished trials are kept and the same command resumes);
 128 + N stopped by signal N (SIGTERM, SIGINT: checkpoints written, the trials
@@ -32,6 +40,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the trials, tables and plots.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_TRIALS_FAILED = 4  # some trials failed sweep.max_retries times; the rest finished
 
 
 def main(argv) -> int:
@@ -70,6 +80,14 @@ def main(argv) -> int:
     with open(os.path.join(workdir, "summary.md")) as f:
         print(f.read())
     print(f"tables and plots: {workdir}; study {done['study']} in {done['storage']}")
+    if done["failed"]:
+        print(
+            f"error: {len(done['failed'])} of {done['trials']} trials failed for good "
+            f"(sweep.max_retries={config.sweep.max_retries}; errors in summary.md): "
+            f"{' '.join(done['failed'])}",
+            file=sys.stderr,
+        )
+        return EXIT_TRIALS_FAILED
     return 0
 
 

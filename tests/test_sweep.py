@@ -138,6 +138,16 @@ def test_cli_bad_axis_is_one_clear_message_and_exit_2(tmp_path):
         (f"{EXPERIMENT}:digits", ["--config.nosuch=1"], "--config.nosuch: the config has no such"),
         (f"{EXPERIMENT}:digits", ["--config.sweep.report=nope"], "config.sweep.report='nope'"),
         (
+            f"{EXPERIMENT}:digits",
+            ["--config.sweep.axes.optim.lerning_rate=(0.1,)"],
+            "bad config override --config.sweep.axes.optim.lerning_rate: the config has no such",
+        ),
+        (
+            f"{EXPERIMENT}:digits",
+            ["--config.sweep.storage=postgresql://u:s3cret@127.0.0.1:9/db"],
+            "://u:***@127.0.0.1:9/db' cannot be opened",
+        ),
+        (
             os.path.join(ROOT, "experiments", "digits.py"),
             [],
             "the config has no `sweep` section",

@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from research import data
 from research.data import pipeline
 from research.sweep import runner, space, storage
+from research.sweep import study as optuna_api
 from research.train import engine, loop
 from tests import mysql, postgres, tiny_sweep
 
@@ -78,11 +79,10 @@ BOTH = [
 CLAIMER = """
 import sys, time
 sys.path.insert(0, {root!r})
-import optuna
-from research.sweep import storage
+from research.sweep import storage, study as optuna_api
 url, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
-study = optuna.load_study(study_name=name, storage=storage.open_storage(url))
-with storage.Heartbeats(study._storage, 60.0) as beats:
+study = optuna_api.StudyHandle.load(name, storage.open_storage(url))
+with storage.Heartbeats(study.storage, 60.0) as beats:
     queue = storage.Queue(study, beats, grace_seconds=120.0)
     waiting = [t for t in queue.all() if t.state.name == "WAITING"]
     while time.time() < start:
@@ -94,8 +94,10 @@ with storage.Heartbeats(study._storage, 60.0) as beats:
 @pytest.mark.parametrize("kind", BOTH)
 def test_of_workers_racing_for_the_same_trials_exactly_one_gets_each(tmp_path, kind):
     url = storage.storage_url(STORAGES[kind](tmp_path), str(tmp_path))
-    study = optuna.create_study(study_name="race", storage=storage.open_storage(url))
-    queue = storage.Queue(study, storage.Heartbeats(study._storage, 60.0), grace_seconds=120.0)
+    backend = storage.open_storage(url)
+    study, created = optuna_api.StudyHandle.open("race", backend, "maximize")
+    assert created
+    queue = storage.Queue(study, storage.Heartbeats(backend, 60.0), grace_seconds=120.0)
     for i in range(120):
         queue.enqueue(storage.Job(f"t{i}"))
     script = tmp_path / "claim.py"
@@ -114,41 +116,78 @@ def test_of_workers_racing_for_the_same_trials_exactly_one_gets_each(tmp_path, k
     assert all(p.returncode == 0 for p in procs), [err[-1000:] for _, err in outs]
     claimed = [int(n) for out, _ in outs for n in out.split()]
     assert sorted(claimed) == list(range(120))  # every trial once: none twice, none lost
-    assert all(t.state == TrialState.RUNNING for t in study.trials)
+    assert all(t.state == TrialState.RUNNING for t in study.trials())
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_the_optuna_adapter_on_the_journal_and_sqlite_storages(tmp_path, kind):
+    url = storage.storage_url(STORAGES[kind](tmp_path), str(tmp_path))
+    study, created = optuna_api.StudyHandle.open("adapter", storage.open_storage(url), "maximize")
+    if kind == "journal":
+        size = os.path.getsize(url)
+    other, created_again = optuna_api.StudyHandle.open(
+        "adapter", storage.open_storage(url), "maximize"
+    )  # a second worker
+    assert (created, created_again) == (True, False)
+    if kind == "journal":
+        assert os.path.getsize(url) == size  # joining an existing study only reads it
+    study.set_user_attr("config", {"seed": 1})
+    assert other.user_attrs == {"config": {"seed": 1}}
+    dist = optuna.distributions.FloatDistribution(0.01, 1.0, log=True)
+    study.enqueue({"lr": 0.1}, {"lr": dist}, {"trial_id": "t0"}, {1: 0.25})
+    study.enqueue({"lr": 0.3}, {"lr": dist}, {"trial_id": "t1"})
+    t0, t1 = other.trials()
+    assert t0.state == TrialState.WAITING and t0.params == {"lr": 0.1}
+    assert t0.intermediate_values == {1: 0.25} and t1.user_attrs == {"trial_id": "t1"}
+    assert study.claim(t0.number) and not other.claim(t0.number)  # one worker wins
+    assert study.trial_id(t0.number) == other.trial_id(t0.number) != study.trial_id(t1.number)
+    assert study.set_trial_attr(t0.number, "worker", "me")
+    assert study.report(t0.number, 0.5, 2) and not study.should_prune(t0.number)
+    assert study.finish(t0.number, "complete", 0.5)
+    assert not other.finish(t0.number, "fail")  # finished: a second transition fails
+    assert not study.set_trial_attr(t0.number, "late", 1) and not study.report(t0.number, 1.0, 3)
+    assert other.claim(t1.number) and other.finish(t1.number, "pruned")
+    asked = study.ask()  # nothing WAITING: the sampler's new RUNNING trial
+    lr = study.trial(asked).suggest_float("lr", 0.01, 1.0, log=True)
+    assert 0.01 <= lr <= 1.0 and study.finish(asked, "fail")
+    done = other.trials()
+    assert [t.state for t in done] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert done[0].value == 0.5 and done[0].intermediate_values == {1: 0.25, 2: 0.5}
+    assert done[0].user_attrs == {"trial_id": "t0", "worker": "me"} and done[2].params == {"lr": lr}
+    assert [name for name, _ in optuna_api.summaries(study.storage)] == ["adapter"]
 
 
 def test_a_stale_trial_is_taken_over_by_exactly_one_worker_with_its_history():
-    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    backend = optuna.storages.InMemoryStorage()
+    study, _ = optuna_api.StudyHandle.open("stale", backend, "maximize")
     now = [0.0]
-    beats = storage.Heartbeats(study._storage, 60.0)
+    beats = storage.Heartbeats(backend, 60.0)
     watchers = [
         storage.Queue(study, beats, grace_seconds=10.0, clock=lambda: now[0]) for _ in range(2)
     ]
     job = storage.Job("abc", {"seed": 0}, {"seed": optuna.distributions.IntDistribution(0, 3)})
     watchers[0].enqueue(job)
-    (trial,) = study.trials
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
-    study._storage.set_trial_intermediate_value(trial._trial_id, 1, 0.5)
+    (trial,) = study.trials()
+    assert study.claim(trial.number)  # as another worker would: no heartbeat of ours
+    assert study.report(trial.number, 0.5, 1)
 
     def beat(n):
-        study._storage.set_trial_user_attr(
-            trial._trial_id, "heartbeat", {"worker": "elsewhere:1", "beat": n}
-        )
+        study.set_trial_attr(trial.number, "heartbeat", {"worker": "elsewhere:1", "beat": n})
 
     beat(1)
     for q in watchers:
-        assert q.stale(study.trials) == []  # first sight: the clock starts now
+        assert q.stale(study.trials()) == []  # first sight: the clock starts now
     now[0] = 8.0
     beat(2)  # alive: the heartbeat moved within the grace period
-    assert [q.stale(study.trials) for q in watchers] == [[], []]
+    assert [q.stale(study.trials()) for q in watchers] == [[], []]
     now[0] = 17.0
-    assert [q.stale(study.trials) for q in watchers] == [[], []]  # 9 s since it moved
+    assert [q.stale(study.trials()) for q in watchers] == [[], []]  # 9 s since it moved
     now[0] = 18.5
-    stale = [q.stale(study.trials) for q in watchers]
+    stale = [q.stale(study.trials()) for q in watchers]
     assert [[t.number for t in s] for s in stale] == [[0], [0]]
     taken = [q.take_over(s[0], job) for q, s in zip(watchers, stale, strict=True)]
-    assert taken == [True, False]  # both saw it stale; one moved it to FAIL
-    old, new = study.trials
+    assert taken == ["retry", ""]  # both saw it stale; one moved it to FAIL
+    old, new = study.trials()
     assert (
         old.state == TrialState.FAIL
         and "elsewhere:1 stood still for 10 s" in old.user_attrs["failed"]
@@ -262,6 +301,14 @@ def test_the_study_holds_params_values_and_results_and_a_changed_field_is_a_new_
 
     again = runner.run_sweep(config, workdir)  # the same config: nothing runs
     assert again["ran"] == [] and len(again["skipped"]) == 2
+
+    journal = os.path.join(workdir, "optuna.journal")
+    size = os.path.getsize(journal)
+    config.sweep.parallel = "vmap"  # not the path the sweep started with: refused
+    with pytest.raises(ValueError, match="ran its trials with 'sequential'"):
+        runner.run_sweep(config, workdir)
+    assert os.path.getsize(journal) == size  # refused before the storage was touched
+    config.sweep.parallel = "sequential"
 
     config.optim.momentum = 0.5  # not swept, and sgd ignores it: still a different config
     lines: list[str] = []

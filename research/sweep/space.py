@@ -110,8 +110,14 @@ def get_sweep_config() -> ml_collections.ConfigDict:
     # Where the sweep's state lives (an Optuna study): "" = DIR/optuna.journal; a path (a
     # journal file); or a database URL: sqlite:///sweep.db, postgresql://user@host/db.
     s.storage = ""
+    # Where a database's password comes from, so no command line carries it: "env:VARIABLE",
+    # "file:PATH" (its first line), or "" (in the URL, or none). Never written anywhere.
+    s.storage_password = ""
     s.heartbeat_seconds = 10.0  # a worker marks each trial it runs as alive this often
     s.grace_seconds = 60.0  # a trial whose heartbeat stood still this long is taken over
+    # Attempts of one trial that may fail (raise, or lose their worker) before it is failed
+    # for good: the sweep then finishes the rest and exits non-zero naming it.
+    s.max_retries = 2
     # How trials that differ only in numeric optimizer hyperparameters and seed run:
     # "vmap" as one compiled program over a trial axis, "sequential" one after another,
     # "auto" by the engine's rule: vmap on GPU/TPU, sequential on CPU (research.sweep.vmapped).
@@ -225,7 +231,9 @@ OPERATIONAL_FIELDS = (
     "group_size",
     "target_accuracy",
     "storage",
+    "storage_password",
     "heartbeat_seconds",
+    "max_retries",
     "grace_seconds",
 )
 
@@ -486,6 +494,7 @@ def check_sweep_fields(config: ml_collections.ConfigDict) -> None:
         ("pruner_min_epochs", 0),
         ("pruner_startup_trials", 0),
         ("reduction_factor", 2),
+        ("max_retries", 1),
     ):
         _check_number(s, field, minimum)
     _check_number(s, "heartbeat_seconds", 0, (int, float), above=True)
@@ -500,6 +509,8 @@ def check_sweep_fields(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"sweep.prune_comparisons={s.prune_comparisons!r} must be True or False")
     if not isinstance(s.storage, str):
         raise ValueError(f"sweep.storage={s.storage!r} must be a path or a database URL")
+    if not isinstance(s.storage_password, str):
+        raise ValueError("sweep.storage_password must be 'env:VARIABLE', 'file:PATH' or ''")
     if not 0 <= s.target_accuracy <= 1:
         raise ValueError(f"sweep.target_accuracy={s.target_accuracy!r} must be in [0, 1]")
     if s.mode == "tpe" and s.num_samples < 1:

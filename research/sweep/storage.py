@@ -7,7 +7,8 @@ or how they are judged), in the storage `sweep.storage` names:
   * "" (the default): the journal file `DIR/optuna.journal`;
   * a path: a journal file there (`JournalFileBackend`: appends under a lock
     file, fine on NFS);
-  * a database URL: `sqlite:///sweep.db`, `postgresql://user@host/db`,
+  * a database URL: `sqlite:///sweep.db`, `postgresql://user@host/db`
+    (the installed driver: `driver_url`),
     `mysql+pymysql://...` (`RDBStorage`).
 
 Every trial of the sweep is one Optuna trial with
@@ -25,16 +26,9 @@ So `optuna.load_study(study_name=..., storage=...)` and optuna-dashboard show a
 sweep with no code of ours. A sweep's `pretrain` stages are a second study,
 `<name>.pretrain`, run the same way before the trials.
 
-Workers share the study through its trial states, whose transitions the storage
-makes atomic (`Queue`): a worker runs a trial only after moving it from WAITING
-to RUNNING itself, and a second worker's move fails. While it runs, the worker's
-`Heartbeats` thread rewrites the trial's `heartbeat` attr; a RUNNING trial whose
-heartbeat stood still for `sweep.grace_seconds` (as seen by the watching
-worker's own clock: no clocks are compared across hosts) is taken over: moved
-to FAIL (again an atomic transition: one worker wins) and enqueued anew with the
-same params and `trial_id`, so the next worker resumes it from its folder's
-checkpoints. Optuna's own heartbeats are not used: they exist for RDB storages
-only and for `study.optimize`, while a sweep asks for trials and tells results.
+Workers share the study as a queue (`research.sweep.queue`); every Optuna call
+goes through `research.sweep.study`. A database's password never leaves this
+process's memory (`database_url`, `shown`).
 
 On SQLite, every transaction starts with `BEGIN IMMEDIATE`: pysqlite otherwise
 reads outside the transaction that writes, and two workers could both move the
@@ -45,26 +39,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterable
+import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 import ml_collections
-import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from research.sweep import space
+from research.sweep import study as optuna_api
+from research.sweep.queue import (  # noqa: F401  (the queue's names, as before)
+    FINISHED,
+    LIVE,
+    Heartbeats,
+    Job,
+    Queue,
+    trial_key,
+    worker_name,
+    yielded,
+)
 
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "optuna.journal"  # the default storage: a journal file in the sweep folder
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-LIVE = (TrialState.WAITING, TrialState.RUNNING)
 
 
 def storage_url(setting: str, workdir: str) -> str:
@@ -76,42 +78,172 @@ def storage_url(setting: str, workdir: str) -> str:
     return os.path.abspath(setting)
 
 
+def is_database(url: str) -> bool:
+    return "://" in url
+
+
 def shown(url: str) -> str:
-    """`url` with any password replaced by ***, for logs and manifests."""
-    if "://" not in url or "@" not in url:
+    """`url` with any password replaced by ***, for logs, manifests and messages."""
+    if not is_database(url):
         return url
     scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}{':***' if ':' in credentials else ''}@{host}"
+    head, sep, query = rest.partition("?")
+    if "@" in head:
+        credentials, host = head.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        head = f"{user}{':***' if ':' in credentials else ''}@{host}"
+    if query:
+        fields = [p.split("=", 1) for p in query.split("&")]
+        query = "&".join(
+            f"{f[0]}=***" if len(f) == 2 and f[0].lower() in SECRET_PARAMS else "=".join(f)
+            for f in fields
+        )
+    return f"{scheme}://{head}{sep}{query}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+SECRET_PARAMS = ("password", "passwd")  # query parameters that carry a password
+
+
+def _passwords(url: str) -> list[str]:
+    """The password(s) `url` carries, as written and percent-decoded."""
+    if not is_database(url):
+        return []
+    found = []
+    head, _, query = url.split("://", 1)[1].partition("?")
+    if "@" in head and ":" in head.rsplit("@", 1)[0]:
+        found.append(head.rsplit("@", 1)[0].split(":", 1)[1])
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        if eq and key.lower() in SECRET_PARAMS:
+            found.append(value)
+    return [v for p in found if p for v in {p, urllib.parse.unquote(p)}]
+
+
+def redact(text: str, url: str) -> str:
+    """`text` (an error message, say) with every password of `url` replaced by ***."""
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def public_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as JSON for sweep.json and the study's `config` attr: no password in it."""
+    tree = json.loads(config.to_json_best_effort(sort_keys=True))
+    if isinstance(tree.get("sweep"), dict) and isinstance(tree["sweep"].get("storage"), str):
+        tree["sweep"]["storage"] = shown(tree["sweep"]["storage"])
+    return tree
+
+
+def database_url(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The storage to open: `sweep.storage` with the password of `sweep.storage_password`.
+
+    `sweep.storage_password` says where a database's password comes from, so that
+    neither the command line nor the config carries it: "" (none, or written in
+    the URL), "env:VARIABLE" (an environment variable) or "file:PATH" (the first
+    line of a file, e.g. one only its owner can read). The password lives in this
+    process's memory only: every file, log line, message and study attr shows
+    the URL through `shown`. A bare `postgresql://` URL gets the installed driver
+    (`driver_url`).
+
+    Raises:
+      ValueError: a bad source, or one that gives no password (the message names it).
+    """
+    url = storage_url(config.sweep.storage, workdir)
+    source = config.sweep.storage_password
+    if source:
+        field = f"config.sweep.storage_password={source!r}"
+        if not is_database(url):
+            raise ValueError(
+                f"{field}: sweep.storage={shown(url)!r} is a journal file, which takes no "
+                f"password; give a database URL or leave storage_password empty"
+            )
+        if _passwords(url):
+            raise ValueError(
+                f"{field}: sweep.storage={shown(url)!r} already holds a password; give it once"
+            )
+        kind, _, where = source.partition(":")
+        if kind == "env" and where:
+            password = os.environ.get(where, "")
+            if not password:
+                raise ValueError(f"{field}: the environment variable {where} is not set")
+        elif kind == "file" and where:
+            try:
+                with open(os.path.expanduser(where)) as f:
+                    password = f.readline().rstrip("\r\n")
+            except OSError as err:
+                raise ValueError(f"{field}: cannot read {where}: {err.strerror}") from None
+            if not password:
+                raise ValueError(f"{field}: the first line of {where} is empty")
+        else:
+            raise ValueError(
+                f"{field} is invalid: give 'env:VARIABLE' or 'file:PATH' (or '' for a "
+                f"password in the URL, or none)"
+            )
+        scheme, rest = url.split("://", 1)
+        head, sep, query = rest.partition("?")
+        user, at, host = head.rpartition("@")
+        if not at:
+            raise ValueError(
+                f"{field}: sweep.storage={shown(url)!r} names no user to give the password "
+                f"to; write it as {scheme}://USER@HOST/DATABASE"
+            )
+        secret = urllib.parse.quote(password, safe="")
+        url = f"{scheme}://{user}:{secret}@{host}{sep}{query}"
+    return driver_url(url)
+
+
+# SQLAlchemy reads a bare "postgresql://" as psycopg2 up to 2.0 and as psycopg (3) from
+# 2.1: the bare scheme gets whichever of the two is installed, psycopg first.
+POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
+
+
+def driver_url(url: str) -> str:
+    """`url` with a bare `postgresql://` (or `postgres://`) mapped to the installed driver.
+
+    Raises:
+      ValueError: neither psycopg nor psycopg2 is installed.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for module, driver in POSTGRES_DRIVERS:
+        if importlib.util.find_spec(module) is not None:
+            return f"{driver}://{rest}"
+    raise ValueError(
+        f"sweep.storage={shown(url)!r}: no PostgreSQL driver is installed; install psycopg2 "
+        f"(requirements-test.txt) and write the URL as postgresql+psycopg2://..."
+    )
+
+
+def open_storage(url: str) -> optuna_api.Storage:
     """The Optuna storage at `url` (see the module doc); a journal file is created.
 
     Raises:
-      ValueError: the URL names no database Optuna can open (the message says why).
+      ValueError: the URL names no database Optuna can open (the message says why,
+        with any password masked).
     """
-    if "://" not in url:
+    if not is_database(url):
         os.makedirs(os.path.dirname(url) or ".", exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+        return optuna_api.journal(url)
+    url = driver_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 120}  # seconds a writer waits for the lock
     for attempt in range(5):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            storage = optuna_api.database(url, kwargs)
             break
         except (ImportError, ModuleNotFoundError) as err:
-            raise ValueError(f"sweep.storage={shown(url)!r}: {err}") from None
+            raise ValueError(redact(f"sweep.storage={shown(url)!r}: {err}", url)) from None
         except Exception as err:  # a bad URL or an unreachable server: one line names it
             # Workers that start together on a new database race to create its tables:
             # the losers fail once, then find them made.
             if attempt == 4:
-                raise ValueError(f"sweep.storage={shown(url)!r} cannot be opened: {err}") from None
+                message = f"sweep.storage={shown(url)!r} cannot be opened: {err}"
+                raise ValueError(redact(message, url)) from None
             time.sleep(0.5 * (attempt + 1))
     if url.startswith("sqlite"):
-        _immediate_transactions(storage.engine)
+        _immediate_transactions(optuna_api.engine_of(storage))
     return storage
 
 
@@ -159,30 +291,13 @@ def objective(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return "val_loss", "minimize"
 
 
-def _create_or_load(name: str, storage, direction: str, sampler=None, pruner=None):
-    """`(study, created)`: `created` is True in exactly one of the workers that race here."""
-    try:
-        study = optuna.create_study(
-            study_name=name,
-            storage=storage,
-            direction=direction,
-            sampler=sampler,
-            pruner=pruner,
-            load_if_exists=False,
-        )
-        return study, True
-    except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(
-            study_name=name, storage=storage, sampler=sampler, pruner=pruner
-        ), False
-
-
 @dataclasses.dataclass
 class Sweep:
     """The studies of one sweep config in one storage.
 
     Attributes:
-      url: the storage (a journal file path or a database URL).
+      url: the storage (a journal file path or a database URL, with its password:
+        show it through `shown`).
       name: the trials' study name (`study_name`).
       trials: the trials' study; `stages` the `sweep.pretrain` stages' study (None: none).
       created: this worker created the trials' study (and so enqueues its trials).
@@ -194,8 +309,8 @@ class Sweep:
 
     url: str
     name: str
-    trials: optuna.Study
-    stages: optuna.Study | None
+    trials: optuna_api.StudyHandle
+    stages: optuna_api.StudyHandle | None
     created: bool
     stages_created: bool
     metric: str
@@ -203,278 +318,37 @@ class Sweep:
     replaced: list[tuple[str, list[str]]]
 
 
-def open_sweep(config, workdir: str, *, sampler=None, pruner=None) -> Sweep:
-    """Creates or joins the sweep's studies; the creator records the config on them.
+def open_sweep(config, workdir: str, *, url: str, sampler=None, pruner=None) -> Sweep:
+    """Joins the sweep's studies in the storage at `url`, else creates them.
+
+    The creator records the config on the study (`public_config`: no password).
+    An existing study is only read: a refused run appends nothing to a journal.
 
     Raises:
       ValueError: a storage that cannot be opened.
     """
-    url = storage_url(config.sweep.storage, workdir)
     storage = open_storage(url)
     name = study_name(config)
     metric, direction = objective(config)
-    study, created = _create_or_load(name, storage, direction, sampler, pruner)
+    study, created = optuna_api.StudyHandle.open(name, storage, direction, sampler, pruner)
     stages, stages_created = None, False
     if len(config.sweep.pretrain):
-        stages, stages_created = _create_or_load(f"{name}.pretrain", storage, direction)
+        stages, stages_created = optuna_api.StudyHandle.open(f"{name}.pretrain", storage, direction)
     fields = space.sweep_fields(config)
     here = os.path.abspath(workdir)
     if created:
-        study.set_user_attr("config", json.loads(config.to_json_best_effort(sort_keys=True)))
+        study.set_user_attr("config", public_config(config))
         study.set_user_attr("fields", fields)
         study.set_user_attr("workdir", here)
         study.set_user_attr("metric", metric)
     replaced = []
-    for other in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        attrs = other.user_attrs
-        if other.study_name == name or attrs.get("workdir") != here or "fields" not in attrs:
+    for other, attrs in optuna_api.summaries(storage):
+        if other == name or attrs.get("workdir") != here or "fields" not in attrs:
             continue
         old = attrs["fields"]
         diff = sorted(k for k in old.keys() | fields.keys() if old.get(k) != fields.get(k))
-        replaced.append((other.study_name, diff))
+        replaced.append((other, diff))
     return Sweep(url, name, study, stages, created, stages_created, metric, direction, replaced)
-
-
-def worker_name() -> str:
-    """This process as `host:pid`, the name workers record on the trials they run."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """What a queue runs: one sweep trial (or stage) as an Optuna trial to enqueue.
-
-    Attributes:
-      id: the trial id (`space.Trial.id`, the folder name), its `trial_id` attr.
-      params: its Optuna params, with `distributions` (the same keys).
-      attrs: further user attrs (`overrides`, ...).
-    """
-
-    id: str
-    params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    distributions: dict[str, Any] = dataclasses.field(default_factory=dict)
-    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def trial_key(trial: FrozenTrial) -> str | None:
-    """The sweep trial id an Optuna trial runs (None: not sampled yet)."""
-    return trial.user_attrs.get("trial_id")
-
-
-def yielded(trial: FrozenTrial) -> bool:
-    """A trial its worker gave up because another one runs (or ran) its sweep trial."""
-    return "yielded" in trial.user_attrs
-
-
-class Queue:
-    """The Optuna trials of one study as a queue that many workers share.
-
-    Each sweep trial id is run by its *canonical* Optuna trial: the lowest-numbered
-    WAITING or RUNNING one with that id, while no trial with that id has finished.
-    A worker that moved a trial to RUNNING but finds it is not canonical (a
-    duplicate enqueued by a race) fails it with a `yielded` attr. Everything else
-    follows from the storage's atomic transitions (see the module doc).
-    """
-
-    def __init__(
-        self,
-        study: optuna.Study,
-        beats: Heartbeats,
-        *,
-        grace_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.study = study
-        self.beats = beats
-        self.grace = grace_seconds
-        self.clock = clock
-        self.worker = worker_name()
-        self._storage = study._storage  # the state transitions have no Study-level API
-        self._study_id = study._study_id
-        self._seen: dict[int, tuple[Any, float]] = {}  # trial number -> (heartbeat, since)
-        self._orphaned: dict[str, float] = {}  # trial id -> since
-
-    def all(self) -> list[FrozenTrial]:
-        """Every Optuna trial of the study, fresh from the storage."""
-        return self.study.get_trials(deepcopy=False)
-
-    def enqueue(self, job: Job, **attrs) -> None:
-        """A WAITING trial for `job`, with its params and attrs plus `attrs`.
-
-        `intermediate_values` (a retry's copy of the failed trial's) is not an attr.
-        """
-        values = attrs.pop("intermediate_values", None)
-        template = optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=job.params,
-            distributions=job.distributions,
-            user_attrs={"trial_id": job.id, **job.attrs, **attrs},
-            intermediate_values=values,
-        )
-        self._storage.create_new_trial(self._study_id, template_trial=template)
-
-    def claim(self, trial: FrozenTrial) -> bool:
-        """Moves a WAITING trial to RUNNING; True if this worker did it (and now beats for it)."""
-        try:
-            if not self._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
-                return False
-        except (optuna.exceptions.UpdateFinishedTrialError, optuna.exceptions.StorageInternalError):
-            return False
-        self.beats.add(trial._trial_id)
-        self.set_attr(trial, "worker", self.worker)
-        return True
-
-    def set_attr(self, trial: FrozenTrial, key: str, value) -> bool:
-        """A user attr on any unfinished trial; False if it has finished meanwhile."""
-        try:
-            self._storage.set_trial_user_attr(trial._trial_id, key, value)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return False
-        return True
-
-    def fail(self, trial: FrozenTrial, **attrs) -> bool:
-        """Sets `attrs`, then moves an unfinished trial to FAIL; True if this worker did it."""
-        self.beats.discard(trial._trial_id)
-        for key, value in attrs.items():
-            if not self.set_attr(trial, key, value):
-                return False
-        try:
-            self.study.tell(trial.number, state=TrialState.FAIL)
-        except (
-            optuna.exceptions.UpdateFinishedTrialError,
-            optuna.exceptions.StorageInternalError,
-            ValueError,  # tell's "already finished" on some storages
-        ):
-            return False
-        return True
-
-    def canonical(self, trial: FrozenTrial, trials: Iterable[FrozenTrial]) -> str:
-        """ "" if `trial` (RUNNING here) should run; else why not (the `yielded` reason)."""
-        key = trial_key(trial)
-        for other in trials:
-            if other.number == trial.number or trial_key(other) != key:
-                continue
-            if other.state in FINISHED:
-                return f"trial {key} finished as #{other.number}"
-            if other.state in LIVE and other.number < trial.number:
-                return f"duplicate of #{other.number}"
-        return ""
-
-    def stale(self, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-        """RUNNING trials of other workers whose heartbeat stood still for the grace period.
-
-        Staleness is measured on this worker's clock from the first time it saw
-        the current heartbeat value, so it needs no clock agreement across hosts.
-        """
-        now = self.clock()
-        out, running = [], set()
-        for t in trials:
-            if t.state != TrialState.RUNNING or t._trial_id in self.beats:
-                continue
-            running.add(t.number)
-            beat = t.user_attrs.get("heartbeat")
-            seen = self._seen.get(t.number)
-            if seen is None or seen[0] != beat:
-                self._seen[t.number] = (beat, now)
-            elif now - seen[1] > self.grace:
-                out.append(t)
-        self._seen = {n: v for n, v in self._seen.items() if n in running}
-        return out
-
-    def orphans(self, ids: Iterable[str], trials: Iterable[FrozenTrial]) -> list[str]:
-        """Ids with no WAITING, RUNNING or finished trial for the grace period (seen here)."""
-        covered = {trial_key(t) for t in trials if t.state in LIVE or t.state in FINISHED}
-        now = self.clock()
-        out = []
-        missing = [i for i in ids if i not in covered]
-        for i in missing:
-            since = self._orphaned.setdefault(i, now)
-            if now - since > self.grace:
-                out.append(i)
-        self._orphaned = {i: s for i, s in self._orphaned.items() if i in missing}
-        return out
-
-    def take_over(self, trial: FrozenTrial, job: Job | None) -> bool:
-        """Fails a stale trial and enqueues `job` again (None: the trial had no job yet).
-
-        True if this worker took it (exactly one of the workers that try does).
-        """
-        beat = trial.user_attrs.get("heartbeat") or {}
-        reason = (
-            f"heartbeat of {beat.get('worker', trial.user_attrs.get('worker', 'its worker'))} "
-            f"stood still for {self.grace:g} s"
-        )
-        attrs = {"failed": reason, "taken_over_by": self.worker}
-        if job is None:
-            attrs["yielded"] = "abandoned before its trial was chosen"
-        if not self.fail(trial, **attrs):
-            return False
-        if job is not None:
-            self.enqueue(
-                job,
-                retry_of=trial.number,
-                intermediate_values=dict(trial.intermediate_values),
-            )
-        return True
-
-
-class Heartbeats:
-    """A thread that marks the trials this worker runs as alive.
-
-    Every `seconds` it sets each trial's `heartbeat` user attr to
-    `{"worker", "beat", "time"}` (`beat` counts up: watchers look for change, not
-    for a recent time). A trial that has finished (or was taken over) is dropped.
-    """
-
-    def __init__(self, storage, seconds: float):
-        self._storage = storage
-        self.seconds = seconds
-        self.worker = worker_name()
-        self._ids: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._count = 0
-
-    def __contains__(self, trial_id: int) -> bool:
-        with self._lock:
-            return trial_id in self._ids
-
-    def add(self, trial_id: int) -> None:
-        with self._lock:
-            self._ids.add(trial_id)
-        self._beat([trial_id])
-
-    def discard(self, trial_id: int) -> None:
-        with self._lock:
-            self._ids.discard(trial_id)
-
-    def _beat(self, ids: Iterable[int]) -> None:
-        self._count += 1
-        value = {"worker": self.worker, "beat": self._count, "time": time.time()}
-        for trial_id in ids:
-            try:
-                self._storage.set_trial_user_attr(trial_id, "heartbeat", value)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                self.discard(trial_id)  # finished, or taken over by another worker
-            except Exception as err:  # a storage hiccup: the next beat tries again
-                log.warning("heartbeat of trial %s not written: %s", trial_id, err)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.seconds):
-            with self._lock:
-                ids = sorted(self._ids)
-            self._beat(ids)
-
-    def __enter__(self) -> Heartbeats:
-        self._thread = threading.Thread(target=self._run, name="sweep-heartbeats", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,12 +392,16 @@ class Record:
 
 
 def _best_of(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    """The Optuna trial that stands for one sweep trial: finished, else live, else the last."""
+    """The Optuna trial that stands for one sweep trial.
+
+    The first finished one, else the first live one, else the last that gave up, else the last.
+    """
     for states in (FINISHED, LIVE):
         chosen = [t for t in trials if t.state in states]
         if chosen:
             return min(chosen, key=lambda t: t.number)
-    return trials[-1] if trials else None
+    gave_up = [t for t in trials if "gave_up" in t.user_attrs]  # failed for good: its error
+    return (gave_up or trials or [None])[-1]
 
 
 def records(trials: list[space.Trial], optuna_trials: Iterable[FrozenTrial]) -> list[Record]:
