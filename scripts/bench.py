@@ -90,8 +90,6 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import _checkout  # noqa: F401  (first: `research` from this checkout)
-
 from research.bench import compile_time, frameworks, peers
 from research.bench.frameworks import DATA_BATCHES, LEARNING_RATE
 from research.layers import conv_algorithms
