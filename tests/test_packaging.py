@@ -339,3 +339,26 @@ def test_a_wheel_in_a_fresh_venv_trains_digits_from_another_folder(tmp_path):
     }
     print("fresh install seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in spent.items()))
     shutil.rmtree(venv)  # 1+ GB: not left for the session's end
+
+
+def test_the_xla_flags_table_compares_each_variant_with_ours():
+    from research.bench import xla_cpu_flags
+
+    def row(variant, **kw):
+        flags = xla_cpu_flags.VARIANTS[variant].xla_flags
+        base = {"variant": variant, "model": "lenet5", "batch": 128, "xla_flags": flags}
+        return {**base, "load_average": [2.0, 3.0], **kw}
+
+    rows = [
+        row("ours", step_ms=10.0, best_ms=9.5),
+        row("xla_use_onednn", step_ms=25.0, best_ms=24.0),
+        row("xla_xnnpack", error="Unknown flags in XLA_FLAGS: --xla_cpu_use_xnnpack=true"),
+    ]
+    lines = xla_cpu_flags.table(rows).splitlines()
+    assert lines[2] == "| lenet5 | 128 | ours |  | 10.0 | 9.5 | 1.00x | 2.0/3.0 |"
+    assert lines[3] == (
+        "| lenet5 | 128 | xla_use_onednn | `--xla_cpu_use_onednn=true` | 25.0 | 24.0 | 2.50x "
+        "| 2.0/3.0 |"
+    )
+    assert "did not run: Unknown flags in XLA_FLAGS" in lines[4]
+    assert {v.conv for v in xla_cpu_flags.VARIANTS.values()} == {"onednn", "xla"}
