@@ -3,25 +3,37 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+LOCK := requirements-lock.txt
+# Every file that names a requirement; a change to any reinstalls (make setup) or asks for `make lock`.
+REQUIREMENTS := pyproject.toml requirements.txt requirements-dev.txt requirements-bench.txt \
+	requirements-databases.txt requirements-notebook.txt requirements-test.txt
 
-.PHONY: setup setup-test train test test-all lint format bench accel-check accel-wheels accel-data accel-peers
+.PHONY: setup setup-test train test test-all lint format bench lock accel-check accel-wheels accel-data accel-peers
 TEST_STAMP := $(VENV)/.test-stamp
 
-$(STAMP): requirements.txt
+# The package (editable) with its dependencies and the dev tools, every version from the lock.
+$(STAMP): $(REQUIREMENTS) $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip uninstall --quiet --yes research 2>/dev/null || true  # the distribution's old name
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# The full tier's extra packages (torch, torchvision, keras: the importers' equality tests).
-$(TEST_STAMP): $(STAMP) requirements-test.txt
-	$(PY) -m pip install --quiet -r requirements-test.txt
+# The full tier's extra packages (the `test` extra: torch, torchvision, keras for the importers'
+# equality tests; the database drivers), from the lock.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $(TEST_STAMP)
 
 setup-test: $(TEST_STAMP)
+
+# The one-line refresh of the lock after a requirement changed: pip resolves the package with
+# every extra, keeping each old pin that still fits (LOCK_FROM= lets every pin move).
+LOCK_FROM ?= $(LOCK)
+lock:
+	$(PY) -m pip install --dry-run --ignore-installed --quiet --report - $(if $(LOCK_FROM),-c $(LOCK_FROM)) ".[test,notebook]" | $(PY) scripts/lock.py > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 # The main job: train the default experiment on the embedded `digits` data (no download).
 train: $(STAMP)
@@ -56,7 +68,8 @@ accel-check:
 
 # Wheels of the packages the GPU image lacks (Python 3.12, manylinux x86-64) into .whl/.
 # What requirements.txt names is either in the image (its own versions) or a wheel here
-# (the pinned version), or skipped (ACCEL_SKIP); ruff only lints. tests/test_accelerator_check.py checks this.
+# (the pinned version), or skipped (ACCEL_SKIP). tests/test_accelerator_check.py checks this;
+# tests/test_packaging.py checks each version here is the lock's, and pip gets the lock too.
 ACCEL_IMAGE := jax jaxlib flax optax orbax-checkpoint numpy scipy absl-py etils scikit-learn \
 	pyyaml packaging matplotlib pillow tqdm pytest pytest-xdist execnet torch torchvision
 ACCEL_WHEELS := ml-collections==1.1.0 tensorflow-datasets==4.9.10 array-record==0.8.6 \
@@ -74,8 +87,8 @@ WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x8
 accel-wheels:
 	mkdir -p .whl
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-		--implementation cp $(WHEEL_PLATFORMS) -d .whl $(ACCEL_WHEELS)
-	$(PYTHON) -m pip wheel --no-deps -w .whl $(ACCEL_SDISTS)  # pure Python, built here
+		--implementation cp $(WHEEL_PLATFORMS) -c $(LOCK) -d .whl $(ACCEL_WHEELS)
+	$(PYTHON) -m pip wheel --no-deps -c $(LOCK) -w .whl $(ACCEL_SDISTS)  # pure Python, built here
 	du -sh .whl
 
 # shared/data in three pieces under 64 MiB each (.gpu-data/1, 2, 3), one device call each.

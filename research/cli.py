@@ -23,6 +23,7 @@ _model_overrides: dict[str, str] = {}
 
 EXIT_BAD_INPUT = 2  # a bad flag, config field, path or value: one line names it
 EXIT_DIVERGED = 3  # the loss became NaN/Inf (train.py)
+EXIT_TRIALS_FAILED = 4  # some trials failed sweep.max_retries times; the rest finished (sweep.py)
 EXIT_OS_ERROR = 74  # the operating system refused a write (disk full, read-only): EX_IOERR
 
 

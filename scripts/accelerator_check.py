@@ -96,9 +96,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-import _checkout  # noqa: F401  (first: `research` from this checkout)
-
-ROOT = _checkout.ROOT
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # In this order: the speedrun before ResNet-50, whose second batch size is the first
 # thing the time budget drops.
 PARTS = ("tests", "lenet", "trials", "speedrun", "resnet50", "pool")

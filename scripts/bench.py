@@ -90,9 +90,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import _checkout  # noqa: F401  (first: `research` from this checkout)
-
-from research.bench import compile_time, frameworks, peers
+from research.bench import compile_time, frameworks, peers, xla_cpu_flags
 from research.bench.frameworks import DATA_BATCHES, LEARNING_RATE
 from research.layers import conv_algorithms
 
@@ -581,6 +579,10 @@ MODES: dict[str, tuple[Callable[[argparse.Namespace], list[dict]], Callable]] = 
     "sweep": (run_sweep, sweep_table),
     "compile": (run_compile, compile_table),
     "profile": (run_profile, profile_tables),
+    "xla-flags": (  # XLA's own CPU/oneDNN flags against ours (research/bench/xla_cpu_flags.py)
+        lambda a: xla_cpu_flags.run(a.models, a.batch_sizes, a.steps, a.repeats),
+        xla_cpu_flags.table,
+    ),
 }
 
 

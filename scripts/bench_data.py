@@ -39,7 +39,6 @@ import statistics
 import time
 import warnings
 
-import _checkout  # noqa: F401  (first: `research` from this checkout)
 import numpy as np
 
 TRAIN_MODELS = {

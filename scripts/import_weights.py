@@ -28,8 +28,6 @@ import re
 import sys
 from urllib.parse import urlparse
 
-import _checkout  # noqa: F401  (first: `research` from this checkout)
-
 
 def _download(source: str, entry) -> str:
     """The published weights file, through the source library's own download and cache."""

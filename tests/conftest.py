@@ -38,6 +38,11 @@ def in_ci() -> bool:
 
 
 def pytest_configure(config):
+    # Scripts and `python -m` run as subprocesses import `research` from this checkout, as
+    # pytest itself does (`pythonpath = ["."]`), not whichever copy the venv has installed.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+    )
     # Scripts run as subprocesses (tests/test_train.py, test_sweep.py) keep their
     # compiled programs in one cache for this session, not in the user's
     # ~/.cache: a rerun or resume of the same run then loads instead of compiling.

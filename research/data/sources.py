@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import importlib.util
 import os
@@ -30,6 +29,7 @@ from etils import epath
 from research.data import records
 from research.data.tfds_builders import SourceBuilder, files
 from research.data.tfds_builders import folder as folder_lib
+from research.platform import fcntl
 
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"  # a folder laid out like shared/data
 CACHE_DIR_ENV = "RESEARCH_CACHE_DIR"  # where prepared TFDS files are kept

@@ -26,10 +26,25 @@ from the source, the compiler command and the jaxlib and oneDNN versions, and is
 written to a temporary name and renamed, so processes building at once (sweep
 workers) do not see half a file. A build takes a few seconds, once per machine.
 
-Numbers. oneDNN's results are deterministic for a given CPU and thread count
-(`OMP_NUM_THREADS`, default: every core): it splits the kernel-gradient
-reduction across threads in a fixed order. They differ from "tiled" and "xla"
-in the last bits (float32 rounding), as those differ from each other.
+Threads. XLA runs independent custom calls side by side (a layer's backward-data
+and backward-kernel calls), and each call starts its own OpenMP team, so each call
+caps its team at `THREADS_ENV_VAR` (`$RESEARCH_ONEDNN_THREADS`) where set, else at
+cores / 2 (at least 1): two calls at once fill the machine without oversubscribing
+it. The count is fixed per process (see `threads_per_call`).
+
+Numbers. oneDNN's results are deterministic for a given CPU and thread count: it
+splits the kernel-gradient reduction across threads in a fixed order. They differ
+from "tiled" and "xla" in the last bits (float32 rounding), as those differ from
+each other.
+
+Why these wheels. oneDNN's maintained wheels (`onednn`/`onednn-devel` 2026.1.0)
+are its SYCL build (CPU runtime SYCL, TBB threads): `onednn_conv.cc` builds
+against them unchanged, but a CPU engine exists only through Intel's OpenCL CPU
+runtime named in `OCL_ICD_FILENAMES` before the process starts ("could not create
+an engine" otherwise), and they bring ~630 MB of dependencies (SYCL, OpenCL and
+compiler runtimes) against the GNU OpenMP build's 39 MB. Measured with them: the
+digits quick start's params hash identical. So the pinned `onednn-cpu-gomp`
+2023.2.0 (oneDNN 3.2) stays.
 """
 
 from __future__ import annotations
@@ -55,6 +70,8 @@ Pair = tuple[int, int]
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 CACHE_ENV_VAR = "RESEARCH_NATIVE_CACHE"
+THREADS_ENV_VAR = "RESEARCH_ONEDNN_THREADS"  # read by onednn_conv.cc: OpenMP threads per call
+CONCURRENT_CALLS = 2  # onednn_conv.cc's kConcurrentCalls
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "research", "native")
 LIBRARY_PACKAGE = "onednn-cpu-gomp"  # libdnnl.so.3
 HEADERS_PACKAGE = "onednn-devel-cpu-gomp"  # oneapi/dnnl/dnnl.hpp
@@ -100,6 +117,7 @@ def _build_command() -> list[str]:
         "-shared",
         "-fPIC",
         "-w",  # the FFI headers' own warnings are not ours to fix
+        "-fopenmp",  # omp_set_num_threads: the same libgomp oneDNN uses
         str(SOURCE),
         f"-I{jax.ffi.include_dir()}",
         f"-I{header.parents[2]}",
@@ -176,6 +194,15 @@ def _load() -> tuple[bool, str]:
 def status() -> tuple[bool, str]:
     """(True, library path) when the oneDNN handlers are registered, else (False, why)."""
     return _load()
+
+
+def threads_per_call() -> int:
+    """The OpenMP team size each call uses in this process (as onednn_conv.cc computes it)."""
+    set_ = os.environ.get(THREADS_ENV_VAR, "")
+    if set_.isdigit() and int(set_) > 0:
+        return int(set_)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // CONCURRENT_CALLS)
 
 
 def available() -> bool:

@@ -8,14 +8,27 @@
 // Attributes: strides, dilations (1 = dense), pad_lo, pad_hi (two each), groups.
 // oneDNN picks its own weights layout; the HWIO kernel is reordered into it on each call
 // (or the kernel gradient out of it). Primitives are created once per geometry and kept.
+//
+// Threads. oneDNN (the GNU OpenMP build) runs each call on an OpenMP team started by the
+// calling thread, and XLA runs independent custom calls side by side on its own worker
+// threads: a layer's backward-data and backward-kernel calls (and a ResNet's shortcut
+// and main-branch convolutions) may run at once. With every team as large as the machine,
+// k concurrent calls would ask for k x cores threads. So each call caps its team at
+// cores / kConcurrentCalls (at least 1), or at $RESEARCH_ONEDNN_THREADS where set, fixed
+// per process so a given machine always splits the work the same way (oneDNN's numbers
+// depend on the thread count, never on timing).
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -28,6 +41,18 @@ using Ints = ffi::Span<const int64_t>;
 namespace {
 
 enum Pass { kForward = 0, kBackwardInput = 1, kBackwardKernel = 2 };
+
+// The most convolution calls our programs let XLA run at once (backward data + kernel).
+constexpr int kConcurrentCalls = 2;
+
+int ThreadsPerCall() {
+  static const int threads = [] {
+    const char* set = std::getenv("RESEARCH_ONEDNN_THREADS");
+    if (set != nullptr && std::atoi(set) > 0) return std::atoi(set);
+    return std::max(1, omp_get_num_procs() / kConcurrentCalls);
+  }();
+  return threads;
+}
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -137,6 +162,8 @@ std::shared_ptr<const Plan> GetPlan(const Geometry& g, Pass pass) {
 // activations of the forward convolution; which of them are written depends on `pass`.
 ffi::Error Run(Pass pass, const Geometry& g, float* x, float* w, float* y) {
   try {
+    // This thread's teams from here on: primitives are created and run with one count.
+    omp_set_num_threads(ThreadsPerCall());
     const auto plan = GetPlan(g, pass);
     auto& engine = Engine();
     dnnl::stream stream(engine);

@@ -431,7 +431,7 @@ def records(trials: list[space.Trial], optuna_trials: Iterable[FrozenTrial]) -> 
 @contextlib.contextmanager
 def report_lock(workdir: str):
     """Holds `DIR/.report.lock` (fcntl): workers that finish together write tables in turn."""
-    import fcntl
+    from research.platform import fcntl
 
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, ".report.lock"), "a") as f:

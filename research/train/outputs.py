@@ -13,7 +13,6 @@ releases when its process dies, so a lock left by a killed run is simply taken.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -24,6 +23,8 @@ import time
 from typing import Any
 
 import jax
+
+from research.platform import fcntl
 
 # Fields that change how a run is displayed or stored, not what it computes:
 # a resumed run may change them.
