@@ -154,11 +154,15 @@ def imported_modules(path: Path, root: Path) -> Iterable[str]:
 
 
 def package_imports(root: Path) -> dict[str, set[str]]:
-    """For each package of the library at `root`, the other packages its modules import."""
+    """For each package of the library at `root`, the other packages its modules import.
+
+    A package's `__main__.py` is an entry point, like scripts/, not part of the package's
+    dependencies: `python -m research.train` runs research.commands, which imports train.
+    """
     graph: dict[str, set[str]] = {}
     for path in sorted(root.rglob("*.py")):
         package = package_of(path, root)
-        if package is None:
+        if package is None or path.name == "__main__.py":
             continue
         deps = graph.setdefault(package, set())
         for module in imported_modules(path, root):
