@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import math
 import os
 from typing import Any
@@ -128,14 +129,13 @@ def results_record(
 
 @functools.cache
 def _versions() -> dict[str, str]:
-    import importlib.metadata
-
     return {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")}
 
 
 def write_results(config, workdir: str, record: dict) -> None:
     """curves.png, then results.json (last: its presence marks the run finished)."""
     records = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    # Late: matplotlib (heavy, and it sets its backend) loads only when a run writes curves.
     from research.viz import plot_run
 
     plot_run(
