@@ -400,6 +400,30 @@ def test_bad_inputs_in_process_name_the_field():
             train.build_run(fast_config(**changes))
 
 
+def test_a_finished_run_started_again_keeps_its_record(tmp_path, caplog):
+    config = fast_config(num_epochs=1)
+    first = train.train_and_evaluate(config, str(tmp_path))
+    path = tmp_path / "results.json"
+    before, metrics_before = path.read_bytes(), (tmp_path / "metrics.jsonl").read_bytes()
+    assert first["resumed_from_step"] == 0 and first["compile_seconds"] > 0
+    with caplog.at_level(logging.WARNING, logger="research.train.loop"):
+        (again,) = train.engine.train(
+            train.build_run(config), [train.Member(config, str(tmp_path))]
+        )
+    # One line says so; results.json (its timings too) and the metrics are untouched.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path} holds a finished run: its results.json is kept as it is "
+        "(train in a new workdir to run again)"
+    ]
+    assert path.read_bytes() == before
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics_before
+    assert again.results == json.loads(before)
+    assert again.results["wall_seconds"] == first["wall_seconds"]
+    assert again.results["resumed_from_step"] == 0
+    # The state given back is the finished run's: its last checkpoint.
+    assert train.tree_sha256(again.state.params) == first["params_sha256"]
+
+
 def test_resume_with_different_config_is_refused(reference_run):
     proc = run_script(reference_run, "--config.optim.learning_rate=0.5")
     assert proc.returncode == 2
@@ -425,10 +449,13 @@ def test_two_processes_on_one_workdir_second_is_refused(tmp_path):
     records = outputs.read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records if "val_accuracy" in r] == [20, 40, 60]
     assert len(records) == len({(r["step"], "val_accuracy" in r) for r in records})
-    # The lock of a finished (or killed) process does not block the next run.
+    # The lock of a finished (or killed) process does not block the next run; a finished
+    # run started again says so in one line and keeps its record byte for byte.
+    before = (tmp_path / "results.json").read_bytes()
     again = run_script(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert results(tmp_path)["resumed_from_step"] == 60
+    assert sum("holds a finished run" in line for line in again.stderr.splitlines()) == 1
+    assert (tmp_path / "results.json").read_bytes() == before
 
 
 def _mount_tmpfs(path, size_kb: int) -> bool:

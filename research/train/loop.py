@@ -15,6 +15,8 @@ the group of one that `scripts/train.py` runs. For both, once:
     (`checkpoints/<step>`, with its `TrialStatus`); a group restores the newest
     step that all its trials have, so a killed group resumes to the same
     parameters as an uninterrupted one;
+  * a finished run (its workdir holds results.json) started again says so and
+    keeps its record: results.json, timings included, is never rewritten;
   * SIGTERM/SIGINT: a checkpoint of every trial, then `Interrupted`;
   * metrics.jsonl, TensorBoard, curves.png and results.json (`records`), written
     by process 0; a workdir is locked while a group uses it.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -155,7 +158,8 @@ def train(
         of that epoch and no test metrics.
 
     Returns:
-      One `Outcome` per member, in order.
+      One `Outcome` per member, in order. A member whose workdir already holds
+      results.json (a finished run) gets that record, unchanged and not rewritten.
 
     Raises:
       ValueError: members of different groups; a workdir that is in use
@@ -196,7 +200,8 @@ def train_and_evaluate(
       run: a `build_run(config)` result (the CLI builds it first, so that input
         errors are reported before anything else happens).
 
-    Returns the results dict (also written to `workdir/results.json` by process 0).
+    Returns the results dict (also written to `workdir/results.json` by process 0);
+    for a finished run, the record already there (nothing is trained or written).
 
     Raises:
       TrainingDiverged: the loss became NaN/Inf (results.json says so too).
@@ -240,16 +245,26 @@ def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str,
 
 def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None) -> list[Outcome]:
     t_start = time.perf_counter()
+    finished = [_finished_record(m.workdir) for m in members]
     group = _start(run, programs, members, ckpts)
     timing = records.Timing()
-    _loop(run, programs, group, timing, on_epoch)
-    if len(run.splits.val) and group.val_step != group.step:
-        group.val = feeds.evaluate(run, programs, group.states, run.splits.val)
-    test = feeds.evaluate(run, programs, group.states, run.splits.test)
+    if any(r is None for r in finished):
+        _loop(run, programs, group, timing, on_epoch)
+        if len(run.splits.val) and group.val_step != group.step:
+            group.val = feeds.evaluate(run, programs, group.states, run.splits.val)
+        test = feeds.evaluate(run, programs, group.states, run.splits.test)
     wall = time.perf_counter() - t_start
     outcomes = []
     for i, m in enumerate(members):
         state = jax.tree_util.tree_map(lambda x, i=i: x[i], group.states)
+        if finished[i] is not None:
+            log.warning(
+                "%s holds a finished run: its results.json is kept as it is "
+                "(train in a new workdir to run again)",
+                m.workdir,
+            )
+            outcomes.append(Outcome(finished[i], state))
+            continue
         status = group.status
         record = records.results_record(
             m.config,
@@ -278,6 +293,17 @@ def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None) -> list[Outco
     if on_diverge == "stop" and first is not None:
         raise TrainingDiverged(first["error"])
     return outcomes
+
+
+def _finished_record(workdir: str | None) -> dict | None:
+    """The results.json of a finished run in `workdir` (None: none, or unreadable)."""
+    if not workdir:
+        return None
+    try:
+        with open(os.path.join(workdir, "results.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # not finished (or its record was cut short): train and write it
 
 
 def _start(run: Run, programs: Programs, members: list[Member], ckpts) -> _Group:
