@@ -10,6 +10,7 @@ Groups of trials (vmapped, diverging members, killed groups) are in test_engine.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import pytest
 from research import train
 from research.config import get_base_config
 from research.layers import onednn
-from research.train import outputs
+from research.train import outputs, progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
@@ -422,6 +423,48 @@ def test_a_finished_run_started_again_keeps_its_record(tmp_path, caplog):
     assert again.results["resumed_from_step"] == 0
     # The state given back is the finished run's: its last checkpoint.
     assert train.tree_sha256(again.state.params) == first["params_sha256"]
+
+
+def test_progress_is_plain_lines_when_output_is_not_a_terminal():
+    out = io.StringIO()  # not a terminal: a log file, a pipe
+    bar = progress.progress_bar(fast_config(progress=True), 300, 0, stream=out)
+    assert isinstance(bar, progress.PlainProgress)
+    for step in range(10, 301, 10):  # the loop: update by a chunk, then its metrics
+        bar.update(10)
+        bar.set_postfix({"loss": f"{1 / step:.4f}"})
+    bar.close()
+    text = out.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) == progress.LINES
+    assert lines[0] == "step 30/300 (10%) loss=0.0333"
+    assert lines[-1] == "step 300/300 (100%) loss=0.0033"
+    # Resumed at step 135 with 15-step chunks: a line each time a tenth is passed.
+    out = io.StringIO()
+    bar = progress.PlainProgress(300, 135, out)
+    for _ in range(11):
+        bar.update(15)
+        bar.set_postfix({"loss": "0.1000"})
+    bar.close()
+    steps = [line.split()[1] for line in out.getvalue().splitlines()]
+    assert steps == ["150/300", "180/300", "210/300", "240/300", "270/300", "300/300"]
+    assert progress.progress_bar(fast_config(progress=False), 300, 0, stream=out) is None
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal():
+    from tqdm.auto import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    bar = progress.progress_bar(fast_config(progress=True), 300, 30, stream=out)
+    assert isinstance(bar, tqdm) and bar.n == 30 and bar.total == 300
+    bar.update(10)
+    assert bar.n == 40
+    bar.close()
+    assert out.getvalue().startswith("\r 10%|") and "| 30/300 [" in out.getvalue()
 
 
 def test_resume_with_different_config_is_refused(reference_run):
