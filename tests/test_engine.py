@@ -21,7 +21,8 @@ import pytest
 
 from research.config import get_base_config
 from research.sweep import space
-from research.train import engine, loop, outputs
+from research.train import assemble, engine, loop, outputs
+from research.train.status import TrialStatus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "scripts", "sweep.py")
@@ -48,9 +49,41 @@ def train_losses(workdir) -> list[float]:
     return [r["train_loss"] for r in records if "train_loss" in r]
 
 
+def test_trial_status_records_divergence_pruning_and_padding():
+    # Three trials padded to four (the padding repeats the last trial).
+    status = TrialStatus.fresh(3, 4)
+    assert status.any_alive() and status.alive.tolist() == [True] * 4
+    # A chunk of 5 steps from step 10: trial 1's loss turns NaN at its third step.
+    losses = np.ones((4, 5))
+    losses[1, 2:] = np.nan
+    status.after_chunk(np.array([True, False, True, True]), losses, step=10)
+    assert status.diverged == [None, 13, None, None]
+    # Pruning the last trial stops its padding copy too.
+    status.prune(2, step=20)
+    assert status.alive.tolist() == [True, False, False, False]
+    assert status.pruned == [None, None, 20, None]
+    assert status.checkpoint_record(1) == {"alive": False, "diverged_step": 13, "pruned_step": None}
+    # A resume reads it back from each trial's checkpoint record.
+    again = TrialStatus.fresh(3, 4)
+    again.restore([status.checkpoint_record(i) for i in range(3)])
+    assert again.alive.tolist() == [True, False, False, False]
+    assert again.diverged == [None, 13, None, None] and again.pruned == [None, None, 20, None]
+    status.prune(0, step=20)
+    assert not status.any_alive()
+
+
+def test_the_engine_keeps_its_public_names_in_one_place():
+    # What callers import from `engine` and `loop` comes from the part that holds it.
+    from research.train import feeds, programs
+
+    assert engine.build_programs is programs.build_programs and engine.evaluate is feeds.evaluate
+    assert engine.train is loop.train and engine.Interrupted is loop.Interrupted
+    assert loop.build_run is assemble.build_run and loop.Run is assemble.Run
+
+
 def test_a_vmapped_trial_computes_what_train_and_evaluate_computes(tmp_path):
     configs = [config(seed=0, lr=0.03), config(seed=1, lr=0.1)]
-    run = loop.build_run(configs[0])
+    run = assemble.build_run(configs[0])
     group = engine.train(
         run,
         [engine.Member(c, str(tmp_path / f"v{i}")) for i, c in enumerate(configs)],
@@ -75,7 +108,7 @@ def test_a_vmapped_trial_computes_what_train_and_evaluate_computes(tmp_path):
 @pytest.mark.slow
 def test_a_diverging_trial_is_frozen_and_the_others_go_on(tmp_path):
     configs = [config(seed=0), config(seed=1, lr=1e8), config(seed=2)]
-    run = loop.build_run(configs[0])
+    run = assemble.build_run(configs[0])
     programs = engine.build_programs(run, "vmap")
     members = [engine.Member(c, str(tmp_path / f"t{i}")) for i, c in enumerate(configs)]
     with_it = engine.train(run, members, programs=programs)
@@ -103,7 +136,7 @@ def test_a_diverging_trial_is_frozen_and_the_others_go_on(tmp_path):
 
 
 def test_members_of_different_groups_are_refused():
-    run = loop.build_run(config())
+    run = assemble.build_run(config())
     other = config()
     other.batch_size = 32
     with pytest.raises(ValueError, match="differ in more than seed and hyperparameters"):

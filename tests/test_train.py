@@ -10,6 +10,7 @@ Groups of trials (vmapped, diverging members, killed groups) are in test_engine.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import pytest
 from research import train
 from research.config import get_base_config
 from research.layers import onednn
-from research.train import outputs
+from research.train import outputs, progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
@@ -400,6 +401,72 @@ def test_bad_inputs_in_process_name_the_field():
             train.build_run(fast_config(**changes))
 
 
+def test_a_finished_run_started_again_keeps_its_record(tmp_path, caplog):
+    config = fast_config(num_epochs=1)
+    first = train.train_and_evaluate(config, str(tmp_path))
+    path = tmp_path / "results.json"
+    before, metrics_before = path.read_bytes(), (tmp_path / "metrics.jsonl").read_bytes()
+    assert first["resumed_from_step"] == 0 and first["compile_seconds"] > 0
+    with caplog.at_level(logging.WARNING, logger="research.train.loop"):
+        (again,) = train.engine.train(
+            train.build_run(config), [train.Member(config, str(tmp_path))]
+        )
+    # One line says so; results.json (its timings too) and the metrics are untouched.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path} holds a finished run: its results.json is kept as it is "
+        "(train in a new workdir to run again)"
+    ]
+    assert path.read_bytes() == before
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics_before
+    assert again.results == json.loads(before)
+    assert again.results["wall_seconds"] == first["wall_seconds"]
+    assert again.results["resumed_from_step"] == 0
+    # The state given back is the finished run's: its last checkpoint.
+    assert train.tree_sha256(again.state.params) == first["params_sha256"]
+
+
+def test_progress_is_plain_lines_when_output_is_not_a_terminal():
+    out = io.StringIO()  # not a terminal: a log file, a pipe
+    bar = progress.progress_bar(fast_config(progress=True), 300, 0, stream=out)
+    assert isinstance(bar, progress.PlainProgress)
+    for step in range(10, 301, 10):  # the loop: update by a chunk, then its metrics
+        bar.update(10)
+        bar.set_postfix({"loss": f"{1 / step:.4f}"})
+    bar.close()
+    text = out.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) == progress.LINES
+    assert lines[0] == "step 30/300 (10%) loss=0.0333"
+    assert lines[-1] == "step 300/300 (100%) loss=0.0033"
+    # Resumed at step 135 with 15-step chunks: a line each time a tenth is passed.
+    out = io.StringIO()
+    bar = progress.PlainProgress(300, 135, out)
+    for _ in range(11):
+        bar.update(15)
+        bar.set_postfix({"loss": "0.1000"})
+    bar.close()
+    steps = [line.split()[1] for line in out.getvalue().splitlines()]
+    assert steps == ["150/300", "180/300", "210/300", "240/300", "270/300", "300/300"]
+    assert progress.progress_bar(fast_config(progress=False), 300, 0, stream=out) is None
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal():
+    from tqdm.auto import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    bar = progress.progress_bar(fast_config(progress=True), 300, 30, stream=out)
+    assert isinstance(bar, tqdm) and bar.n == 30 and bar.total == 300
+    bar.update(10)
+    assert bar.n == 40
+    bar.close()
+    assert out.getvalue().startswith("\r 10%|") and "| 30/300 [" in out.getvalue()
+
+
 def test_resume_with_different_config_is_refused(reference_run):
     proc = run_script(reference_run, "--config.optim.learning_rate=0.5")
     assert proc.returncode == 2
@@ -425,10 +492,13 @@ def test_two_processes_on_one_workdir_second_is_refused(tmp_path):
     records = outputs.read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records if "val_accuracy" in r] == [20, 40, 60]
     assert len(records) == len({(r["step"], "val_accuracy" in r) for r in records})
-    # The lock of a finished (or killed) process does not block the next run.
+    # The lock of a finished (or killed) process does not block the next run; a finished
+    # run started again says so in one line and keeps its record byte for byte.
+    before = (tmp_path / "results.json").read_bytes()
     again = run_script(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert results(tmp_path)["resumed_from_step"] == 60
+    assert sum("holds a finished run" in line for line in again.stderr.splitlines()) == 1
+    assert (tmp_path / "results.json").read_bytes() == before
 
 
 def _mount_tmpfs(path, size_kb: int) -> bool:

@@ -62,7 +62,6 @@ from research.models import (
     vgg,
     xception,
 )
-from research.models.pretrained import from_keras, from_torchvision
 from research.models.scan import scan_groups, stack_blocks, unstack_blocks
 from research.models.summary import layer_table, summary
 from research.registry import Registry
@@ -389,8 +388,6 @@ __all__ = [
     "ModelSpec",
     "check_input",
     "create",
-    "from_keras",
-    "from_torchvision",
     "layer_table",
     "names",
     "param_count",

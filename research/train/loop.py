@@ -1,205 +1,193 @@
-"""Building a run, and training it: config in, trained model and results.json out.
+"""The training loop: one loop for one trial or a group of trials.
 
-`build_run(config)` does everything that can fail on bad input before any
-workdir is touched: it validates the config, prepares the data, checks that the
-model takes the data's input shape, and builds the model, the optimizer (with
-the freezing rules of `config.transfer`) and the per-trial step functions.
-`train_and_evaluate(config, workdir)` trains that one run through the engine
-(`research.train.engine`, the same loop that trains a sweep's groups of
-trials) and returns its results record.
+`train(run, members)` trains the trials of one group (`programs.group_key`) to
+`num_epochs`, each in its own workdir; `train_and_evaluate(config, workdir)` is
+the group of one that `scripts/train.py` runs. For both, once:
+
+  * divergence: a trial whose loss turns NaN/Inf is frozen at its last good
+    state (inside the compiled chunk, see `steps.train_chunk`) and recorded as
+    diverged at its step; the others go on. `on_diverge="stop"` (the command
+    line) raises `TrainingDiverged` after the results are written;
+  * early stopping: `on_epoch`, called with each epoch's validation metrics,
+    may name trials to stop there (a sweep's pruner); they are frozen the same
+    way and recorded as pruned at that step;
+  * checkpoints and resume: each trial's state is saved in its own workdir
+    (`checkpoints/<step>`, with its `TrialStatus`); a group restores the newest
+    step that all its trials have, so a killed group resumes to the same
+    parameters as an uninterrupted one;
+  * a finished run (its workdir holds results.json) started again says so and
+    keeps its record: results.json, timings included, is never rewritten;
+  * SIGTERM/SIGINT: a checkpoint of every trial, then `Interrupted`;
+  * metrics.jsonl, TensorBoard, curves.png and results.json (`records`), written
+    by process 0; a workdir is locked while a group uses it.
+
+The compiled programs are in `programs`, the data feeds in `feeds`, the first
+states (fresh, data-dependent or pretrained) in `starts`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from research import config as config_lib
-from research import models, optim
-from research.data import pipeline, stream
-from research.optim import freeze as freeze_lib
-from research.train import engine
-from research.train import transfer as transfer_lib
-from research.train.engine import Interrupted, TrainingDiverged
-from research.train.steps import Steps, make_mesh, make_steps
+from research.train import feeds, outputs, records, starts
+from research.train.assemble import Run, build_run, prepare_data
+from research.train.checkpoint import Checkpointer
+from research.train.programs import (
+    Member,
+    Programs,
+    build_programs,
+    group_key,
+    hyperparams,
+    on_mesh,
+    put_like,
+    trial_keys,
+)
+from research.train.progress import progress_bar
+from research.train.status import TrialStatus
+from research.train.steps import TrainState
 
+# build_run, prepare_data and Run live in `assemble`; callers import them from here too.
 __all__ = [
     "Interrupted",
+    "Outcome",
     "Run",
     "TrainingDiverged",
+    "TrialStatus",
     "build_run",
     "prepare_data",
+    "train",
     "train_and_evaluate",
 ]
 
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the message names the step."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or SIGINT arrived; a checkpoint was written first."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What training one trial gave: its results record and its final state."""
+
+    results: dict[str, Any]
+    state: TrainState
+
 
 @dataclasses.dataclass
-class Run:
-    """Everything a run needs, built and validated before anything is written."""
+class _Group:
+    """A group in training: where it stands, carried from chunk to chunk."""
 
-    config: ml_collections.ConfigDict
-    splits: Any  # pipeline.Splits ("device") or stream.StreamSplits ("stream")
-    model: Any
-    task: str
-    steps: Steps  # the per-trial functions on the ("data",) mesh of every device
-    steps_per_epoch: int
-    total_steps: int
-    freeze_decisions: list = dataclasses.field(default_factory=list)
-    make_steps: Callable[[Any], Steps] | None = None  # the same functions on another mesh
-    loader: str = "device"  # how batches reach the step: "device" or "stream"
-    loader_reason: str = ""  # why (data.loader, or "auto"'s measurement)
+    members: list[Member]
+    ckpts: list[Checkpointer | None]
+    feed: Any  # a `feeds.DeviceFeed` or `feeds.StreamFeed`
+    states: Any  # the stacked TrainState
+    status: TrialStatus
+    start: int  # the step this process started (or resumed) at
+    step: int
+    val: list[dict[str, float]] | None = None  # the last validation, per trial
+    val_step: int = -1  # the step it was taken at
 
+    def save(self) -> None:
+        """Each trial's state as checkpoint `step` of its own workdir.
 
-def prepare_data(config: ml_collections.ConfigDict, cache: dict | None = None) -> tuple[Any, str]:
-    """The run's splits on the path `data.loader` resolves to, and the reason for it.
-
-    "device": `pipeline.Splits` (normalized arrays, cached in `cache` by their
-    fields); "stream": `stream.StreamSplits` (the records, no image loaded). A
-    transfer from imported weights normalizes with the source network's mean and
-    std (`transfer.pretrained_normalization`), and data it cannot take is refused.
-
-    Raises:
-      ValueError: naming the field, or why the pretrained network cannot take the data.
-    """
-    data_cfg, pretrained = config.data, config.transfer.pretrained
-    normalization = transfer_lib.pretrained_normalization(pretrained) if pretrained else None
-    loader, reason = stream.choose_loader(data_cfg)
-    if loader == "stream":
-        splits = stream.open_splits(data_cfg, normalization=normalization)
-    else:
-        splits = pipeline.from_config(data_cfg, cache, normalization)
-    if pretrained:
-        notes = transfer_lib.check_pretrained_input(pretrained, splits.input_shape)
-        if notes:
-            splits = dataclasses.replace(splits, notes=(*splits.notes, *notes))
-    return splits, reason
+        The record keeps the trial's status and the data loader's position, for a
+        resume to check.
+        """
+        data_state = self.feed.state(self.step)
+        for i, c in enumerate(self.ckpts):
+            if c is not None:
+                state = jax.tree_util.tree_map(lambda x, i=i: x[i], self.states)
+                extra = self.status.checkpoint_record(i)
+                if data_state is not None:
+                    extra["data"] = data_state
+                c.save(state, step=self.step, extra=extra)
 
 
-def build_run(
-    config: ml_collections.ConfigDict,
+# on_epoch(epoch, {position: validation metrics}) -> positions to stop (see `train`).
+OnEpoch = Callable[[int, dict[int, dict[str, float]]], Iterable[int]]
+
+
+def train(
+    run: Run,
+    members: Sequence[Member],
     *,
-    splits: Any = None,
-    loader_reason: str = "prepared splits given by the caller",
-) -> Run:
-    """Validates the config, loads and splits the data, builds model, optimizer and steps.
+    parallel: str = "sequential",
+    programs: Programs | None = None,
+    on_diverge: str = "record",
+    on_epoch: OnEpoch | None = None,
+) -> list[Outcome]:
+    """Trains the trials of one group to `num_epochs`, each resumed from its workdir.
 
     Args:
-      config: the run's config.
-      splits: prepared data (`prepare_data`), instead of loading `config.data`.
-      loader_reason: why `splits` are on their path, for results.json.
+      run: `research.train.assemble.build_run` of any member's config.
+      members: the trials, all with `run`'s `group_key`.
+      parallel: "sequential" (one after another, the plain program) or "vmap".
+      programs: `build_programs(run, parallel)`, to reuse compiled functions.
+      on_diverge: "record" (a diverged trial is recorded, the others go on) or
+        "stop" (also raise `TrainingDiverged` once the results are written).
+      on_epoch: called after each epoch's validation (none without a validation
+        split) as `on_epoch(epoch, val)`: `epoch` counts the epochs done (1 after
+        the first), `val` maps the position in `members` of each trial still
+        training to its validation metrics (`{"loss": ..., "accuracy": ...}`).
+        It returns the positions of trials to stop there: each is frozen like a
+        diverged trial (its state no longer changes, the others go on) and its
+        results have `status: "pruned"`, `pruned_step`, the validation metrics
+        of that epoch and no test metrics.
+
+    Returns:
+      One `Outcome` per member, in order. A member whose workdir already holds
+      results.json (a finished run) gets that record, unchanged and not rewritten.
 
     Raises:
-      ValueError / FileNotFoundError: with a message naming the bad field or path.
+      ValueError: members of different groups; a workdir that is in use
+        (`outputs.WorkdirBusy`) or holds a different run.
+      TrainingDiverged: with `on_diverge="stop"`.
+      Interrupted: SIGTERM/SIGINT (checkpoints written).
+      OSError: a write failed (disk full, read-only); older checkpoints are kept.
     """
-    config_lib.validate(config)
-    if splits is None:
-        splits, loader_reason = prepare_data(config)
-    loader = "stream" if isinstance(splits, stream.StreamSplits) else "device"
-    n_train = len(splits.train)
-    if config.batch_size > n_train:
-        raise ValueError(
-            f"config.batch_size={config.batch_size} is larger than the training split "
-            f"({n_train} examples of {config.data.name}); use at most {n_train}"
-        )
-    mesh = make_mesh()
-    n_dev = mesh.devices.size
-    if config.batch_size % n_dev:
-        raise ValueError(
-            f"config.batch_size={config.batch_size} must be divisible by the number of devices "
-            f"({n_dev}) for data parallelism"
-        )
-    spec = models.spec(config.model.name)
-    overrides = dict(config.model.overrides)
-    if config.compute_dtype == "bfloat16":
-        overrides["dtype"] = jnp.bfloat16
-    model = models.create(config.model.name, num_classes=splits.num_classes, **overrides)
-    # A model that cannot take the data (too small for its downsampling) fails here, in
-    # one line naming the smallest input it takes, not in a traceback from the first step.
-    models.check_input(config.model.name, model, splits.input_shape)
-    if hasattr(model, "data_init") and loader == "stream":
-        raise ValueError(
-            f"config.model.name={config.model.name!r} initialises from the training images "
-            f"(data_init), which needs data.loader='device' (resolved to 'stream': {loader_reason})"
-        )
-    spe = pipeline.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
-    total = pipeline.total_steps(spe, config.num_epochs, config.last_epoch_fraction)
-    policy = config.data.augment_policy if config.data.augment else None
-    if policy and pipeline.AUGMENTATIONS.get(policy).needs_rows and loader == "stream":
-        raise ValueError(
-            f"config.data.augment_policy={policy!r} needs each example's index, which only "
-            f"data.loader='device' has (data.loader resolved to 'stream': {loader_reason})"
-        )
-    # Hyperparameters injected as arrays: every trial of a group (and a lone run) shares
-    # one compiled program and carries its own values in its optimizer state.
-    tx = optim.from_config(
-        config.optim,
-        steps_per_epoch=spe,
-        num_epochs=config.num_epochs,
-        inject=True,
-        total_steps=total,
-    )
-    tx, decisions, interceptor = _apply_transfer_rules(config.transfer, model, splits, tx, spe)
-    lookahead = optim.lookahead_from_config(config.optim, total_steps=total)
-
-    def steps_on(mesh) -> Steps:
-        return make_steps(
-            model,
-            tx,
-            input_shape=splits.input_shape,
-            task=spec.task,
-            # Host augmentation (data.augment_on="host") happens in the stream's workers.
-            augment=config.data.augment and config.data.augment_on == "device",
-            mesh=mesh,
-            interceptor=interceptor,
-            augment_policy=config.data.augment_policy,
-            steps_per_epoch=spe,
-            label_smoothing=config.loss.label_smoothing,
-            eval_tta=config.eval_tta,
-            lookahead=lookahead,
-        )
-
-    return Run(
-        config,
-        splits,
-        model,
-        spec.task,
-        steps_on(mesh),
-        spe,
-        total,
-        decisions,
-        steps_on,
-        loader,
-        loader_reason,
-    )
-
-
-def _apply_transfer_rules(cfg, model, splits, tx, steps_per_epoch: int):
-    """Wraps `tx` with the run's freezing rules; returns (tx, decisions, BN interceptor)."""
-    rules = [tuple(r) for r in cfg.rules]
-    if not rules and cfg.strategy == "scratch":
-        freeze_lib.batch_norm_interceptor(set(), cfg.batch_norm)  # validates the policy
-        return tx, [], None
-    x = jax.ShapeDtypeStruct((1, *splits.input_shape), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
-    if not rules:
-        rules = freeze_lib.strategy_rules(
-            cfg.strategy, shapes, head=cfg.head, n=cfg.n, backbone_scale=cfg.backbone_lr_scale
-        )
-    tx, decisions = freeze_lib.freeze(tx, shapes, rules, steps_per_epoch=steps_per_epoch)
-    frozen = freeze_lib.frozen_modules(decisions)
-    return tx, decisions, freeze_lib.batch_norm_interceptor(frozen, cfg.batch_norm)
+    if on_diverge not in ("record", "stop"):
+        raise ValueError(f"on_diverge={on_diverge!r} must be 'record' or 'stop'")
+    members = list(members)
+    if len({group_key(m.config) for m in members}) > 1:
+        raise ValueError("engine.train: the members differ in more than seed and hyperparameters")
+    programs = programs or build_programs(run, parallel)
+    if programs.parallel == "sequential":
+        return [
+            out
+            for k, m in enumerate(members)
+            for out in _train(run, programs, [m], on_diverge, _shifted(on_epoch, k))
+        ]
+    return _train(run, programs, members, on_diverge, on_epoch)
 
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     *,
-    splits: pipeline.Splits | None = None,
+    splits: Any = None,
     run: Run | None = None,
 ) -> dict[str, Any]:
     """Trains per `config` (resuming from `workdir`), evaluates, writes results.json.
@@ -207,11 +195,13 @@ def train_and_evaluate(
     Args:
       config: the run's config.
       workdir: its folder (created, or resumed if it holds the same run).
-      splits: prepared data to use instead of loading `config.data` (tests, sweeps).
+      splits: prepared data (`prepare_data`) to use instead of loading
+        `config.data` (tests, sweeps).
       run: a `build_run(config)` result (the CLI builds it first, so that input
         errors are reported before anything else happens).
 
-    Returns the results dict (also written to `workdir/results.json` by process 0).
+    Returns the results dict (also written to `workdir/results.json` by process 0);
+    for a finished run, the record already there (nothing is trained or written).
 
     Raises:
       TrainingDiverged: the loss became NaN/Inf (results.json says so too).
@@ -219,5 +209,251 @@ def train_and_evaluate(
     """
     if run is None:
         run = build_run(config, splits=splits)
-    (outcome,) = engine.train(run, [engine.Member(config, workdir)], on_diverge="stop")
+    (outcome,) = train(run, [Member(config, workdir)], on_diverge="stop")
     return outcome.results
+
+
+def _shifted(on_epoch: OnEpoch | None, k: int) -> OnEpoch | None:
+    """`on_epoch` for a group of one: member 0 is member `k` of the whole list."""
+    if on_epoch is None:
+        return None
+    return lambda epoch, val: {i - k for i in on_epoch(epoch, {i + k: v for i, v in val.items()})}
+
+
+def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str, on_epoch=None):
+    locked: list[str] = []
+    ckpts: list[Checkpointer | None] = []
+    try:
+        for m in members:
+            if m.workdir:
+                outputs.lock_workdir(m.workdir)
+                locked.append(m.workdir)
+                outputs.prepare_workdir(m.config, m.workdir)
+        keep = run.config.keep_checkpoints
+        ckpts = [
+            Checkpointer(os.path.join(m.workdir, "checkpoints"), keep=keep) if m.workdir else None
+            for m in members
+        ]
+        return _fit(run, programs, members, ckpts, on_diverge, on_epoch)
+    finally:
+        for c in ckpts:
+            if c is not None:
+                c.close()
+        for w in locked:
+            outputs.unlock_workdir(w)
+
+
+def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None) -> list[Outcome]:
+    t_start = time.perf_counter()
+    finished = [_finished_record(m.workdir) for m in members]
+    group = _start(run, programs, members, ckpts)
+    timing = records.Timing()
+    if any(r is None for r in finished):
+        _loop(run, programs, group, timing, on_epoch)
+        if len(run.splits.val) and group.val_step != group.step:
+            group.val = feeds.evaluate(run, programs, group.states, run.splits.val)
+        test = feeds.evaluate(run, programs, group.states, run.splits.test)
+    wall = time.perf_counter() - t_start
+    outcomes = []
+    for i, m in enumerate(members):
+        state = jax.tree_util.tree_map(lambda x, i=i: x[i], group.states)
+        if finished[i] is not None:
+            log.warning(
+                "%s holds a finished run: its results.json is kept as it is "
+                "(train in a new workdir to run again)",
+                m.workdir,
+            )
+            outcomes.append(Outcome(finished[i], state))
+            continue
+        status = group.status
+        record = records.results_record(
+            m.config,
+            run,
+            state,
+            # A pruned trial was frozen right after this validation: the same numbers.
+            val=(
+                group.val[i]
+                if group.val is not None and (status.alive[i] or status.pruned[i] is not None)
+                else {}
+            ),
+            test=test[i] if status.alive[i] else {},
+            timing=timing,
+            wall_seconds=wall,
+            programs=programs,
+            group_size=len(members),
+            diverged_step=status.diverged[i],
+            pruned_step=status.pruned[i],
+            checkpoints=ckpts[i],
+            resumed_from_step=group.start,
+        )
+        if m.workdir and outputs.is_writer():
+            records.write_results(m.config, m.workdir, record)
+        outcomes.append(Outcome(record, state))
+    first = next((o.results for o in outcomes if o.results["status"] == "diverged"), None)
+    if on_diverge == "stop" and first is not None:
+        raise TrainingDiverged(first["error"])
+    return outcomes
+
+
+def _finished_record(workdir: str | None) -> dict | None:
+    """The results.json of a finished run in `workdir` (None: none, or unreadable)."""
+    if not workdir:
+        return None
+    try:
+        with open(os.path.join(workdir, "results.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # not finished (or its record was cut short): train and write it
+
+
+def _start(run: Run, programs: Programs, members: list[Member], ckpts) -> _Group:
+    """The group's states at its first step: resumed from checkpoints, else started."""
+    count = len(members)
+    padded = members + members[-1:] * (-count % programs.multiple)
+    configs = [m.config for m in padded]
+    init_keys, data_keys, train_keys = trial_keys(configs)
+    hps = hyperparams(configs, run.steps_per_epoch)
+    chunk = configs[0].log_every_steps or run.steps_per_epoch
+    feed = feeds.open_feed(run, programs, data_keys, chunk)
+    states = programs.init(init_keys, train_keys, hps)
+    status = TrialStatus.fresh(count, len(padded))
+    states, start, saved = _resume(programs, states, ckpts, status)
+    for record in saved:
+        feed.check(record, start)
+    if start == 0 and hasattr(run.model, "data_init"):
+        states = starts.data_init(run, programs, states, hps)
+    if start == 0 and run.config.transfer.pretrained:
+        states = starts.from_pretrained(run, programs, states, hps, members)
+    return _Group(members, ckpts, feed, states, status, start, start)
+
+
+def _loop(run: Run, programs: Programs, group: _Group, timing: records.Timing, on_epoch) -> None:
+    """Trains `group` chunk by chunk to its last step, or until every trial stopped."""
+    members, status = group.members, group.status
+    logs = [
+        outputs.MetricsLog(m.workdir, resume_step=group.start) if m.workdir else None
+        for m in members
+    ]
+    bar = None
+    if len(members) == 1 and members[0].workdir:
+        bar = progress_bar(run.config, run.total_steps, group.start)
+    try:
+        with _stop_requests() as stop, group.feed.chunks(group.start) as chunks:
+            for plan, run_chunk in chunks:
+                t0 = time.perf_counter()
+                group.states, alive, metrics = run_chunk(
+                    group.states, on_mesh(status.alive, programs.mesh)
+                )
+                # Block on every chunk: on CPU with several (forced host) devices,
+                # sharded programs dispatched back to back can deadlock.
+                jax.block_until_ready(group.states)
+                metrics = jax.device_get(metrics)  # (T, S) each: one host sync per chunk
+                status.after_chunk(jax.device_get(alive), metrics["loss"], group.step)
+                size = plan.rows.shape[0]
+                timing.add(
+                    time.perf_counter() - t0,
+                    first=group.step == group.start,
+                    examples=int(plan.rows.size),
+                )
+                group.step = plan.step + size
+                epoch = plan.epoch + (plan.position + size) / run.steps_per_epoch
+                for i, metrics_log in enumerate(logs):
+                    if metrics_log is not None and status.alive[i]:
+                        summary = {f"train_{k}": float(np.mean(v[i])) for k, v in metrics.items()}
+                        metrics_log.write(group.step, epoch=epoch, **summary)
+                if bar is not None:
+                    bar.update(size)
+                    bar.set_postfix({k: f"{float(np.mean(v[0])):.4f}" for k, v in metrics.items()})
+                if not status.any_alive():
+                    break
+                if plan.epoch_end:
+                    _end_epoch(run, programs, group, plan.epoch + 1, logs, on_epoch)
+                    if not status.any_alive():
+                        break  # every trial stopped at this epoch's end
+                if stop:
+                    group.save()
+                    raise Interrupted(
+                        f"stopped by signal {stop[0]} at step {group.step}; "
+                        f"{_where(group.ckpts)}. Run the same command again to resume.",
+                        stop[0],
+                    )
+    finally:
+        for metrics_log in logs:
+            if metrics_log is not None:
+                metrics_log.close()
+        if bar is not None:
+            bar.close()
+
+
+def _end_epoch(run: Run, programs: Programs, group: _Group, epochs: int, logs, on_epoch) -> None:
+    """After `epochs` epochs: validation, `on_epoch`'s stops, and a checkpoint if due."""
+    status, cfg = group.status, run.config
+    if len(run.splits.val):
+        group.val = feeds.evaluate(run, programs, group.states, run.splits.val)
+        group.val_step = group.step
+        for i, metrics_log in enumerate(logs):
+            if metrics_log is not None and status.alive[i]:
+                values = {f"val_{k}": v for k, v in group.val[i].items()}
+                metrics_log.write(group.step, epoch=epochs, **values)
+        if on_epoch is not None:
+            live = {i: group.val[i] for i in range(status.count) if status.alive[i]}
+            for i in set(on_epoch(epochs, live)) & set(live):
+                status.prune(i, group.step)
+    every = cfg.checkpoint_every_epochs
+    if epochs == cfg.num_epochs or (every and epochs % every == 0):
+        group.save()
+
+
+def _where(ckpts) -> str:
+    dirs = [c.directory for c in ckpts if c is not None]
+    if len(dirs) == 1:
+        return f"checkpoint written to {dirs[0]}"
+    return f"checkpoints written in {len(dirs)} trial folders"
+
+
+def _resume(programs: Programs, states, ckpts, status: TrialStatus) -> tuple[Any, int, list]:
+    """The newest step every trial has a good checkpoint of, restored; else a fresh start.
+
+    Sets `status` from the checkpoints' records, and returns `(states, step, records)`.
+    """
+    if not any(c is not None and c.steps() for c in ckpts):
+        return states, 0, []
+    rep = NamedSharding(programs.mesh, P())
+    like = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=rep), states
+    )
+    restored = [c.restore(like) if c is not None else None for c in ckpts]
+    if any(r is None for r in restored):
+        return states, 0, []  # some trial has nothing to resume from: all start again
+    target = min(r.step for r in restored)
+    for i, r in enumerate(restored):
+        if r.step != target:
+            restored[i] = ckpts[i].restore(like, step=target)
+            if restored[i] is None:
+                return states, 0, []
+    status.restore([r.record for r in restored])
+    trees = [jax.device_get(r.state) for r in restored]
+    trees += trees[-1:] * (len(status.alive) - len(trees))  # the padding repeats the last trial
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
+    log.info("resumed from checkpoints at step %d", target)
+    return put_like(stacked, states), target, [r.record for r in restored]
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Turns SIGTERM/SIGINT into a flag the loop checks between chunks of steps."""
+    requested: list[int] = []
+
+    def handler(signum, frame):
+        requested.append(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Outside the main thread no handler can be installed: no clean stop there.
+        with contextlib.suppress(ValueError):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

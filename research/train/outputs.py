@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 
+from research import config as config_lib
 from research.platform import fcntl
 
 # Fields that change how a run is displayed or stored, not what it computes:
@@ -240,9 +241,7 @@ def prepare_workdir(config, workdir: str) -> None:
 
 
 def _base_defaults() -> dict[str, Any]:
-    from research.config import get_base_config
-
-    return flatten(json.loads(get_base_config().to_json_best_effort(sort_keys=True)))
+    return flatten(json.loads(config_lib.get_base_config().to_json_best_effort(sort_keys=True)))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

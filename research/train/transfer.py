@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.models.pretrained import preprocessing
 from research.optim.freeze import param_path
 from research.train import checkpoint
 
@@ -46,8 +47,6 @@ def pretrained_normalization(workdir: str):
     source network's preprocessing: its mean and std, in its channel order (see
     `research.models.pretrained.preprocessing` for the policy).
     """
-    from research.models.pretrained import preprocessing
-
     pre = preprocessing.preprocessing_for(workdir)
     if pre is None:
         return None
@@ -62,8 +61,6 @@ def check_pretrained_input(workdir: str, input_shape) -> list[str]:
     Raises:
       ValueError: one line when the data cannot be used (another channel count).
     """
-    from research.models.pretrained import preprocessing
-
     pre = preprocessing.preprocessing_for(workdir)
     return [] if pre is None else preprocessing.check_compatible(pre, input_shape)
 
