@@ -115,7 +115,12 @@ class Checkpointer:
     def _open(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True),
+            # Synchronous: `save` waits for every write anyway, and an asynchronous save
+            # that fails leaves orbax's other writers waiting (5 minutes) for a signal
+            # that never comes, keeping the process alive after its error.
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=self._keep, create=True, enable_async_checkpointing=False
+            ),
         )
 
     def steps(self) -> list[int]:
