@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from _support import run, train_argv
 from conftest import write_image_folder
 
 from research import data
@@ -48,3 +49,24 @@ def test_a_damaged_prepared_cache_is_named_and_rebuilt(tmp_path, caplog, how):
     with caplog.at_level(logging.WARNING):
         data.load(name, cache_dir=str(cache))  # rebuilt: read as it is, no warning
     assert [r for r in caplog.records if r.name == "research.data.sources"] == []
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_named_once_in_one_line(tmp_path):
+    # Before: the warning came twice (a RuntimeWarning and a log line), each with
+    # orbax's "<bound method pybind11...>" print of a TensorStore spec in it.
+    workdir = tmp_path / "run"
+    argv = train_argv(workdir, "--config.num_epochs=2", "--config.keep_checkpoints=3")
+    assert run(argv).returncode == 0
+    for path in glob.glob(f"{workdir}/checkpoints/40/state/ocdbt.process_0/d/*"):
+        with open(path, "r+b") as f:
+            f.seek(16)
+            f.write(b"\x00garbage\xff" * 4)
+    os.remove(workdir / "results.json")
+    again = run(argv)
+    assert again.returncode == 0, again.stderr[-3000:]
+    named = [line for line in again.stderr.splitlines() if "is damaged" in line]
+    assert len(named) == 1, again.stderr[-3000:]
+    assert f"checkpoint {workdir}/checkpoints/40 is damaged or incomplete (" in named[0]
+    assert named[0].endswith(f"moved to {workdir}/checkpoints.damaged, using an older one")
+    assert "bound method" not in again.stderr and "Traceback" not in again.stderr

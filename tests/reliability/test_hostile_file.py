@@ -1,16 +1,20 @@
-"""Hostile files: weights that would run code or lie about their format get one line."""
+"""Hostile files: weights that would run code or lie about their format, and links leading
+out of a `folder:PATH`, get one line."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import pickle
 import sys
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import requires, write_image_folder
 
+from research import data
+from research.data.tfds_builders import folder as folder_lib
 from research.models.pretrained import files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -80,3 +84,42 @@ def test_a_truncated_safetensors_file_gets_one_line(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match=r"is not a valid safetensors file \(.+\); nothing was"):
         files.read_state_dict(str(path))
+
+
+# ------------------------------------------------------------- folder:PATH symbolic links
+
+
+def test_a_link_leading_outside_the_folder_is_refused(tmp_path):
+    # Before: an image outside the folder was trained on, a linked class folder became a class.
+    folder = tmp_path / "photos"
+    write_image_folder(folder, per_class=4)
+    write_image_folder(tmp_path / "elsewhere", classes=("owl",), per_class=2)
+    outside = tmp_path / "elsewhere" / "train" / "owl"
+    (folder / "train" / "cat" / "999.png").symlink_to(outside / "000.png")
+    with pytest.raises(ValueError) as refused:
+        data.load(f"folder:{folder}", cache_dir=str(tmp_path / "cache"))
+    assert str(refused.value) == (
+        f"folder:{folder}: train/cat/999.png is a symbolic link to {outside}/000.png, "
+        "outside the folder; copy it in, or give a folder that holds both"
+    )
+    os.remove(folder / "train" / "cat" / "999.png")
+    (folder / "train" / "owl").symlink_to(outside)
+    with pytest.raises(ValueError, match=r": train/owl is a symbolic link to .*, outside the"):
+        folder_lib.scan(folder)
+
+
+def test_links_inside_the_folder_are_followed_and_dangling_ones_named(tmp_path, caplog):
+    folder = tmp_path / "photos"
+    write_image_folder(folder, per_class=4)
+    cat = folder / "train" / "cat"
+    (cat / "100.png").symlink_to(folder / "train" / "dog" / "000.png")  # inside: followed
+    (cat / "101.png").symlink_to(tmp_path / "gone.png")  # dangling
+    (folder / "train" / "yak").symlink_to(tmp_path / "no-such-folder")  # dangling class
+    with caplog.at_level(logging.WARNING):
+        scanned = folder_lib.scan(folder)
+    assert scanned.classes == ("cat", "dog", "eel")
+    assert len(scanned.files["train"]) == 13  # 4 + 4 + 4 images and the inside link
+    warned = [r.getMessage() for r in caplog.records if r.name.endswith("folder")]
+    assert warned == [
+        f"folder:{folder}: skipped 2 dangling symbolic link(s): train/yak, train/cat/101.png"
+    ]
