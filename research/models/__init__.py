@@ -370,7 +370,9 @@ def check_input(name: str, model: nn.Module, input_shape: Sequence[int]) -> None
     input shape and that smallest size, e.g. "model 'mobilenet_v1' cannot take
     input (8, 8, 1): its smallest input is 31x31"; where no size up to the limit
     works (the failure is not about size), it gives the model's own error. The
-    original error is chained (`__cause__`).
+    original error is chained (`__cause__`). An input the model accepts is still
+    refused when at least `COLLAPSED_SHARE` of its convolutions would see a 1x1
+    feature map (it could not learn from it).
 
     Args:
       name: the model's name, for the message.

@@ -35,6 +35,7 @@ def _one_line(proc) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_bad_value_keeps_its_quotes():
     line = _one_line(_train(f"--config={DIGITS}", "--config.num_epochs='abc"))
     assert line.endswith("""invalid literal for int() with base 10: "'abc\"""")
@@ -42,6 +43,7 @@ def test_a_bad_value_keeps_its_quotes():
     assert line.endswith("invalid literal for int() with base 10: 'abc'")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["space", "equals"])
 def test_a_config_variant_is_named_as_given(form):
     given = f"{DIGITS}:adam"
@@ -52,6 +54,7 @@ def test_a_config_variant_is_named_as_given(form):
     )
 
 
+@pytest.mark.slow
 def test_a_bad_conv_algorithm_is_not_blamed_on_the_input():
     line = _one_line(_train(f"--config={DIGITS}", env={"RESEARCH_CONV_ALGORITHM": "bogus"}))
     assert line.startswith(
