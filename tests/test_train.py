@@ -313,7 +313,8 @@ def test_damaged_newest_checkpoint_is_set_aside_and_written_again(tmp_path, capl
     os.remove(tmp_path / "results.json")
     with caplog.at_level(logging.WARNING, "research.train.checkpoint"):
         again = train.train_and_evaluate(config, str(tmp_path))
-    assert [r.getMessage()[:50] for r in caplog.records] == [f"checkpoint {ckpts}/40 is damaged"]
+    (warned,) = [r.getMessage() for r in caplog.records]  # once: no RuntimeWarning too
+    assert warned.startswith(f"checkpoint {ckpts}/40 is damaged or incomplete (")
     # It restored step 20, retrained the second epoch (the same parameters) and wrote
     # step 40 again; the damaged copy is kept aside for inspection.
     assert again["params_sha256"] == first["params_sha256"]
