@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 import pytest
-from _support import DIGITS, ROOT, TRAIN
 
 from research import models
+from tests.reliability._support import DIGITS, ROOT, TRAIN
 
 
 def _train(*args, env=None):

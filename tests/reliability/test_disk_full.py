@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from _support import assert_quiet, error_lines, full_disk, run, train_argv
+
+from tests.reliability._support import assert_quiet, error_lines, full_disk, run, train_argv
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ import subprocess
 import time
 
 import pytest
-from _support import ENDS_WITHIN_S, ROOT, train_argv
+
+from tests.reliability._support import ENDS_WITHIN_S, ROOT, train_argv
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 
 import pytest
-from _support import assert_quiet, error_lines, read_only, run, train_argv, writable
+
+from tests.reliability._support import (
+    assert_quiet,
+    error_lines,
+    read_only,
+    run,
+    train_argv,
+    writable,
+)
 
 pytestmark = pytest.mark.slow
 
