@@ -4,7 +4,10 @@ and the process-wide settings that must precede the first use of a device."""
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import re
+import signal
 import sys
 
 from absl import flags
@@ -47,6 +50,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     flattened traceback; this turns those (and any other flag error) into
     `error: ...` on stderr and exit status 2, without a traceback.
     """
+    _stop_on_sigterm()
     kept = []
     for arg in argv:
         match = _MODEL_OVERRIDE.fullmatch(arg)
@@ -62,7 +66,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         text = str(err).replace("\\n", " ").replace("\\'", "'")
         if "Error whilst parsing config file" in text:
             fail(_config_file_error(text, kept))
-        detail = re.sub(r"\s+", " ", text).strip(" '\"")
+        detail = re.sub(r"\s+", " ", text).strip()
+        if len(detail) > 1 and detail[0] == detail[-1] and detail[0] in "'\"":
+            detail = detail[1:-1]  # a KeyError's quotes, not a quote of the value given
         overrides = [a.split("=")[0] for a in kept[1:] if re.match(r"--config\.", a)]
         bad = [o for o in overrides if o.rsplit(".", 1)[-1] in detail]
         # A missing section names only its first missing part (`sweep.axes.optim.x`: 'optim').
@@ -74,9 +80,27 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{where}{detail}")
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM outside the training loop (start-up: imports, data, compiling) ends the
+    command at once, as before, but with one line saying so, and exit 143. The training
+    loop installs its own handler, which checkpoints first.
+
+    An exception raised here could land in a garbage-collector callback, which Python
+    prints and ignores: the process ends as the default action would (the workdir's
+    lock is an flock, released by the operating system)."""
+
+    def stop(signum, frame):
+        print("stopped: SIGTERM outside training (nothing to save)", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # only the main thread may install one
+        signal.signal(signal.SIGTERM, stop)
+
+
 def _config_file_error(text: str, argv: list[str]) -> str:
     """One line from config_flags' flattened traceback of a config file that failed to load."""
-    given = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "--config")
+    given = _config_flag_value(argv)
     path, _, variant = given.partition(":")
     last = re.findall(r"(\w+(?:Error|Exception)): (.*?)(?=\s+\w+(?:Error|Exception): |$)", text)
     kind, message = last[-1] if last else ("", text)
@@ -86,6 +110,17 @@ def _config_file_error(text: str, argv: list[str]) -> str:
             f"argument); drop ':{variant}'"
         )
     return f"--config={given}: {message.strip()}"
+
+
+def _config_flag_value(argv: list[str]) -> str:
+    """What `--config=FILE` or `--config FILE` gave (the last one, as absl reads it)."""
+    given = "--config"
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--config=", "-config=")):
+            given = arg.split("=", 1)[1]
+        elif arg in ("--config", "-config") and i + 1 < len(argv):
+            given = argv[i + 1]
+    return given
 
 
 def load_config(config_flag):

@@ -38,6 +38,17 @@ def decode_examples(
     return images, labels
 
 
+_CHECK_BLOCK = 4096  # records read at a time by `RecordReader.check`
+
+
+class DamagedFile(ValueError):
+    """A prepared file that fails to read: truncated, or a chunk failing its checksum."""
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(f"prepared file {path} is damaged ({detail})")
+        self.path = path
+
+
 class RecordReader:
     """Reads the examples of one prepared split by record index.
 
@@ -102,6 +113,35 @@ class RecordReader:
             for i, record in zip(where.tolist(), records, strict=True):
                 out[i] = record
         return out
+
+    def check(self, lengths: Sequence[int] | None = None) -> None:
+        """Reads every record of every shard once: Riegeli checks each chunk's hash.
+
+        Raises:
+          DamagedFile: a shard that does not open, holds another number of records
+            than its `lengths` entry, or fails its checksum; the message names it.
+        """
+        from array_record.python import array_record_module  # noqa: PLC0415 - per process
+
+        lengths = lengths if lengths is not None else np.diff(self._starts).tolist()
+        for path, length in zip(self.paths, lengths, strict=True):
+            try:
+                reader = array_record_module.ArrayRecordReader(
+                    path, options=_READER_OPTIONS, file_reader_buffer_size=_READER_BUFFER_BYTES
+                )
+                try:
+                    count = reader.num_records()
+                    if count != length:
+                        raise DamagedFile(path, f"{count} records where {length} were written")
+                    for start in range(0, count, _CHECK_BLOCK):
+                        reader.read(list(range(start, min(start + _CHECK_BLOCK, count))))
+                finally:
+                    reader.close()
+            except (RuntimeError, ValueError, OSError) as err:
+                if isinstance(err, DamagedFile):
+                    raise
+                detail = " ".join(str(err).split())[:160] or f"{type(err).__name__}, no detail"
+                raise DamagedFile(path, detail) from None
 
     def read(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images uint8 `(len(ids), H, W, C)` and raw labels int64 of records `ids`."""

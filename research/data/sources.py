@@ -18,8 +18,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import importlib.util
+import json
+import logging
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -35,6 +39,8 @@ DATA_DIR_ENV = "RESEARCH_DATA_DIR"  # a folder laid out like shared/data
 CACHE_DIR_ENV = "RESEARCH_CACHE_DIR"  # where prepared TFDS files are kept
 DEFAULT_CACHE_DIR = "~/.cache/research/tfds"
 CATALOG_PREFIX = "tfds:"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -236,23 +242,74 @@ def _prepare_once(data_path, make_builder, lock_path=None) -> bool:
     by a rename at the end of preparing (a failed build removes its temporary folder).
     Parallel trials on a fresh cache: one process prepares, the others wait on a lock
     and reuse it (without the lock, the later ones fail renaming onto the finished
-    folder).
+    folder). A prepared folder whose files are damaged (`_intact`) is removed and
+    prepared again, with one warning naming the file.
     """
     data_path = epath.Path(data_path)
-    if data_path.exists():
+    if data_path.exists() and _intact(data_path):
         return True
     lock_path = lock_path or f"{data_path}.lock"
     os.makedirs(os.path.dirname(lock_path), exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if data_path.exists():
-            return True
+            if _intact(data_path, warn=True):  # prepared, or rebuilt, while we waited
+                return True
+            shutil.rmtree(data_path)
         make_builder().download_and_prepare(
             file_format="array_record",
             # try_download_gcs=False: never look for a copy on TFDS's servers.
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
+        _write_checked(data_path)
     return False
+
+
+CHECKED_FILE = ".checked.json"  # in a prepared folder: its files' sizes and times when read whole
+
+
+def _stats(data_path: epath.Path) -> dict[str, list[int]]:
+    found = sorted(glob.glob(os.path.join(os.fspath(data_path), "*.array_record-*")))
+    return {os.path.basename(p): [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in found}
+
+
+def _write_checked(data_path: epath.Path) -> None:
+    path = os.path.join(os.fspath(data_path), CHECKED_FILE)
+    with contextlib.suppress(OSError), open(path, "w") as f:  # read-only: checked next time
+        json.dump(_stats(data_path), f)
+
+
+def _intact(data_path: epath.Path, *, warn: bool = False) -> bool:
+    """Whether a prepared folder's record files read back whole.
+
+    Every record is read once (Riegeli checks each chunk's hash; a truncated file
+    holds fewer records than its split says), then again only when a file's size or
+    modification time changes: `CHECKED_FILE` keeps them. With `warn`, a damaged file
+    is named in one warning line saying that it is rebuilt.
+    """
+    try:
+        with open(os.path.join(os.fspath(data_path), CHECKED_FILE)) as f:
+            if json.load(f) == _stats(data_path):
+                return True
+    except (OSError, ValueError):
+        pass
+    try:
+        info = tfds.builder_from_directory(os.fspath(data_path)).info
+        for split in info.splits.values():
+            paths = [os.fspath(p) for p in split.filepaths]
+            reader = records.RecordReader(paths, split.shard_lengths, (1,))
+            reader.check()
+    except records.DamagedFile as err:
+        if warn:
+            log.warning("%s; rebuilding it from the original files", err)
+        return False
+    except Exception as err:  # noqa: BLE001 - unreadable metadata: prepare it again
+        if warn:
+            detail = " ".join(str(err).split())[:160]
+            log.warning("prepared folder %s is damaged (%s); rebuilding it", data_path, detail)
+        return False
+    _write_checked(data_path)
+    return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import sys
-import warnings
 from typing import Any
 
 import jax
@@ -115,7 +114,12 @@ class Checkpointer:
     def _open(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True),
+            # Synchronous: `save` waits for every write anyway, and an asynchronous save
+            # that fails leaves orbax's other writers waiting (5 minutes) for a signal
+            # that never comes, keeping the process alive after its error.
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=self._keep, create=True, enable_async_checkpointing=False
+            ),
         )
 
     def steps(self) -> list[int]:
@@ -198,8 +202,8 @@ class Checkpointer:
         source = os.path.join(self.directory, str(step))
         target_dir = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
         message = (
-            f"checkpoint {source} is damaged or incomplete ({type(err).__name__}: "
-            f"{str(err)[:200]}); moved to {target_dir}, using an older one"
+            f"checkpoint {source} is damaged or incomplete ({_reason(err)}); moved to "
+            f"{target_dir}, using an older one"
         )
         if jax.process_index() == 0:
             os.makedirs(target_dir, exist_ok=True)
@@ -208,8 +212,7 @@ class Checkpointer:
                 n += 1
             with contextlib.suppress(OSError):
                 os.replace(source, os.path.join(target_dir, f"{step}-{n}"))
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        log.warning(message)
+        log.warning(message)  # once: one line on the command line (absl), caught by caplog
         self._manager.close()
         self._manager = self._open()
 
@@ -300,6 +303,18 @@ def _ignore_closed_loop_callbacks() -> None:
 
     hook._drops_closed_loop = True
     sys.excepthook, sys.unraisablehook = hook, unraisable
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of the innermost cause of `err`: TensorStore's own words (e.g.
+    "FAILED_PRECONDITION: Error reading ... ZSTD_decompressStream() failed"), not orbax's
+    wrapper, whose text is a printed bound method of a whole TensorStore spec."""
+    seen = set()
+    while id(err) not in seen and (err.__cause__ or err.__context__) is not None:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else 'no detail'}"
 
 
 def _os_errno(err: BaseException) -> int | None:

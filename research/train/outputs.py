@@ -13,6 +13,7 @@ releases when its process dies, so a lock left by a killed run is simply taken.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,6 +43,7 @@ def atomic_write_json(path: str, obj: Any) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() makes the other files, not mkstemp's 0600
         with os.fdopen(fd, "w") as f:
             json.dump(finite(obj), f, indent=2, sort_keys=True, default=_json_default)
             f.write("\n")
@@ -50,6 +52,12 @@ def atomic_write_json(path: str, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def finite(obj: Any) -> Any:
@@ -185,13 +193,20 @@ def lock_workdir(workdir: str) -> None:
             f"workdir {workdir} is in use by {holder}; wait for it to finish or choose "
             f"another --workdir"
         ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(
-        f"process {os.getpid()} on {socket.gethostname()} "
-        f"(since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
-    )
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(
+            f"process {os.getpid()} on {socket.gethostname()} "
+            f"(since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+        )
+        f.flush()
+    except OSError as err:  # a full disk: name the file, leave no empty lock behind
+        if os.fstat(f.fileno()).st_size == 0:
+            os.unlink(f.name)
+        with contextlib.suppress(OSError):
+            f.close()  # its unwritten line fails again on the way out
+        raise OSError(err.errno, err.strerror, f.name) from None
     _HELD[key] = [f, 1]
 
 

@@ -18,6 +18,9 @@ Policies (each a stated choice, not an accident):
     training images ordered by the SHA-256 of their relative path are held out as test.
     Deterministic, and adding an image moves no other image between splits. The
     dataset's notes say so.
+  * Symbolic links: a link to an image or class folder inside PATH is followed; one
+    leading outside PATH is refused with one line naming it (what is trained on stays
+    under the folder given); a dangling link is skipped with a warning naming it.
   * Errors: an unreadable or corrupt image stops the build with one line naming the
     file. TFDS writes into a temporary folder renamed at the end, so a failed build
     leaves nothing behind that a later run could take for a finished one.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -43,6 +47,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data.tfds_builders.base import SourceBuilder
+
+log = logging.getLogger(__name__)
 
 PREFIX = "folder:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # compared in lower case
@@ -92,6 +98,25 @@ def scan(root: str | os.PathLike) -> FolderScan:
             f"{PREFIX}{root} {what}; expected {root}/train/<class>/*.png|jpg|jpeg "
             "(and optionally val/ and test/ laid out the same way)"
         )
+    real_root = os.path.realpath(root)
+    dangling: list[str] = []
+
+    def kept(entry: os.DirEntry, kind: str) -> bool:
+        """Whether `entry` is a `kind` ("dir" or "file") to use; refuses links leaving root."""
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            relative = os.path.relpath(entry.path, root)
+            if not os.path.exists(target):
+                dangling.append(relative)
+                return False
+            if os.path.commonpath([real_root, target]) != real_root:
+                _fail(
+                    root,
+                    f"{relative} is a symbolic link to {target}, outside the folder; "
+                    "copy it in, or give a folder that holds both",
+                )
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+
     digest = hashlib.sha256()
     files: dict[str, list[tuple[str, int]]] = {}
     ignored = 0
@@ -100,7 +125,7 @@ def scan(root: str | os.PathLike) -> FolderScan:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
             continue
-        names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and e.name[0] != ".")
+        names = sorted(e.name for e in os.scandir(split_dir) if e.name[0] != "." and kept(e, "dir"))
         if split == "train":
             classes = tuple(names)
             if not classes:
@@ -111,7 +136,7 @@ def scan(root: str | os.PathLike) -> FolderScan:
         files[split] = []
         for name in names:
             entries = sorted(
-                (e for e in os.scandir(os.path.join(split_dir, name)) if e.is_file()),
+                (e for e in os.scandir(os.path.join(split_dir, name)) if kept(e, "file")),
                 key=lambda e: e.name,
             )
             images = [e for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES)]
@@ -125,6 +150,14 @@ def scan(root: str | os.PathLike) -> FolderScan:
                 files[split].append((relative, classes.index(name)))
         if split != "train" and not files[split]:
             del files[split]  # an empty val/ or test/ is as good as none
+    if dangling:
+        log.warning(
+            "%s%s: skipped %d dangling symbolic link(s): %s",
+            PREFIX,
+            root,
+            len(dangling),
+            ", ".join(dangling[:5]) + (", ..." if len(dangling) > 5 else ""),
+        )
     return FolderScan(root, classes, files, digest.hexdigest(), ignored)
 
 

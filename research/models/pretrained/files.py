@@ -54,9 +54,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     _check_exists(path)
     lower = path.lower()
     if lower.endswith(SAFETENSORS_SUFFIXES):
-        from safetensors.numpy import load_file
-
-        return dict(load_file(path))
+        return _read_safetensors(path)
     if not lower.endswith(TORCH_SUFFIXES):
         raise ValueError(
             f"weights file {path!r}: expected a PyTorch state_dict "
@@ -82,6 +80,31 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             f"(parameter name -> tensor); save model.state_dict()"
         )
     return {k: v.detach().cpu().float().numpy() for k, v in loaded.items()}
+
+
+# How a file `torch.save` wrote begins: a zip archive (torch >= 1.6) or a bare pickle.
+_PICKLE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """A `.safetensors` file's arrays; a pickle under that name is refused, never loaded."""
+    from safetensors.numpy import load_file
+
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start.startswith(_PICKLE_STARTS):
+        raise ValueError(
+            f"weights file {path!r} is a pickle (a torch.save file), not safetensors: "
+            f"refused, nothing in it is run; a state_dict saved with torch.save belongs "
+            f"in a {TORCH_SUFFIXES[0]} file"
+        )
+    try:
+        return dict(load_file(path))
+    except Exception as err:  # noqa: BLE001 - SafetensorError and friends: not this format
+        detail = " ".join(str(err).split())[:200]
+        raise ValueError(
+            f"weights file {path!r} is not a valid safetensors file ({detail}); nothing was loaded"
+        ) from None
 
 
 def _text(value) -> str:
