@@ -17,8 +17,10 @@ on any machine (`jax.jit(fn).trace(*args).lower(lowering_platforms=...)`), and
 
 `ProgramForm.slow_forms()` names what XLA's GPU backend runs badly:
 
-  * a convolution with `batch_group_count > 1`: cuDNN has no batch groups, and
-    XLA expands such a convolution into one `batch_group_count` times larger;
+  * a convolution with `batch_group_count > 1` (`jax.grad` of a grouped
+    convolution gives one as its kernel gradient): cuDNN has no batch groups,
+    so XLA's GPU backend rewrites it into a costlier form
+    (`ConvolutionGroupConverter`);
   * a grouped kernel-gradient convolution (`feature_group_count > 1`): the form
     vmap gives a kernel gradient, with the trials as feature groups. XLA's GPU
     convolution rewriter matches a kernel gradient ("backward filter") only
