@@ -6,9 +6,11 @@ value or a trial count that no longer matches the command in its docstring.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 
 from research import config as base_config
@@ -37,6 +39,8 @@ SWEEPS = [
     ("autoencoder", "full", 2 * 5 * 3),
     ("filters_and_features", "small", 1),
     ("filters_and_features", "full", 1),
+    ("optimizers_cifar10", "full", 6 * 6 * 3),  # optimizers x learning rates x seeds
+    ("optimizers_cifar10", "cpu", 6 * 2 * 2),
 ]
 
 
@@ -61,6 +65,7 @@ def test_sweep_variants_expand(name, variant, trials):
         "compare_freezing",
         "autoencoder",
         "filters_and_features",
+        "optimizers_cifar10",
     ],
 )
 def test_unknown_variant_names_the_file_and_the_choices(name):
@@ -73,3 +78,58 @@ def test_training_configs_validate(name):
     config = _load(name).get_config()
     base_config.validate(config)
     assert config.model.name and config.data.name
+
+
+# --------------------------------------------------------------------------- optimizers_cifar10
+
+
+def test_optimizers_cifar10_grids_are_half_decades_centred_per_optimizer():
+    module = _load("optimizers_cifar10")
+    config = module.get_config("full")
+    grids = {g["optim.name"][0]: g["optim.learning_rate"] for g in config.sweep.grids}
+    assert sorted(grids) == ["adagrad", "adam", "momentum", "nesterov", "rmsprop", "sgd"]
+    for name, lrs in grids.items():
+        assert len(lrs) >= 6, name
+        ratios = np.array(lrs[1:]) / np.array(lrs[:-1])
+        np.testing.assert_allclose(ratios, 10**0.5, rtol=0.01, err_msg=name)
+    assert 1.5 in grids["nesterov"]  # airbench94's rate (mean-loss form)
+    assert grids["sgd"][3] == 10.0 and grids["adam"][0] == 1e-4
+    # The recipe, with a validation split to choose the rate on; one program per optimizer.
+    assert config.model.name == "airbench" and config.loss.label_smoothing == 0.2
+    assert config.data.augment_policy == "airbench" and config.num_epochs == 10
+    assert config.data.val_size == 5000 and config.deterministic
+    assert config.sweep.parallel == "vmap" and config.sweep.group_size == 6 * 3
+    assert config.sweep.target_accuracy == 0.94
+
+
+@pytest.mark.slow
+def test_optimizers_cifar10_cpu_variant_runs_and_reports_each_optimizer(tmp_path, data_root):
+    """The CPU variant end to end: 24 trials, the generic summary and optimizers.md."""
+    from research.sweep import runner
+
+    config = _load("optimizers_cifar10").get_config("cpu")
+    config.data.data_dir = str(data_root or "")
+    done = runner.run_sweep(config, str(tmp_path))
+    assert done["trials"] == 24 and len(done["ran"]) == 24 and done["parallel"] == "sequential"
+    with open(tmp_path / "optimizers.csv") as f:
+        table = list(csv.DictReader(f))
+    grids = {g["optim.name"][0]: g["optim.learning_rate"] for g in config.sweep.grids}
+    assert [r["optimizer"] for r in table] == list(grids)
+    for r in table:
+        assert float(r["best_learning_rate"]) in grids[r["optimizer"]]
+        assert r["seeds"] == "2"
+        mean, std = float(r["test_accuracy_mean"]), float(r["test_accuracy_std"])
+        assert 0.0 <= mean <= 1.0 and std >= 0.0
+        k, n = map(int, r["reached_target"].split("/"))
+        assert n == 2 and 0 <= k <= 2
+        if k:  # epochs at an epoch end within the 2 trained; seconds within the trial's time
+            assert float(r["epochs_to_target_mean"]) in (1.0, 1.5, 2.0)
+            assert float(r["seconds_to_target_mean"]) > 0.0
+        else:
+            assert r["epochs_to_target_mean"] == r["seconds_to_target_mean"] == ""
+    # Better than chance (10 classes) for at least the recipe's own rule, tuned.
+    nesterov = next(r for r in table if r["optimizer"] == "nesterov")
+    assert float(nesterov["test_accuracy_mean"]) > 0.15
+    text = (tmp_path / "optimizers.md").read_text()
+    assert text.count("\n| ") == 6 and "epochs to val ≥ 0.2" in text
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "trials.csv").exists()

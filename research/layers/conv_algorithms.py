@@ -42,6 +42,12 @@ dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
     backward-data and backward-weights primitives. No patches at all. float32
     on CPU; other dtypes and backends, and dense convolutions of fewer than
     `ONEDNN_MIN_IN_CHANNELS` input channels (faster as "tiled"), take "tiled".
+  * "trials" (`trial_conv.conv_trials`): XLA's convolution with a custom
+    gradient for trials at once: the input gradient is XLA's transposed
+    convolution, the kernel gradient one matmul over im2col patches, so that
+    `jax.vmap` over trials gives feature-grouped convolutions and a batched
+    matmul, never a grouped kernel-gradient convolution or batch groups (the
+    forms XLA's GPU backend runs slowly; `program_form` lists them).
   * grouped calls (`groups > 1`) in "im2col", "taps" and "tiled":
     `_grouped_taps`, a batched contraction per group; depthwise (one input
     channel per group) is `f_h * f_w` broadcast multiply-adds, no matmul at all.
@@ -56,6 +62,13 @@ layers with few output channels (LeNet-5's 6 and 16) "tiled" beats "im2col"
 because moving patches and a matmul too narrow to vectorise cost more than the
 arithmetic. The measurements behind each default, with their commands:
 docs/performance-cpu.md (`scripts/bench.py --ours-conv ...`).
+
+Vmapped trials (`research.train.engine`, "vmap") are traced inside
+`vmapped_override()`, which picks by backend (`VMAPPED_ALGORITHMS`): on GPU conv
+"trials" and pool "reshape" (issue 25: no batch-grouped or grouped
+kernel-gradient convolutions, no select_and_scatter); on CPU pool
+"reduce_window" and the default conv ("onednn"), unchanged. An environment
+variable still wins for its kind; results.json records what ran.
 
 Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
 `RESEARCH_POOL_ALGORITHM` and `DEFAULT_POOL_ALGORITHM`:
@@ -99,7 +112,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.layers import onednn
+from research.layers import onednn, trial_conv
+from research.layers import patches as patch_lib
 from research.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -124,28 +138,6 @@ def conv_xla(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int 
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
-
-
-def _shifted_slices(x, kernel_hw: Pair, strides: Pair, pads: Pads, dilations: Pair):
-    """The `f_h * f_w` input slices seen by each kernel tap, in (i, j) row-major order.
-
-    Slice `(i, j)` is `x_padded[:, i*d_h :: s_h, j*d_w :: s_w, :]` cut to the
-    output size, so `out[:, y, x] = sum_ij slice_ij[:, y, x] @ K[i, j]`.
-    """
-    n, h, w, c = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, strides, dilations
-    if any(p != (0, 0) for p in pads):
-        x = lax.pad(x, np.array(0, x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    hp, wp = x.shape[1:3]
-    ho = (hp - (dh * (kh - 1) + 1)) // sh + 1
-    wo = (wp - (dw * (kw - 1) + 1)) // sw + 1
-    slices = []
-    for i in range(kh):
-        for j in range(kw):
-            start = (0, i * dh, j * dw, 0)
-            limit = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
-            slices.append(lax.slice(x, start, limit, (1, sh, sw, 1)))  # (N, H', W', C)
-    return slices
 
 
 def _grouped_taps(slices, kernel, groups: int):
@@ -263,7 +255,7 @@ ROWMAJOR_DEPTH_PER_ROW = 16  # least patch depth (K) per patch row of one image
 def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """Patches of all taps side by side along channels, then one matmul."""
     kh, kw, c, o = kernel.shape
-    slices = _shifted_slices(x, (kh, kw), strides, pads, dilations)
+    slices = patch_lib.shifted_slices(x, (kh, kw), strides, pads, dilations)
     if groups != 1:
         return _grouped_taps(slices, kernel, groups)
     patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
@@ -279,7 +271,7 @@ def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: i
 def conv_taps(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """One matmul of depth C per kernel tap, summed."""
     kh, kw = kernel.shape[:2]
-    slices = _shifted_slices(x, (kh, kw), strides, pads, dilations)
+    slices = patch_lib.shifted_slices(x, (kh, kw), strides, pads, dilations)
     if groups != 1:
         return _grouped_taps(slices, kernel, groups)
     y = None
@@ -500,6 +492,7 @@ CONV_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
         "taps": conv_taps,
         "tiled": conv_tiled,
         "onednn": conv_onednn,
+        "trials": trial_conv.conv_trials,
     },
 )
 
@@ -671,6 +664,30 @@ def override(*, conv: str | None = None, pool: str | None = None) -> Iterator[No
     finally:
         for token in reversed(tokens):
             token.var.reset(token)
+
+
+# The algorithms of the vmapped trial programs (`research.train.engine`, "vmap"), by
+# backend; a kind not named keeps the plain programs' choice, and a kind whose
+# environment variable is set keeps that. Both choices compute the same function.
+VMAPPED_ALGORITHMS: dict[str, dict[str, str]] = {
+    # CPU: "reshape" pooling, the plain step's default, is ~1.8x slower under vmap.
+    "cpu": {"pool": "reduce_window"},
+    # GPU: no convolution with batch groups (the vmapped kernel gradient of "xla")
+    # and no select_and_scatter (the gradient of "reduce_window"); issue 25.
+    "gpu": {"conv": "trials", "pool": "reshape"},
+}
+
+
+def vmapped_override(backend: str | None = None):
+    """The `override` block that vmapped trial programs are traced in on `backend`.
+
+    `backend` defaults to `jax.default_backend()`; see `VMAPPED_ALGORITHMS`.
+    """
+    chosen = VMAPPED_ALGORITHMS.get(backend or jax.default_backend(), {})
+    env = {"conv": CONV_ENV_VAR, "pool": POOL_ENV_VAR}
+    return override(
+        **{kind: name for kind, name in chosen.items() if not os.environ.get(env[kind])}
+    )
 
 
 def _resolve(algorithm, override_var, env_var, default: Callable[[], str], registry) -> str:

@@ -247,7 +247,7 @@ def conv2d(
       groups: split input and output channels into this many independent
         groups; `groups == C_in` with `C_out = k * C_in` is a depthwise conv.
       algorithm: how to compute it, a name in `conv_algorithms.CONV_ALGORITHMS`
-        ("xla", "im2col", "taps", "tiled", "onednn"). None (default) takes an
+        ("xla", "im2col", "taps", "tiled", "onednn", "trials"). None (default) takes an
         enclosing `conv_algorithms.override` block, else the environment
         variable `RESEARCH_CONV_ALGORITHM`, else the backend's default
         (`conv_algorithms.default_conv_algorithm()`: "onednn" on a one-device

@@ -27,7 +27,6 @@ from research.train.loop import (
 from research.train.programs import (
     PARALLEL_PATHS,
     TRIAL_AXIS_FIELDS,
-    VMAPPED_POOL_ALGORITHM,
     ChunkInputs,
     Member,
     Programs,
@@ -45,7 +44,6 @@ from research.train.records import Timing, results_record
 __all__ = [
     "PARALLEL_PATHS",
     "TRIAL_AXIS_FIELDS",
-    "VMAPPED_POOL_ALGORITHM",
     "ChunkInputs",
     "Interrupted",
     "Member",

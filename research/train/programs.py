@@ -26,11 +26,9 @@ measurements.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -61,11 +59,6 @@ TRIAL_AXIS_FIELDS = (
     "optim.eps",
     "optim.weight_decay",
 )
-
-# Max-pool algorithm inside the vmapped programs, by backend: on CPU the "reshape"
-# default of the plain step is ~1.8x slower than "reduce_window" under vmap (both
-# compute the same function). An explicit RESEARCH_POOL_ALGORITHM still wins.
-VMAPPED_POOL_ALGORITHM: dict[str, str] = {"cpu": "reduce_window"}
 
 
 def group_key(config: ml_collections.ConfigDict) -> str:
@@ -146,12 +139,9 @@ def _algorithms() -> dict[str, str]:
     }
 
 
-def _vmapped_pooling():
-    """The trace-time context of the vmapped programs (see `VMAPPED_POOL_ALGORITHM`)."""
-    pool = VMAPPED_POOL_ALGORITHM.get(jax.default_backend())
-    if pool is None or os.environ.get(conv_algorithms.POOL_ENV_VAR):
-        return contextlib.nullcontext()
-    return conv_algorithms.override(pool=pool)
+def _vmapped_algorithms():
+    """The trace-time context of the vmapped programs (`conv_algorithms.VMAPPED_ALGORITHMS`)."""
+    return conv_algorithms.vmapped_override()
 
 
 def _traced_in(context_fn, fn):
@@ -228,7 +218,7 @@ def build_programs(run: Run, parallel: str = "sequential", *, devices=None) -> P
     # spmd_axis_name: the steps' shardings (P() for the state, P("data") for a batch)
     # gain "trials" on the vmapped axis: P("trials"), P("trials", "data").
     vmap = functools.partial(jax.vmap, spmd_axis_name="trials")
-    with _vmapped_pooling():
+    with _vmapped_algorithms():
         algorithms = _algorithms()
     # Every output has the trial axis first, sharded over "trials": the states that init
     # returns are placed as the chunk returns them, so the chunk compiles once.
@@ -238,14 +228,14 @@ def build_programs(run: Run, parallel: str = "sequential", *, devices=None) -> P
         init=jax.jit(vmap(steps.init), out_shardings=trials),
         reinit=jax.jit(vmap(steps.reinit), out_shardings=trials),
         chunk=jax.jit(
-            _traced_in(_vmapped_pooling, vmap(steps.train_chunk, in_axes=(0, 0, None, None, 0))),
+            _traced_in(_vmapped_algorithms, vmap(steps.train_chunk, in_axes=(0, 0, None, None, 0))),
             donate_argnums=0,
             out_shardings=trials,
         ),
         chunk_batches=None,
         evaluate=jax.jit(
             _traced_in(
-                _vmapped_pooling, vmap(steps.evaluate, in_axes=(0, 0, None, None, None, None))
+                _vmapped_algorithms, vmap(steps.evaluate, in_axes=(0, 0, None, None, None, None))
             ),
             out_shardings=trials,
         ),
