@@ -24,6 +24,7 @@ filters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -33,6 +34,19 @@ import ml_collections
 import numpy as np
 
 from research.environment import setup_environment
+from research.logs import caller_state_kept
+
+
+def _keeps_caller_state(fn):
+    """Whatever the packages imported on the way add (warnings filters, a root handler)
+    is dropped when the call returns (`research.logs.caller_state_kept`)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with caller_state_kept():
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -114,6 +128,7 @@ class RunResult:
         )
 
 
+@_keeps_caller_state
 def fit(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     """Trains one run per `config` in `workdir` (resumed if it holds the same run).
 
@@ -165,6 +180,7 @@ def _read_csv(path: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@_keeps_caller_state
 def run_sweep(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -215,6 +231,7 @@ class Restored:
     mean: np.ndarray
     std: np.ndarray
 
+    @_keeps_caller_state
     def predict(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
         """Logits `(N, classes)` of uint8 images `(N, H, W, C)` as the dataset stores them."""
         import jax
@@ -235,6 +252,7 @@ class Restored:
         return np.concatenate(out)
 
 
+@_keeps_caller_state
 def restore(workdir: str, which: str = "latest") -> Restored:
     """The model and variables of the run in `workdir`.
 

@@ -69,7 +69,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 from absl import flags
@@ -77,6 +76,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research.data import pipeline, records
+from research.logs import root_logging_kept
+
+with root_logging_kept():  # grain imports orbax, which logs through absl on import
+    import grain
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,14 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+
+from research.logs import root_logging_kept
 
 log = logging.getLogger(__name__)
+
+
+with root_logging_kept():
+    import orbax.checkpoint as ocp
 
 DAMAGED_DIR = "checkpoints.damaged"  # beside checkpoints/, where damaged steps are moved
 
@@ -108,8 +113,8 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 2):
         self.directory = os.path.abspath(directory)
         self._keep = max(keep, 1)
-        _ignore_closed_loop_callbacks()
-        self._manager = self._open()
+        with root_logging_kept():
+            self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
@@ -142,7 +147,7 @@ class Checkpointer:
             **(extra or {}),
         }
         try:
-            with _orbax_logs_silenced():
+            with _orbax_logs_silenced(), root_logging_kept():
                 self._manager.save(
                     step,
                     args=ocp.args.Composite(
@@ -151,6 +156,7 @@ class Checkpointer:
                 )
                 self._manager.wait_until_finished()
         except Exception as err:
+            _ignore_closed_loop_callbacks()
             self._remove_temporary()
             code = _os_errno(err)
             if code is not None:
@@ -162,9 +168,10 @@ class Checkpointer:
         """Deletes orbax's half-written temporary folders (a save that failed)."""
         for path in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
             shutil.rmtree(path, ignore_errors=True)
-        with contextlib.suppress(Exception):
-            self._manager.close()
-        self._manager = self._open()
+        with root_logging_kept():
+            with contextlib.suppress(Exception):
+                self._manager.close()
+            self._manager = self._open()
 
     def restore(self, like, *, step: int | None = None) -> Restored | None:
         """The newest checkpoint (or `step`) that restores and verifies, shaped like `like`.
@@ -185,9 +192,10 @@ class Checkpointer:
         return None
 
     def _restore(self, step: int, state_args) -> Restored:
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=state_args, record=ocp.args.JsonRestore())
-        )
+        with root_logging_kept():
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=state_args, record=ocp.args.JsonRestore())
+            )
         state, record = restored["state"], dict(restored["record"])
         if record.get("checksum") == CHECKSUM:
             if state_checksum(state) != record.get("state_sha256"):
@@ -213,11 +221,13 @@ class Checkpointer:
             with contextlib.suppress(OSError):
                 os.replace(source, os.path.join(target_dir, f"{step}-{n}"))
         log.warning(message)  # once: one line on the command line (absl), caught by caplog
-        self._manager.close()
-        self._manager = self._open()
+        with root_logging_kept():
+            self._manager.close()
+            self._manager = self._open()
 
     def close(self) -> None:
-        self._manager.close()
+        with root_logging_kept():
+            self._manager.close()
 
 
 def read(workdir: str, *, what: str = "checkpoint") -> Restored:
@@ -284,7 +294,9 @@ def _ignore_closed_loop_callbacks() -> None:
     prints each such `RuntimeError('Event loop is closed')` as a bare traceback, at any
     moment from the first failed write on, and asyncio logs each failed write task it
     collects (`_DropLostWrites`). They are harmless (the save is reported as failed,
-    once), so a process that checkpoints does not print them."""
+    once), so a process whose save failed does not print them. Installed on the first
+    failed save only (a documented exception to leaving the caller's hooks alone):
+    a run that never fails a write leaves `sys.excepthook` as it found it."""
     previous, previous_unraisable = sys.excepthook, sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
         return
