@@ -22,9 +22,9 @@ $(STAMP): $(REQUIREMENTS) $(LOCK)
 setup: $(STAMP)
 
 # The full tier's extra packages (the `test` extra: torch, torchvision, keras for the importers'
-# equality tests; the database drivers), from the lock.
+# equality tests; the database drivers; the `notebook` extra: nbclient runs the tour), from the lock.
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -c $(LOCK) -e ".[test]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[test,notebook]"
 	touch $(TEST_STAMP)
 
 setup-test: $(TEST_STAMP)
