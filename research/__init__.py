@@ -8,6 +8,7 @@ docs/python.md). See README.md.
 
 __version__ = "0.1.0"
 
+_SUBPACKAGES = ("bench", "data", "layers", "models", "optim", "studies", "sweep", "train", "viz")
 _API = ("load_config", "fit", "run_sweep", "restore", "RunResult", "SweepResult", "Restored")
 
 
@@ -18,8 +19,12 @@ def __getattr__(name: str):
         from research import api
 
         return getattr(api, name)
+    if name in _SUBPACKAGES:  # `research.data.load(...)` after a plain `import research`
+        import importlib
+
+        return importlib.import_module(f"research.{name}")
     raise AttributeError(f"module 'research' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_API])
+    return sorted([*globals(), *_API, *_SUBPACKAGES])

@@ -61,3 +61,28 @@ def test_load_config_takes_a_variant():
     config = research.load_config(os.path.join(ROOT, "experiments", "compare_optimizers.py:digits"))
     assert config.data.name == "digits"
     assert "sweep" in config
+
+
+def test_the_readmes_python_block_runs_as_written(tmp_path):
+    """The block under README's `## Python` is the one this test runs (in a scratch
+    folder whose `experiments/` is the repository's)."""
+    import re
+    import subprocess
+    import sys
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
+    script = block + "\nprint('RESULT', result.test_accuracy, logits.shape, len(curves))\n"
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
+    _, accuracy, shape = line.split(" ", 2)
+    assert float(accuracy) > 0.95
+    assert shape.startswith("(359, 10)")  # digits' 359 test images, 10 classes
+    with open(tmp_path / "runs" / "digits-lr3e-3" / "results.json") as f:
+        assert json.load(f)["learning_rate"] == 3e-3
