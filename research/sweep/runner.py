@@ -128,7 +128,7 @@ def fixed_parallel(config: ml_collections.ConfigDict, workdir: str, study=None) 
         raise ValueError(
             f"config.sweep.parallel={config.sweep.parallel!r}: {workdir} ran its trials "
             f"with {first!r}, and one comparison must not mix paths; keep "
-            f"{first!r} (or 'auto') or choose a new --workdir"
+            f"{first!r} (or 'auto') or choose a new workdir"
         )
     return first, f"fixed by the sweep's first run ({where})"
 

@@ -191,7 +191,7 @@ def lock_workdir(workdir: str) -> None:
         f.close()
         raise WorkdirBusy(
             f"workdir {workdir} is in use by {holder}; wait for it to finish or choose "
-            f"another --workdir"
+            f"another workdir"
         ) from None
     try:
         f.seek(0)
@@ -249,7 +249,7 @@ def prepare_workdir(config, workdir: str) -> None:
         if diff:
             raise ValueError(
                 f"workdir {workdir} holds a run with a different config (fields differ: "
-                f"{', '.join(diff)}); resume with the same config or choose a new --workdir"
+                f"{', '.join(diff)}); resume with the same config or choose a new workdir"
             )
     if is_writer():
         atomic_write_json(path, current)
