@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from research import models
+from research import environment, models
 from research.train import outputs
 from research.train.assemble import Run
 from research.train.checkpoint import Checkpointer, tree_sha256
@@ -104,6 +104,8 @@ def results_record(
         "compute_dtype": config.compute_dtype,
         "deterministic": bool(config.deterministic),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # What pinned the GPU's algorithms: the mode, its flags, the autotune file and its hash.
+        **environment.determinism_record(),
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
