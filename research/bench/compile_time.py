@@ -195,8 +195,8 @@ def measure(
     import numpy as np
 
     from research import models
-    from research.bench import frameworks
-    from research.train import engine, loop
+    from research.bench import frameworks, measure
+    from research.train import loop
     from research.train.checkpoint import tree_sha256
 
     var = VARIANTS.get(variant)
@@ -211,12 +211,10 @@ def measure(
 
     def build():
         run = loop.build_run(config, splits=splits)
-        return run, engine.build_programs(run, "sequential")
+        return run, measure.Group.build(run, [config], "sequential")
 
-    run, programs = phases.time("build", build)
-    mesh = programs.mesh
-    init_keys, _, train_keys = engine.trial_keys([config])
-    hps = engine.hyperparams([config], run.steps_per_epoch)
+    run, group = phases.time("build", build)
+    programs = group.programs
 
     def compiled(prefix: str, options, jitted, *args):
         traced = phases.time(f"{prefix}trace", lambda: jitted.trace(*args))
@@ -224,23 +222,22 @@ def measure(
         options = dict(options) or None
         return phases.time(f"{prefix}compile", lambda: lowered.compile(options)), lowered
 
-    init, _ = compiled("init_", var.init_options, programs.init, init_keys, train_keys, hps)
-    state = phases.time("init_run", lambda: jax.block_until_ready(init(init_keys, train_keys, hps)))
-    init_sha = tree_sha256(to_default(jax.tree_util.tree_map(lambda x: x[0], state.params)))
+    init, _ = compiled("init_", var.init_options, programs.init, *group.init_args())
+    group.states = phases.time("init_run", lambda: jax.block_until_ready(init(*group.init_args())))
+    init_sha = tree_sha256(to_default(jax.tree_util.tree_map(lambda x: x[0], group.states.params)))
 
     # Four batches' example indices, each a chunk of one step: (trials 1, steps 1, batch).
     rows = list(np.arange(4 * batch, dtype=np.int32).reshape(4, 1, 1, batch))
-    inputs = engine.chunk_inputs(mesh, splits.train.images, splits.train.labels, rows)
-    chunk, lowered = compiled("", var.chunk_options, programs.chunk, state, *inputs.args(0))
-
-    def first():
-        return engine.time_chunk(chunk, state, inputs, calls=1)
-
-    _, state, _ = phases.time("first_step", first)
-    params = jax.tree_util.tree_map(lambda x: x[0], state.params)
+    group.place(splits.train.images, splits.train.labels, rows)
+    chunk, lowered = compiled("", var.chunk_options, programs.chunk, *group.chunk_args(0))
+    phases.time("first_step", lambda: group.time(calls=1, chunk=chunk))
+    params = jax.tree_util.tree_map(lambda x: x[0], group.states.params)
     sha = tree_sha256(to_default(params))
-    later = dataclasses.replace(inputs, indices=inputs.indices[1:] + inputs.indices[:1])
-    times, state, metrics = engine.time_chunk(chunk, state, later, calls=steps)
+    group.inputs = dataclasses.replace(
+        group.inputs, indices=group.inputs.indices[1:] + group.inputs.indices[:1]
+    )
+    times = group.time(calls=steps, chunk=chunk)
+    metrics = group.metrics
     return {
         "model": model_name,
         "input": "x".join(map(str, input_shape)),
