@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 
+from research.bench import workers
 from research.bench.accel import common
 
 # XLA flags that choose how a GPU run is made deterministic: a worker starts without any
@@ -55,9 +56,8 @@ def run_job(spec: dict, *, env: dict, timeout: float) -> dict:
     `env` is added to this process's environment (XLA_FLAGS cleaned of determinism
     flags first). The error names the job and ends with the worker's stderr.
     """
-    full = {**os.environ, **env}
+    full = workers.environment({**os.environ, **env})
     full["XLA_FLAGS"] = clean_xla_flags(full.get("XLA_FLAGS", ""))
-    full["PYTHONPATH"] = os.pathsep.join(p for p in (common.ROOT, full.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "research.bench.accel.worker", json.dumps(spec)]
     proc = subprocess.run(
         cmd, cwd=common.ROOT, env=full, capture_output=True, text=True, timeout=timeout
