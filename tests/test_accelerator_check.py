@@ -256,7 +256,7 @@ def test_smoke_prints_the_full_table_and_writes_its_json(tmp_path, data_root):
     cmd = [sys.executable, SCRIPT, "--smoke", "--out", str(tmp_path / "accel")]
     if data_root is not None:
         cmd += ["--data-dir", str(data_root)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "accel" / "table.md").read_text()
     record = json.loads((tmp_path / "accel" / "results.json").read_text())

@@ -35,13 +35,13 @@ MODES = {
 GOAL_RATIO = 1.25  # deterministic time over "off", at most (issue 25 item 2)
 
 
-def speedrun_job(ctx: Context, fields: dict, seeds: list[int], lenet_step=False) -> dict:
+def speedrun_job(ctx: Context, fields: dict, seeds: list[int], lenet_steps=0) -> dict:
     """The worker job of the speedrun (smoke: its narrow variant) with `fields` set."""
     base = {"data.data_dir": ctx.data_dir}
     if ctx.smoke:
         base["model.overrides.widths"] = [8, 16, 16]
     variant = "smoke" if ctx.smoke else "full"
-    return worker.job("cifar10_speedrun", variant, {**base, **fields}, seeds, lenet_step)
+    return worker.job("cifar10_speedrun", variant, {**base, **fields}, seeds, lenet_steps)
 
 
 def worker_env(ctx: Context) -> dict:
@@ -52,6 +52,11 @@ def worker_env(ctx: Context) -> dict:
         "RESEARCH_COMPILATION_CACHE": cache,
         "RESEARCH_AUTOTUNE_DIR": os.path.join(ctx.out, "autotune"),
     }
+
+
+def worker_timeout(ctx: Context) -> float:
+    """A worker's allowance: what the budget has left, within 4 minutes (smoke: 10)."""
+    return left(ctx, 600 if ctx.smoke else 240)
 
 
 def steady_seconds(runs: list[dict]) -> float:
@@ -65,8 +70,8 @@ def measure_mode(ctx: Context, mode: str) -> dict:
     seeds = [0] if ctx.smoke else [0, 1]
     processes = []
     for _ in range(2):
-        spec = speedrun_job(ctx, MODES[mode], seeds, lenet_step=True)
-        processes.append(worker.run_job(spec, env=worker_env(ctx), timeout=left(ctx, 240)))
+        spec = speedrun_job(ctx, MODES[mode], seeds, lenet_steps=10 if ctx.smoke else 100)
+        processes.append(worker.run_job(spec, env=worker_env(ctx), timeout=worker_timeout(ctx)))
     shas = [[r["params_sha256"] for r in p["runs"]] for p in processes]
     seconds = [steady_seconds(p["runs"]) for p in processes]
     return {

@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 from research.bench.accel import determinism, worker
-from research.bench.accel.common import Context, Row, judge, left, pct
+from research.bench.accel.common import Context, Row, judge, pct
 
 DRIVER = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "airbench_driver.py"
@@ -35,7 +35,9 @@ DETERMINISTIC_SEEDS = 3
 
 def _ours(ctx: Context, deterministic: bool, seeds: int) -> dict:
     spec = determinism.speedrun_job(ctx, {"deterministic": deterministic}, list(range(seeds)))
-    found = worker.run_job(spec, env=determinism.worker_env(ctx), timeout=left(ctx, 300))
+    found = worker.run_job(
+        spec, env=determinism.worker_env(ctx), timeout=determinism.worker_timeout(ctx)
+    )
     runs = found["runs"]
     accs = [r["test_accuracy"] for r in runs]
     return {

@@ -31,17 +31,18 @@ DETERMINISM_FLAG_NAMES = (
     "--xla_gpu_dump_autotune_results_to",
     "--xla_gpu_load_autotune_results_from",
 )
-LENET_STEPS = 100  # steps per timed LeNet-5 chunk
 
 
-def job(experiment: str, variant: str, fields: dict, seeds: list[int], lenet_step=False) -> dict:
-    """A worker's job: `experiments/<experiment>.py:<variant>` with dotted `fields` set."""
+def job(experiment: str, variant: str, fields: dict, seeds: list[int], lenet_steps=0) -> dict:
+    """A worker's job: `experiments/<experiment>.py:<variant>` with dotted `fields` set,
+    trained for each of `seeds`; then, if `lenet_steps`, a LeNet-5 chunk of that many
+    steps timed."""
     return {
         "experiment": experiment,
         "variant": variant,
         "fields": fields,
         "seeds": list(seeds),
-        "lenet_step": lenet_step,
+        "lenet_steps": lenet_steps,
     }
 
 
@@ -59,9 +60,17 @@ def run_job(spec: dict, *, env: dict, timeout: float) -> dict:
     full = workers.environment({**os.environ, **env})
     full["XLA_FLAGS"] = clean_xla_flags(full.get("XLA_FLAGS", ""))
     cmd = [sys.executable, "-m", "research.bench.accel.worker", json.dumps(spec)]
-    proc = subprocess.run(
-        cmd, cwd=common.ROOT, env=full, capture_output=True, text=True, timeout=timeout
+    fields = spec["fields"]
+    name = (
+        f"worker {spec['experiment']}:{spec['variant']} deterministic="
+        f"{fields.get('deterministic')} determinism={fields.get('determinism')}"
     )
+    try:
+        proc = subprocess.run(
+            cmd, cwd=common.ROOT, env=full, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{name} timed out after {timeout:.0f} s") from None
     found = {"runs": [], "step": None, "record": None}
     for line in proc.stdout.splitlines():
         tag, _, payload = line.partition(" ")
@@ -70,12 +79,7 @@ def run_job(spec: dict, *, env: dict, timeout: float) -> dict:
         elif tag in ("STEP", "RECORD"):
             found[tag.lower()] = json.loads(payload)
     if proc.returncode or not found["runs"]:
-        fields = spec["fields"]
-        raise RuntimeError(
-            f"worker {spec['experiment']}:{spec['variant']} deterministic="
-            f"{fields.get('deterministic')} determinism={fields.get('determinism')} failed "
-            f"(exit {proc.returncode}): {proc.stderr.strip()[-1500:]}"
-        )
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
     return found
 
 
@@ -85,7 +89,7 @@ def _config(spec: dict):
     return common.with_fields(config, progress=False, **fields)
 
 
-def _lenet_step_ms(fields: dict) -> dict:
+def _lenet_step_ms(fields: dict, steps: int) -> dict:
     """LeNet-5's training step in this process (batch 128, MNIST's shape, random data)."""
     from research.bench import frameworks, measure
     from research.train import loop
@@ -97,10 +101,10 @@ def _lenet_step_ms(fields: dict) -> dict:
     splits = frameworks.synthetic_splits((28, 28, 1), config.batch_size * 8, config.batch_size)
     group = measure.Group.build(loop.build_run(config, splits=splits), [config], "sequential")
     group.init()
-    rows = measure.cycled_rows(1, LENET_STEPS, config.batch_size, len(splits.train))
+    rows = measure.cycled_rows(1, steps, config.batch_size, len(splits.train))
     group.place(splits.train.images, splits.train.labels, rows)
     seconds, compile_s = measure.steady(group.time(calls=4))
-    return {"ms_per_step": seconds / LENET_STEPS * 1e3, "compile_seconds": compile_s}
+    return {"ms_per_step": seconds / steps * 1e3, "compile_seconds": compile_s}
 
 
 def _record() -> dict:
@@ -132,8 +136,9 @@ def main(spec: dict) -> None:
         r = outcome.results
         run = {"seed": seed, "params_sha256": r["params_sha256"], **common.pick(r)}
         print("RESULT " + json.dumps(run), flush=True)
-    if spec["lenet_step"]:
-        print("STEP " + json.dumps(_lenet_step_ms(spec["fields"])), flush=True)
+    if spec["lenet_steps"]:
+        step = _lenet_step_ms(spec["fields"], spec["lenet_steps"])
+        print("STEP " + json.dumps(step), flush=True)
     print("RECORD " + json.dumps(_record()), flush=True)
 
 
