@@ -2,7 +2,8 @@
 
     python scripts/accelerator_check.py --part 1 --out runs/accel/1   # GPU, call 1 (< 8 min)
     python scripts/accelerator_check.py --part 2 --out runs/accel/2   # GPU, call 2 (< 8 min)
-    python scripts/accelerator_check.py --report runs/accel/1 runs/accel/2  # goals.md of both
+    python scripts/accelerator_check.py --part 3 --out runs/accel/3   # the optimizer study
+    python scripts/accelerator_check.py --report runs/accel/1 runs/accel/2 runs/accel/3
     python scripts/accelerator_check.py --smoke --out runs/accel      # every part, tiny, CPU
 
 Prints a markdown table and writes it, with every figure, into --out (`table.md`,
@@ -16,13 +17,14 @@ JAX's version, the git commit, XLA_FLAGS and the date. The parts live in
             trials     N vmapped trials over one: LeNet-5 N = 1..64, airbench N = 1..16
             resnet50   ResNet-50 bfloat16 training img/s (goal 6,000 H200 / 5,000 H100)
             pool       the max-pool algorithm A/B (informs DEFAULT_POOL_ALGORITHM)
-  --part 2  speedrun   ours (both modes, worker processes) against airbench94.py
-            determinism  off / ops / pinned, two processes each: hashes and seconds
-            optimizers experiments/optimizers_cifar10.py via scripts/sweep.py, if present
+  --part 2  determinism  off / ops / pinned, two processes each: hashes and seconds
+            speedrun   ours in both modes (the determinism part's runs) and airbench94.py
+  --part 3  optimizers experiments/optimizers_cifar10.py via scripts/sweep.py, if present
+                       (up to 10 minutes by its own goal: a call of its own)
 
-`--parts a,b` runs named parts instead. Past --budget seconds (390; smoke 900) a part
-measures no further items (its first always runs), so each call stays under 8
-minutes of device time. --smoke runs every part at tiny sizes on CPU (slow tier,
+`--parts a,b` runs named parts instead. Past --budget seconds (390; --part 3: 570;
+smoke 900) a part measures no further items (its first always runs), so parts 1 and
+2 stay under 8 minutes of device time each. --smoke runs every part at tiny sizes on CPU (slow tier,
 tests/test_accelerator_check.py); its goals are not judged ("n/a").
 
 --deterministic on (default, as the configs' deterministic=True) sets XLA's
@@ -43,6 +45,7 @@ optax and orbax-checkpoint installed), from the repository root:
     2. carry [".gpu-data/2"], command `true`
     3. carry [".gpu-data/3"], timeout_s 480, command `make accel-check PART=1`
     4. timeout_s 480, command `make accel-check PART=2`
+    5. (the optimizer study) timeout_s 600, command `make accel-check PART=3`
   (`make accel-check` installs .whl into /tmp/site and writes $OUT/accel/<part>.)
   Then `--report` on the two folders gives goals.md; it goes into the docs.
 """
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=0, help="speedrun seeds (10; smoke 1)")
     parser.add_argument("--airbench", default=os.path.join(ROOT, ".peers", "airbench94.py"))
     parser.add_argument("--resnet-batches", default="256,512")
-    parser.add_argument("--budget", type=float, default=0, help="seconds (390; smoke 900)")
+    parser.add_argument("--budget", type=float, default=0, help="seconds (390; 3: 570; smoke 900)")
     parser.add_argument(
         "--deterministic",
         choices=("on", "off"),
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
 
         jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="accel-xla-"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    budget = args.budget or (900 if args.smoke else 390)
+    budget = args.budget or (900 if args.smoke else 570 if args.part == "3" else 390)
     ctx = Context(
         smoke=args.smoke,
         data_dir=data_dir,

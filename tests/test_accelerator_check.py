@@ -132,12 +132,32 @@ def test_a_failing_worker_raises_naming_its_job_and_its_error():
     assert "no_such_experiment.py" in message  # the worker's own traceback, its last lines
 
 
-def test_the_two_device_calls_hold_every_part_once():
+def test_the_speedrun_part_reuses_the_determinism_parts_runs():
+    from research.bench.accel import determinism, speedrun
+
+    ctx = common.Context(False, "", "", 10, "", (2,), 0.0)
+    assert determinism.first_seeds(ctx, "off") == list(range(10))  # the 10-seed accuracy
+    assert determinism.first_seeds(ctx, "ops") == [0, 1, 2]
+    assert determinism.first_seeds(ctx, "pinned") == [0, 1]
+    runs = [
+        {"test_accuracy": acc, "wall_seconds": s, "params_sha256": f"{i}", "steps": 476}
+        for i, (acc, s) in enumerate([(0.94, 30.0), (0.942, 2.0), (0.944, 2.2), (0.946, 2.1)])
+    ]
+    ctx.memo["off"] = {"runs": runs, "record": {"determinism": None}}
+    fast = speedrun._ours(ctx, False, 4)  # no worker: the determinism part's first process
+    assert fast["from_determinism_part"] and fast["median_after_first"] == 2.1
+    assert fast["mean"] == pytest.approx(0.943) and fast["seconds"][0] == 30.0
+
+
+def test_the_device_calls_hold_every_part_once():
     assert report.PARTS == (
-        "tests", "lenet", "trials", "resnet50", "pool", "speedrun", "determinism", "optimizers"
+        "tests", "lenet", "trials", "resnet50", "pool", "determinism", "speedrun", "optimizers"
     )  # fmt: skip
     assert set(report.PART_FUNCTIONS) == set(report.PARTS)
-    assert sorted(report.PART_GROUPS["1"] + report.PART_GROUPS["2"]) == sorted(report.PARTS)
+    groups = [report.PART_GROUPS[k] for k in ("1", "2", "3")]
+    assert sorted(p for g in groups for p in g) == sorted(report.PARTS)
+    # The determinism part before the speedrun part, which reuses its runs.
+    assert report.PART_GROUPS["2"] == ("determinism", "speedrun")
 
 
 def _record(mode="full", **parts):
@@ -289,6 +309,7 @@ def test_smoke_prints_the_full_table_and_writes_its_json(tmp_path, data_root):
     speed = rows["speedrun"]
     assert len(speed[0]["data"]["accuracies"]) == 1 and speed[0]["data"]["mean"] > 0.1
     assert speed[2]["data"]["deterministic"] is True and speed[2]["data"]["ratio_to_autotuned"] > 0
+    assert speed[0]["data"]["from_determinism_part"] and speed[2]["data"]["from_determinism_part"]
     assert speed[3]["verdict"] == "skip"  # airbench94 needs a CUDA GPU
     modes = {r["data"]["mode"]: r["data"] for r in rows["determinism"]}
     assert list(modes) == ["off", "ops", "pinned"]

@@ -40,6 +40,9 @@ class Context:
     resnet_batches: tuple[int, ...]
     deadline: float  # time.monotonic() by which the check should end
     deterministic: bool = True  # --deterministic: XLA's deterministic GPU ops (no autotuning)
+    # Figures one part measured that a later part reuses rather than measuring again
+    # (the determinism part's worker runs, read by the speedrun part).
+    memo: dict = dataclasses.field(default_factory=dict)
 
 
 def with_deterministic_flag(xla_flags: str, deterministic: bool) -> str:
