@@ -61,14 +61,22 @@ def _scaling(ctx: Context, model: str, base, splits, counts, steps, profiled=())
     from research.bench import profile
     from research.sweep import vmapped
 
-    rows, single, profiles = [], None, []
+    rows, single, profiles = [], None, []  # single: one trial's trial-steps/s (N = 1)
     for n in counts:
         if not more(ctx, len(rows)):
             break
         configs = [with_fields(base, seed=s) for s in range(n)]
-        p = vmapped.probe(
-            configs, splits, steps=steps, profile=n in profiled, sequential=single is None
-        )
+        try:
+            p = vmapped.probe(
+                configs, splits, steps=steps, profile=n in profiled, sequential=single is None
+            )
+        except Exception as err:  # out of memory at this N is a result; larger N would be too
+            oom = "RESOURCE_EXHAUSTED" in str(err) or "out of memory" in str(err).lower()
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            result = "out of memory" if oom else f"error: {first[:300]}"
+            measure = f"N = {n} {model} trials vmapped, batch {base.batch_size}"
+            rows.append(Row("trials", measure, result, verdict="info" if oom else "error"))
+            break
         if "vmap_profile" in p:
             title = f"## N = {n} {model} trials vmapped, one chunk of {p['steps']} steps"
             profiles.append(f"{title}\n\n{profile.markdown(p['vmap_profile'])}")
