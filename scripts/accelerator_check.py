@@ -46,7 +46,8 @@ optax and orbax-checkpoint installed), from the repository root:
     3. carry [".gpu-data/3"], timeout_s 480, command `make accel-check PART=1`
     4. timeout_s 480, command `make accel-check PART=2`
     5. (the optimizer study) timeout_s 600, command `make accel-check PART=3`
-  (`make accel-check` installs .whl into /tmp/site and writes $OUT/accel/<part>.)
+  (`make accel-check` installs .whl into /tmp/site and writes $OUT/accel/<part>; where
+  the machine has no make, `make -n accel-check PART=1` here prints its two commands.)
   Then `--report` on the two folders gives goals.md; it goes into the docs.
 """
 
