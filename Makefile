@@ -62,9 +62,16 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py
 
 # ---------------------------------------------------------------- accelerators (README, "Accelerators")
-# The full check on a GPU machine (scripts/accelerator_check.py; `--smoke` is the CPU version).
+# The full check on a GPU machine (scripts/accelerator_check.py; `--smoke` is the CPU version):
+# PART=1, then PART=2, one device call of under 8 minutes each, into $OUT/accel/<part> (a
+# device call's $OUT) or runs/accel/<part>. The wheels of .whl (accel-wheels) go to /tmp/site.
+PART ?= 1
+ACCEL_OUT ?= $(if $(OUT),$(OUT)/accel/$(PART),runs/accel/$(PART))
 accel-check:
-	$(PYTHON) scripts/accelerator_check.py --out runs/accel
+	if ls .whl/*.whl >/dev/null 2>&1; then $(PYTHON) -m pip install -q --no-index --no-deps \
+		--no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; fi
+	PYTHONPATH=/tmp/site$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+		$(PYTHON) scripts/accelerator_check.py --part $(PART) --out $(ACCEL_OUT)
 
 # Wheels of the packages the GPU image lacks (Python 3.12, manylinux x86-64) into .whl/.
 # What requirements.txt names is either in the image (its own versions) or a wheel here

@@ -244,3 +244,69 @@ def test_bench_profile_mode_tables_our_layers_and_torchs_operators():
             assert any(conv in k.split("+") and v[phase] > 0 for k, v in rows.items()), rows
     torch_part = out.split("### lenet5, batch 8, torch")[1]
     assert "| aten::convolution_backward |" in torch_part
+
+
+# ------------------------------------------------------------------ the measurement helper
+
+
+def test_steady_and_cycled_rows_worked_examples():
+    from research.bench import measure
+
+    # The first call compiles: the median of the others, and how much longer the first took.
+    assert measure.steady([5.0, 1.0, 3.0, 2.0]) == (2.0, 3.0)
+    assert measure.steady([4.0]) == (4.0, 0.0)  # one call is its own steady time
+    rows = measure.cycled_rows(trials=2, steps=2, batch=3, n=4)
+    assert rows.shape == (2, 2, 3) and rows.dtype.name == "int32"
+    assert rows[0].tolist() == [[0, 1, 2], [3, 0, 1]] and (rows[1] == rows[0]).all()
+
+
+def _tiny_sweep_configs(count: int):
+    from research.bench import sweep_mode
+
+    config = sweep_mode._sweep_config("simple_cnn")
+    config.batch_size = 8
+    out = []
+    for i in range(count):
+        c = config.copy_and_resolve_references()
+        c.seed, c.optim.learning_rate = i, 1e-3 * (1 + i)
+        out.append(c)
+    return out
+
+
+def test_a_group_times_the_engines_chunk_and_restarts_bit_for_bit():
+    from research.bench import measure
+    from research.train import loop
+    from research.train.checkpoint import tree_sha256
+
+    configs = _tiny_sweep_configs(2)
+    splits = frameworks.synthetic_splits((8, 8, 1), 64, 8)
+    run = loop.build_run(configs[0], splits=splits)
+    group = measure.Group.build(run, configs, "vmap")
+    assert group.trials == 2 and group.hyperparams["learning_rate"].tolist() == pytest.approx(
+        [1e-3, 2e-3]
+    )
+    rows = measure.first_chunk_rows(configs, group.data_keys, n=64, steps=3)
+    assert rows.shape == (2, 3, 8)  # (trials, steps, batch), each trial its own order
+    assert sorted(rows[0].ravel().tolist()) == sorted(set(rows[0].ravel().tolist()))
+    assert rows[0].tolist() != rows[1].tolist()
+    hashes = []
+    for _ in range(2):  # the same group from its init again: the same bits
+        group.init()
+        group.place(splits.train.images, splits.train.labels, rows)
+        times = group.time(calls=2)
+        assert len(times) == 2 and all(t > 0 for t in times)
+        assert group.metrics["loss"].shape == (2, 3)
+        hashes.append(tree_sha256(group.states.params))
+    assert hashes[0] == hashes[1]
+
+
+def test_probe_times_one_trial_and_the_vmapped_group():
+    from research.sweep import vmapped
+
+    configs = _tiny_sweep_configs(2)
+    splits = frameworks.synthetic_splits((8, 8, 1), 64, 8)
+    p = vmapped.probe(configs, splits, steps=2)
+    assert (p["trials"], p["steps"]) == (2, 2)
+    assert p["sequential_trial_steps_per_s"] > 0 and p["vmap_trial_steps_per_s"] > 0
+    alone = vmapped.probe(configs, splits, steps=2, sequential=False)
+    assert alone["sequential_trial_steps_per_s"] is None and alone["vmap_trial_steps_per_s"] > 0

@@ -34,13 +34,16 @@ programs (`init_options`, `chunk_options`), and environment variables read at tr
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from research.bench import workers
 from research.registry import Registry
 
 SMALL_SHAPES = {"28x28x1": (28, 28, 1), "32x32x3": (32, 32, 3)}
@@ -196,7 +199,8 @@ def measure(
 
     from research import models
     from research.bench import frameworks
-    from research.train import engine, loop
+    from research.bench import measure as measure_lib
+    from research.train import loop
     from research.train.checkpoint import tree_sha256
 
     var = VARIANTS.get(variant)
@@ -211,12 +215,10 @@ def measure(
 
     def build():
         run = loop.build_run(config, splits=splits)
-        return run, engine.build_programs(run, "sequential")
+        return run, measure_lib.Group.build(run, [config], "sequential")
 
-    run, programs = phases.time("build", build)
-    mesh = programs.mesh
-    init_keys, _, train_keys = engine.trial_keys([config])
-    hps = engine.hyperparams([config], run.steps_per_epoch)
+    run, group = phases.time("build", build)
+    programs = group.programs
 
     def compiled(prefix: str, options, jitted, *args):
         traced = phases.time(f"{prefix}trace", lambda: jitted.trace(*args))
@@ -224,23 +226,22 @@ def measure(
         options = dict(options) or None
         return phases.time(f"{prefix}compile", lambda: lowered.compile(options)), lowered
 
-    init, _ = compiled("init_", var.init_options, programs.init, init_keys, train_keys, hps)
-    state = phases.time("init_run", lambda: jax.block_until_ready(init(init_keys, train_keys, hps)))
-    init_sha = tree_sha256(to_default(jax.tree_util.tree_map(lambda x: x[0], state.params)))
+    init, _ = compiled("init_", var.init_options, programs.init, *group.init_args())
+    group.states = phases.time("init_run", lambda: jax.block_until_ready(init(*group.init_args())))
+    init_sha = tree_sha256(to_default(jax.tree_util.tree_map(lambda x: x[0], group.states.params)))
 
     # Four batches' example indices, each a chunk of one step: (trials 1, steps 1, batch).
     rows = list(np.arange(4 * batch, dtype=np.int32).reshape(4, 1, 1, batch))
-    inputs = engine.chunk_inputs(mesh, splits.train.images, splits.train.labels, rows)
-    chunk, lowered = compiled("", var.chunk_options, programs.chunk, state, *inputs.args(0))
-
-    def first():
-        return engine.time_chunk(chunk, state, inputs, calls=1)
-
-    _, state, _ = phases.time("first_step", first)
-    params = jax.tree_util.tree_map(lambda x: x[0], state.params)
+    group.place(splits.train.images, splits.train.labels, rows)
+    chunk, lowered = compiled("", var.chunk_options, programs.chunk, *group.chunk_args(0))
+    phases.time("first_step", lambda: group.time(calls=1, chunk=chunk))
+    params = jax.tree_util.tree_map(lambda x: x[0], group.states.params)
     sha = tree_sha256(to_default(params))
-    later = dataclasses.replace(inputs, indices=inputs.indices[1:] + inputs.indices[:1])
-    times, state, metrics = engine.time_chunk(chunk, state, later, calls=steps)
+    group.inputs = dataclasses.replace(
+        group.inputs, indices=group.inputs.indices[1:] + group.inputs.indices[:1]
+    )
+    times = group.time(calls=steps, chunk=chunk)
+    metrics = group.metrics
     return {
         "model": model_name,
         "input": "x".join(map(str, input_shape)),
@@ -262,3 +263,108 @@ def measure(
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "env": {k: os.environ.get(k, "") for k in var.env},
     }
+
+
+# --------------------------------------------------------------------------- the mode
+
+COMPILE_BATCH = 32  # --batch-sizes default in compile mode
+COMPILE_STEPS = 3  # --steps default in compile mode: one-step calls timed after the first
+
+
+def worker(job: dict) -> None:
+    """One measurement in this (fresh) process: prints `RESULT {...}`."""
+    model_name, input_name, variant = job["spec"].split(",")
+    row = measure(
+        model_name,
+        SMALL_SHAPES[input_name],
+        batch=job["batch"],
+        variant=variant,
+        steps=job["steps"],
+    )
+    workers.answer(row)
+
+
+def _measure_compile(model_name: str, input_name: str, variant: str, args) -> dict:
+    """Runs `worker` in a new process without any compilation cache."""
+    env = dict(os.environ)
+    env["RESEARCH_COMPILATION_CACHE"] = "off"
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.update(VARIANTS.get(variant).env)
+    load_before = os.getloadavg()[0]
+    job = {
+        "spec": f"{model_name},{input_name},{variant}",
+        "batch": args.batch_sizes[0],
+        "steps": args.steps,
+    }
+    row = workers.result("compile_time", job, env=env)
+    row["load_average"] = [load_before, os.getloadavg()[0]]
+    return row
+
+
+def run_compile(args) -> list[dict]:
+    """The "compile" mode: one row per (model, input, variant), medians over `--repeats`."""
+    cases = [
+        (model_name, input_name, variant)
+        for model_name in args.compile_models
+        for input_name in args.inputs
+        for variant in args.variants
+        if VARIANTS.get(variant).applies_to(model_name)
+    ]
+    runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+    for r in range(args.repeats):
+        for model_name in args.compile_models:
+            for input_name in args.inputs:
+                group = [c for c in cases if c[:2] == (model_name, input_name)]
+                for case in group[r % len(group) :] + group[: r % len(group)]:
+                    print(f"repeat {r + 1}/{args.repeats}: {' '.join(case)} ...", file=sys.stderr)
+                    runs[case].append(_measure_compile(*case, args))
+    rows = []
+    for case, measured in runs.items():
+        row = dict(measured[0])
+        for key in ("first_step_s", "first_step_cpu_s", "step_ms"):
+            row[key] = statistics.median(m[key] for m in measured)
+        for kind in ("wall", "cpu"):
+            row[kind] = {
+                phase: statistics.median(m[kind][phase] for m in measured) for phase in row[kind]
+            }
+        loads = [x for m in measured for x in m["load_average"]]
+        row["load_average"] = [min(loads), max(loads)]
+        row["repeats"] = measured
+        row["deterministic"] = len({m["params_sha256"] for m in measured}) == 1
+        reference = runs.get((*case[:2], "default"))
+        for key, sha in (("same_init", "init_sha256"), ("same_numbers", "params_sha256")):
+            row[key] = None if reference is None else reference[0][sha] == row[sha]
+        rows.append(row)
+    return rows
+
+
+def compile_table(rows: list[dict], backend: str) -> str:
+    head = (
+        "| model | input | variant | to first step s | CPU s | init s | trace+lower s "
+        "| XLA compile s | first step s | step ms | same init/step | HLO kchars |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    )
+    loads = [x for r in rows for x in r["load_average"]]
+    lines = [
+        f"backend: {backend}; medians of {len(rows[0]['repeats'])} fresh processes, no "
+        f"compilation cache; load average {min(loads):.1f}-{max(loads):.1f}",
+        "",
+        head,
+    ]
+    for r in rows:
+        w = r["wall"]
+        init = sum(v for k, v in w.items() if k.startswith("init_"))
+        same = "/".join(
+            {None: "", True: "yes", False: "no"}[r[k]] for k in ("same_init", "same_numbers")
+        )
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['variant']} | {r['first_step_s']:.1f} | "
+            f"{r['first_step_cpu_s']:.1f} | {init:.1f} | {w['trace'] + w['lower']:.1f} | "
+            f"{w['compile']:.1f} | {w['first_step']:.2f} | {r['step_ms']:.1f} | {same} | "
+            f"{r['hlo_chars'] / 1e3:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    worker(json.loads(sys.argv[1]))

@@ -103,9 +103,9 @@ def synthetic_splits(
 
 def ours(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
     import jax
-    import numpy as np
 
     from research import models, optim
+    from research.bench import measure
     from research.train import engine
     from research.train import steps as steps_lib
 
@@ -115,22 +115,18 @@ def ours(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
         model, optim.create("adam", learning_rate=LEARNING_RATE), input_shape=peers.INPUT_SHAPE
     )
     # The engine's sequential program: what scripts/train.py runs (a trial axis of 1).
-    run = _OneModelRun(fns)
-    programs = engine.build_programs(run, "sequential")
-    mesh = programs.mesh
-    images, labels = (engine.on_mesh(a, mesh) for a in random_data(batch))
-    idx = np.arange(steps * batch).reshape(1, steps, batch) % images.shape[0]
-    idx, alive = engine.on_mesh(idx.astype(np.int32), mesh), engine.on_mesh(np.ones(1, bool), mesh)
+    programs = engine.build_programs(_OneModelRun(fns), "sequential")
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    state = programs.init(keys[:1], keys[1:], {})
-    chunk = programs.chunk.lower(state, alive, images, labels, idx).compile()
+    group = measure.Group(programs, keys[:1], None, keys[1:], {})
+    group.init()
+    images, labels = random_data(batch)
+    group.place(images, labels, measure.cycled_rows(1, steps, batch, images.shape[0]))
+    chunk = programs.chunk.lower(*group.chunk_args()).compile()
     compile_s = time.perf_counter() - start
-    params = models.param_count(jax.tree_util.tree_map(lambda x: x[0], state.params))
+    params = models.param_count(jax.tree_util.tree_map(lambda x: x[0], group.states.params))
 
     def run_once():
-        nonlocal state
-        state, _, metrics = chunk(state, alive, images, labels, idx)
-        jax.block_until_ready(metrics)
+        group.time(calls=1, chunk=chunk)
 
     algorithms = programs.algorithms
     notes = f"engine program, conv={algorithms['conv']}, pool={algorithms['pool']}"

@@ -24,10 +24,11 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
-import numpy as np
 
+from research.bench import measure
+from research.bench import profile as profile_lib
 from research.data import pipeline
-from research.train import engine, loop
+from research.train import loop
 
 PARALLEL = ("auto", "vmap", "sequential")
 
@@ -52,11 +53,6 @@ def resolve_parallel(setting: str, backend: str | None = None) -> tuple[str, str
     return path, f"sweep.parallel=auto on backend {backend!r} (engine rule: {AUTO_PARALLEL})"
 
 
-def padded(configs: list, multiple: int) -> list:
-    """`configs` with its last trial repeated up to a multiple of `multiple` (the devices)."""
-    return configs + configs[-1:] * (-len(configs) % multiple)
-
-
 def probe(
     configs: Sequence[ml_collections.ConfigDict],
     splits: pipeline.Splits,
@@ -65,6 +61,7 @@ def probe(
     repeats: int = 1,
     devices=None,
     profile: bool = False,
+    sequential: bool = True,
 ) -> dict[str, float]:
     """Times one trial alone against `len(configs)` trials vmapped, on `steps` steps.
 
@@ -73,7 +70,8 @@ def probe(
     compiles; then `repeats` timed calls (blocked on each) give the steady
     throughput (median); compile time is the first call minus that median.
     Sequential throughput is one trial's: N trials one after another run the
-    same compiled program N times.
+    same compiled program N times. `sequential=False` times the vmapped path
+    alone (its sequential figures are None), for a caller that has one trial's already.
 
     Returns:
       `sequential_trial_steps_per_s`, `vmap_trial_steps_per_s`, the compile
@@ -82,51 +80,26 @@ def probe(
     """
     configs = list(configs)
     run = loop.build_run(configs[0], splits=splits)
-    seq = engine.build_programs(run, "sequential")
-    vec = engine.build_programs(run, "vmap", devices=devices)
+    vec = measure.Group.build(run, configs, "vmap", devices=devices)  # padded to the devices
+    seq = measure.Group.build(run, configs[:1], "sequential") if sequential else None
     steps = min(steps, run.steps_per_epoch)
-    members = padded(configs, vec.multiple)
-    init_keys, data_keys, train_keys = engine.trial_keys(members)
-    hps = engine.hyperparams(members, run.steps_per_epoch)
-    c = configs[0]
-    first = [
-        next(
-            pipeline.plan_chunks(
-                k,
-                n=len(splits.train),
-                batch_size=c.batch_size,
-                remainder=c.data.remainder,
-                chunk=steps,
-                num_epochs=1,
-            )
-        )
-        for k in data_keys
-    ]
-    idx = np.stack([p.rows for p in first])  # (T, steps, B)
+    idx = measure.first_chunk_rows(configs, vec.data_keys, len(splits.train), steps)
 
-    def timed(programs, states, index):
-        inputs = engine.chunk_inputs(programs.mesh, splits.train.images, splits.train.labels, index)
-        times, states, _ = engine.time_chunk(programs.chunk, states, inputs, calls=1 + repeats)
-        steady = float(np.median(times[1:]))
-        return steady, max(times[0] - steady, 0.0), states, inputs
+    def timed(group, index):
+        group.init()
+        group.place(splits.train.images, splits.train.labels, index)
+        return measure.steady(group.time(calls=1 + repeats))
 
-    one = seq.init(init_keys[:1], train_keys[:1], {k: v[:1] for k, v in hps.items()})
-    seq_s, seq_compile, _, _ = timed(seq, one, idx[:1])
-    vmap_s, vmap_compile, states, inputs = timed(vec, vec.init(init_keys, train_keys, hps), idx)
+    seq_s, seq_compile = timed(seq, idx[:1]) if sequential else (None, None)
+    vmap_s, vmap_compile = timed(vec, idx)
     result = {
         "trials": len(configs),
         "steps": steps,
-        "sequential_trial_steps_per_s": steps / seq_s,
+        "sequential_trial_steps_per_s": steps / seq_s if sequential else None,
         "vmap_trial_steps_per_s": len(configs) * steps / vmap_s,
         "sequential_compile_seconds": seq_compile,
         "vmap_compile_seconds": vmap_compile,
     }
-    if profile:
-        from research.bench import profile as profile_lib
-
-        def once():  # the data is on the device already: the profile is the chunk's own
-            nonlocal states
-            states = engine.time_chunk(vec.chunk, states, inputs, calls=1)[1]
-
-        result["vmap_profile"] = profile_lib.top_events(once)
+    if profile:  # the data is on the device already: the profile is the chunk's own
+        result["vmap_profile"] = profile_lib.top_events(lambda: vec.time(calls=1))
     return result
