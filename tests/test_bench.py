@@ -7,10 +7,10 @@ import os
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import requires
 
 from research import models
 from research.bench import frameworks, peers
+from tests.helpers.requirements import requires
 
 BENCH_NAMES = sorted(peers.BENCH_MODELS)
 

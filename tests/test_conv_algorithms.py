@@ -19,8 +19,8 @@ import pytest
 from research.layers import conv_algorithms as CA
 from research.layers import functional as F
 from research.layers import onednn
-from tests.fast_tier import fast_jit
-from tests.reference import conv_ref_taps, pool_ref, ref_pads
+from tests.helpers.fast_tier import fast_jit
+from tests.helpers.reference import conv_ref_taps, pool_ref, ref_pads
 
 CONV_NAMES = CA.CONV_ALGORITHMS.names()
 POOL_NAMES = CA.POOL_ALGORITHMS.names()

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import write_image_folder
 from etils import epath
 
 from research import data
@@ -27,6 +26,7 @@ from research.data.tfds_builders import Cifar10, FashionMnist, Mnist, cifar10, f
 from research.data.tfds_builders import folder as folder_lib
 from research.data.tfds_builders import mnist as mnist_lib
 from research.registry import Registry, UnknownNameError
+from tests.helpers.images import write_image_folder
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -46,8 +46,8 @@ from research.layers import (
     output_size,
     squeeze_excite,
 )
-from tests.fast_tier import fast_jit
-from tests.reference import conv_ref_scipy, conv_ref_taps, pool_ref, ref_pads
+from tests.helpers.fast_tier import fast_jit
+from tests.helpers.reference import conv_ref_scipy, conv_ref_taps, pool_ref, ref_pads
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,7 @@ from research import models
 from research.layers import Conv2D
 from research.models import mobilenet, resnet, se_resnet
 from research.optim.freeze import param_path
-from tests.fast_tier import fast_jit
+from tests.helpers.fast_tier import fast_jit
 
 SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]
 STAND_IN_SHAPE = (28, 28, 1)  # the fast tier's one input size

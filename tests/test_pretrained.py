@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import requires
 
 from research import models
 from research.models import pretrained
@@ -34,6 +33,7 @@ from research.models.pretrained.preprocessing import (
     normalize,
     preprocessing_for,
 )
+from tests.helpers.requirements import requires
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "import_weights.py")
@@ -457,10 +457,9 @@ def test_imported_run_loads_through_transfer(imported_resnet18):
 def test_a_transfer_run_uses_the_sources_preprocessing_or_says_why_not(imported_resnet18, tmp_path):
     """loop.prepare_data: RGB data normalized with ImageNet's mean/std (not its own), and
     1-channel data refused in one line before anything is trained."""
-    from conftest import write_image_folder
-
     from research.config import get_base_config
     from research.train import loop
+    from tests.helpers.images import write_image_folder
 
     _, out, _, _ = imported_resnet18
     written = write_image_folder(tmp_path / "photos", per_class=6)

@@ -19,13 +19,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import write_image_folder
 
 from research import data, models
 from research.config import get_base_config
 from research.data import pipeline, stream
 from research.train.checkpoint import tree_sha256
 from research.train.steps import make_mesh, make_steps
+from tests.helpers.images import write_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("cat", "dog", "eel")
@@ -520,10 +520,9 @@ def test_a_streamed_run_killed_and_resumed_equals_an_uninterrupted_one(data_root
 def test_host_augmentation_is_not_applied_again_in_the_step(tmp_path):
     """data.augment_on="host": the stream's workers augment, so the step must not; its
     train_batches is then the same function as a run's without augmentation."""
-    from conftest import write_image_folder
-
     from research.config import get_base_config
     from research.train import loop
+    from tests.helpers.images import write_image_folder
 
     write_image_folder(tmp_path / "photos", per_class=8)
 

@@ -21,7 +21,7 @@ from research.studies import filters as study_filters
 from research.studies import freezing as study_freezing
 from research.sweep import run_sweep, runner, space, storage
 from research.sweep.space import get_sweep_config
-from tests import tiny_sweep
+from tests.helpers import tiny_sweep
 from tests.test_tables import FINETUNE_LOWER_LR_100, LENET5_MNIST, RESNET18_MNIST
 from tests.test_tables import curve as _curve
 

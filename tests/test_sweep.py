@@ -21,8 +21,8 @@ import optuna
 import pytest
 
 from research.sweep import aggregate, runner, space, storage, vmapped
-from tests import tiny_sweep
-from tests.tiny_sweep import EXPERIMENT, ROOT, SCRIPT
+from tests.helpers import tiny_sweep
+from tests.helpers.tiny_sweep import EXPERIMENT, ROOT, SCRIPT
 
 
 def sweep_config(**axes):

@@ -28,7 +28,7 @@ from research.data import pipeline
 from research.sweep import runner, space, storage
 from research.sweep import study as optuna_api
 from research.train import engine, loop
-from tests import mysql, postgres, tiny_sweep
+from tests.helpers import mysql, postgres, tiny_sweep
 
 STORAGES = {
     "journal": lambda tmp: "",  # the default: DIR/optuna.journal

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.reliability._support import ENDS_WITHIN_S, ROOT, train_argv
+from tests.helpers.reliability import ENDS_WITHIN_S, ROOT, train_argv
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from research.sweep import runner, storage
-from tests import postgres, tiny_sweep
+from tests.helpers import postgres, tiny_sweep
 
 SECRET = "s3cret-Pw9"
 

@@ -15,7 +15,7 @@ import sys
 
 from research.sweep import space
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "sweep.py")
 EXPERIMENT = os.path.join(ROOT, "experiments", "compare_optimizers.py")
 

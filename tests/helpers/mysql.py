@@ -20,7 +20,8 @@ import tempfile
 import time
 
 import pytest
-from conftest import requires
+
+from tests.helpers.requirements import requires
 
 _server: tuple[str] | str | None = None  # (the socket's path,), or why there is none
 _names = itertools.count()

@@ -20,7 +20,8 @@ import subprocess
 import tempfile
 
 import pytest
-from conftest import requires
+
+from tests.helpers.requirements import requires
 
 _server: tuple[str, int] | str | None = None  # (socket folder, port), or why there is none
 _names = itertools.count()
