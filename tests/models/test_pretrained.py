@@ -35,7 +35,7 @@ from research.models.pretrained.preprocessing import (
 )
 from tests.helpers.requirements import requires
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "import_weights.py")
 TOLERANCE = 1e-4  # relative error in float32
 ODD = 193  # an odd size where SAME / symmetric padding, ceil mode and adaptive bins differ

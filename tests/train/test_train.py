@@ -29,7 +29,7 @@ from research.config import get_base_config
 from research.layers import onednn
 from research.train import outputs, progress
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "train.py")
 DIGITS = os.path.join(ROOT, "experiments", "digits.py")
 

@@ -24,7 +24,7 @@ from research.sweep import space
 from research.train import assemble, engine, loop, outputs
 from research.train.status import TrialStatus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEP = os.path.join(ROOT, "scripts", "sweep.py")
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
 EXPERIMENT = os.path.join(ROOT, "experiments", "compare_optimizers.py")

@@ -26,7 +26,7 @@ from research.optim.lookahead import Lookahead
 from research.train import engine, loop
 from research.train.steps import loss_and_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _experiment():

@@ -112,7 +112,7 @@ def test_profile_sums_the_programs_own_events_per_call():
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run(
         [sys.executable, "-c", PROFILE_SCRIPT], cwd=root, capture_output=True, text=True
     )
@@ -223,7 +223,7 @@ def test_bench_profile_mode_tables_our_layers_and_torchs_operators():
     import sys
 
     requires("torch")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [sys.executable, "scripts/bench.py", "--mode", "profile", "--models", "lenet5"]
     cmd += ["--batch-sizes", "8", "--frameworks", "ours,torch", "--steps", "2", "--repeats", "1"]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)

@@ -27,7 +27,7 @@ from research.train.checkpoint import tree_sha256
 from research.train.steps import make_mesh, make_steps
 from tests.helpers.images import write_image_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLASSES = ("cat", "dog", "eel")
 PER_CLASS = 40  # 120 images: 24 carved as test, 96 train -> 72 train + 24 validation
 BATCH = 12  # 72 = 6 full batches: every epoch covers the training split exactly
@@ -474,7 +474,7 @@ def test_a_streamed_run_killed_and_resumed_equals_an_uninterrupted_one(data_root
     import sys
     import time
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args = [
         sys.executable,
         os.path.join(root, "scripts", "train.py"),
