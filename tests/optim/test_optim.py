@@ -1,4 +1,7 @@
-"""Tests for research.optim: the lecture's update rules, schedules, L2, clipping, checks."""
+"""Tests for research.optim: every registered optimizer, schedules, L2, clipping, checks.
+
+The lecture's update rules and worked examples are in test_worked_examples.py.
+"""
 
 from __future__ import annotations
 
@@ -7,243 +10,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.flatten_util import ravel_pytree
 
 from research import optim
 from research.config import get_base_config
 from research.optim import schedules
 from research.registry import UnknownNameError
-
-RTOL, ATOL = 1e-5, 1e-6  # float32 precision
-STEPS = 100
-
-
-def f32(x: float) -> float:
-    """x as float32 holds it, so the float64 references use the same constants."""
-    return float(np.float32(x))
-
-
-# --- NumPy references, written from the lecture's formulas -----------------------------
-# Each runs `steps` updates from theta (float64) with gradients from `grad(theta)` and
-# returns the trajectory (steps + 1, n); `lr(t)` is ε at update t (0-based).
-
-
-def ref_sgd(grad, theta, steps, lr):
-    out = [theta]
-    for t in range(steps):
-        theta = theta - lr(t) * grad(theta)
-        out.append(theta)
-    return np.stack(out)
-
-
-def ref_momentum(grad, theta, steps, lr, momentum):
-    v, out = np.zeros_like(theta), [theta]
-    for t in range(steps):
-        v = momentum * v - lr(t) * grad(theta)
-        theta = theta + v
-        out.append(theta)
-    return np.stack(out)
-
-
-def ref_nesterov(grad, theta, steps, lr, momentum):
-    """The lecture's θ recurrence; returns the look-ahead points φ = θ + αv it evaluates."""
-    v, out = np.zeros_like(theta), [theta]
-    for t in range(steps):
-        v = momentum * v - lr(t) * grad(theta + momentum * v)
-        theta = theta + v
-        out.append(theta + momentum * v)
-    return np.stack(out)
-
-
-def ref_adagrad(grad, theta, steps, lr, eps):
-    r, out = np.zeros_like(theta), [theta]
-    for t in range(steps):
-        g = grad(theta)
-        r = r + g * g
-        theta = theta - lr(t) / (eps + np.sqrt(r)) * g
-        out.append(theta)
-    return np.stack(out)
-
-
-def ref_rmsprop(grad, theta, steps, lr, decay, eps):
-    r, out = np.zeros_like(theta), [theta]
-    for t in range(steps):
-        g = grad(theta)
-        r = decay * r + (1 - decay) * g * g
-        theta = theta - lr(t) / (eps + np.sqrt(r)) * g
-        out.append(theta)
-    return np.stack(out)
-
-
-def ref_adam(grad, theta, steps, lr, b1, b2, eps):
-    s, r, out = np.zeros_like(theta), np.zeros_like(theta), [theta]
-    for t in range(1, steps + 1):
-        g = grad(theta)
-        s = b1 * s + (1 - b1) * g
-        r = b2 * r + (1 - b2) * g * g
-        s_hat, r_hat = s / (1 - b1**t), r / (1 - b2**t)
-        theta = theta - lr(t - 1) * s_hat / (np.sqrt(r_hat) + eps)
-        out.append(theta)
-    return np.stack(out)
-
-
-def ref_sgd_nesterov(grad, theta, steps, lr, momentum):
-    """PyTorch's SGD(nesterov=True): b <- αb + g; θ <- θ - ε_t (g + αb) (not the lecture's)."""
-    b, out = np.zeros_like(theta), [theta]
-    for t in range(steps):
-        g = grad(theta)
-        b = momentum * b + g
-        theta = theta - lr(t) * (g + momentum * b)
-        out.append(theta)
-    return np.stack(out)
-
-
-REFERENCES = {
-    "sgd": ref_sgd,
-    "sgd_nesterov": ref_sgd_nesterov,
-    "momentum": ref_momentum,
-    "nesterov": ref_nesterov,
-    "adagrad": ref_adagrad,
-    "rmsprop": ref_rmsprop,
-    "adam": ref_adam,
-}
-# Hyperparameters per optimizer for the agreement tests (float32-exact values).
-HPARAMS = {
-    "sgd": dict(learning_rate=f32(0.1)),
-    "momentum": dict(learning_rate=f32(0.05), momentum=f32(0.9)),
-    "nesterov": dict(learning_rate=f32(0.05), momentum=f32(0.9)),
-    "sgd_nesterov": dict(learning_rate=f32(0.05), momentum=f32(0.9)),
-    "adagrad": dict(learning_rate=f32(0.1), eps=f32(1e-7)),
-    # ρ = 0.99: with ρ = 0.9 the quadratic's coordinate with a small gradient gets steps
-    # ε/√r so large that float32 rounding grows ~3x per step, and the comparison would
-    # measure chaos rather than the formula (float32 and float64 NumPy runs disagree too).
-    "rmsprop": dict(learning_rate=f32(0.003), decay=f32(0.99), eps=f32(1e-6)),
-    "adam": dict(learning_rate=f32(0.01), b1=f32(0.9), b2=f32(0.999), eps=f32(1e-8)),
-}
-
-
-def reference(name, grad, theta, steps, learning_rate, **hparams):
-    lr = learning_rate if callable(learning_rate) else (lambda t: learning_rate)
-    return REFERENCES[name](grad, np.asarray(theta, np.float64), steps, lr, **hparams)
-
-
-def run_optax(opt, grad_fn, params, steps):
-    """Trajectory of `opt` from `params` as flat float32 vectors (steps + 1, n)."""
-
-    @jax.jit
-    def step(params, state):
-        updates, state = opt.update(grad_fn(params), state, params)
-        return optax.apply_updates(params, updates), state
-
-    state, out = opt.init(params), [ravel_pytree(params)[0]]
-    for _ in range(STEPS if steps is None else steps):
-        params, state = step(params, state)
-        out.append(ravel_pytree(params)[0])
-    return np.stack(out)
-
-
-# --- Problems: a quadratic and a tiny MLP -------------------------------------------------
-
-_rng = np.random.default_rng(0)
-_q, _ = np.linalg.qr(_rng.normal(size=(5, 5)))
-QUAD_A = _q @ np.diag([0.5, 0.8, 1.0, 1.5, 2.0]) @ _q.T  # SPD, eigenvalues 0.5 … 2
-QUAD_B = _rng.normal(size=5)
-QUAD_THETA0 = np.float32(3 * _rng.normal(size=5))
-
-
-def quad_grad_np(theta):
-    """∇ of L(θ) = ½ θᵀAθ − bᵀθ, in float64."""
-    return QUAD_A @ theta - QUAD_B
-
-
-def quad_grad_jax(theta):
-    return jnp.asarray(QUAD_A, jnp.float32) @ theta - jnp.asarray(QUAD_B, jnp.float32)
-
-
-MLP_X = np.float32(_rng.normal(size=(16, 4)))
-MLP_Y = np.float32(_rng.normal(size=(16, 2)))
-MLP_PARAMS = {
-    "hidden": {
-        "kernel": jnp.asarray(_rng.normal(size=(4, 8)) / 2, jnp.float32),
-        "bias": jnp.asarray(_rng.normal(size=8) / 10, jnp.float32),
-    },
-    "out": {
-        "kernel": jnp.asarray(_rng.normal(size=(8, 2)) / 3, jnp.float32),
-        "bias": jnp.zeros(2, jnp.float32),
-    },
-}
-
-
-def mlp_loss(params):
-    h = jnp.tanh(MLP_X @ params["hidden"]["kernel"] + params["hidden"]["bias"])
-    pred = h @ params["out"]["kernel"] + params["out"]["bias"]
-    return 0.5 * jnp.mean(jnp.sum((pred - MLP_Y) ** 2, axis=-1))
-
-
-mlp_grad_jax = jax.jit(jax.grad(mlp_loss))
-_, _unravel = ravel_pytree(MLP_PARAMS)
-
-
-def mlp_grad_np(flat):
-    """The jax gradient at a float64 point, as float64 (for the NumPy references)."""
-    params = _unravel(jnp.asarray(flat, jnp.float32))
-    return np.asarray(ravel_pytree(mlp_grad_jax(params))[0], np.float64)
-
-
-PROBLEMS = {
-    "quadratic": (quad_grad_jax, quad_grad_np, jnp.asarray(QUAD_THETA0)),
-    "mlp": (mlp_grad_jax, mlp_grad_np, MLP_PARAMS),
-}
-
-
-# --- The lecture's rules ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("problem", sorted(PROBLEMS))
-@pytest.mark.parametrize("name", optim.names())
-def test_matches_lecture_recurrence(name, problem):
-    assert name in REFERENCES, f"add a NumPy reference of {name!r} to REFERENCES"
-    grad_jax, grad_np, params = PROBLEMS[problem]
-    hp = HPARAMS[name]
-    got = run_optax(optim.create(name, **hp), grad_jax, params, STEPS)
-    want = reference(name, grad_np, ravel_pytree(params)[0], STEPS, **hp)
-    # The run moved: agreement is not just both staying at θ0.
-    assert np.linalg.norm(want[-1] - want[0]) > 0.1
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-
-
-@pytest.mark.parametrize("name", optim.names())
-def test_matches_lecture_with_schedule(name):
-    """ε may be a schedule; the recurrence uses ε_t at update t."""
-    hp = dict(HPARAMS[name])
-    peak = hp.pop("learning_rate")
-    sched = schedules.step(peak, every_steps=7, factor=f32(0.5))
-    got = run_optax(optim.create(name, learning_rate=sched, **hp), quad_grad_jax, QUAD_THETA0, 30)
-    want = reference(
-        name, quad_grad_np, QUAD_THETA0, 30, learning_rate=lambda t: peak * 0.5 ** (t // 7), **hp
-    )
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-
-
-def test_nesterov_phi_is_theta_plus_alpha_v_in_the_first_steps():
-    """Worked example, L(θ) = ½θ², ε = 0.1, α = 0.5, θ0 = 1: φ1 = 0.85, φ2 = 0.6975."""
-    # Lecture: v1 = -0.1·∇L(1) = -0.1, θ1 = 0.9, φ1 = θ1 + α v1 = 0.85;
-    # v2 = 0.5·(-0.1) - 0.1·φ1 = -0.135, θ2 = 0.765, φ2 = 0.765 - 0.0675 = 0.6975.
-    got = run_optax(
-        optim.create("nesterov", learning_rate=0.1, momentum=0.5), lambda x: x, jnp.ones(1), 2
-    )
-    np.testing.assert_allclose(got[:, 0], [1.0, 0.85, 0.6975], rtol=1e-6)
-
-
-def test_every_float_hyperparameter_may_be_a_jnp_scalar_or_schedule():
-    hp = HPARAMS["adam"]
-    as_arrays = {k: jnp.float32(v) for k, v in hp.items()}
-    as_schedules = {k: schedules.constant(v) for k, v in hp.items()}
-    want = run_optax(optim.create("adam", **hp), quad_grad_jax, QUAD_THETA0, 10)
-    for variant in (as_arrays, as_schedules):
-        got = run_optax(optim.create("adam", **variant), quad_grad_jax, QUAD_THETA0, 10)
-        np.testing.assert_allclose(got, want, rtol=1e-6)
-
+from tests.helpers.optim_reference import (
+    ATOL,
+    MLP_PARAMS,
+    QUAD_THETA0,
+    RTOL,
+    f32,
+    first_update,
+    mlp_grad_jax,
+    mlp_loss,
+    quad_grad_jax,
+    run_optax,
+)
 
 # --- Every registered optimizer -----------------------------------------------------------
 
@@ -322,83 +105,6 @@ def test_sgd_nesterov_is_optax_nesterov_and_the_lecture_only_for_a_constant_rate
         rtol=1e-5,
         atol=1e-6,
     )
-
-
-# --- Our side of each difference from optax (lecture.py's docstring) ---------------------
-# optax's own behaviour is optax's to test; these pin the lecture rules where optax's
-# builtins differ, each as a worked example of the first steps.
-
-G_SMALL = jnp.array([1e-3, -0.5, 2.0], jnp.float32)
-
-
-def first_update(opt, grads, params):
-    """The updates of `opt`'s first step (jitted: one compile beats op-by-op dispatch)."""
-    return jax.jit(lambda g, p: opt.update(g, opt.init(p), p)[0])(grads, params)
-
-
-def one_step(opt, grads):
-    return np.asarray(first_update(opt, grads, jnp.zeros_like(grads)), np.float64)
-
-
-def test_adagrad_accumulator_starts_at_zero_and_delta_is_outside_the_root():
-    # r1 = g², so the first step is -ε g / (δ + |g|) ≈ -ε sign(g): with ε = 0.1, δ = 1e-7,
-    # g = 1e-3 gives -0.1 * 1e-3 / (1e-3 + 1e-7) = -0.09999, g = -0.5 gives +0.1.
-    # (A start at r0 = 0.1, or δ inside the root, would make the 1e-3 step ~300x smaller.)
-    lr, eps = 0.1, 1e-7
-    got = one_step(optim.create("adagrad", learning_rate=lr, eps=eps), G_SMALL)
-    np.testing.assert_allclose(got, [-0.1 * 1e-3 / (1e-3 + 1e-7), 0.1, -0.1], rtol=1e-6)
-    # A tiny gradient, 1e-4: δ + √r = 1.001e-4, so the step is -0.1 / 1.001 = -0.0999.
-    tiny = one_step(optim.create("adagrad", learning_rate=lr, eps=eps), jnp.array([1e-4]))
-    np.testing.assert_allclose(tiny, [-0.1 / 1.001], rtol=1e-5)
-
-
-def test_rmsprop_delta_is_outside_the_root():
-    # r1 = (1 - ρ) g² = 0.1 g², so the first step is -ε g / (δ + √0.1 |g|). With ε = 0.01,
-    # δ = 1e-6: g = 1e-6 -> -0.01 / (1 + √0.1) = -0.0075975; g = 1e-3 -> -0.01 / (1e-3 +
-    # √0.1) ≈ -0.031613 (δ inside the root would give -0.01e-6 / √(1e-13 + 1e-6) ≈ -1e-5
-    # for the first).
-    g = jnp.array([1e-6, 1e-3], jnp.float32)
-    got = one_step(optim.create("rmsprop", learning_rate=0.01, decay=0.9, eps=1e-6), g)
-    np.testing.assert_allclose(
-        got, [-0.01 / (1 + np.sqrt(0.1)), -0.01 * 1e-3 / (1e-6 + np.sqrt(0.1) * 1e-3)], rtol=1e-5
-    )
-    assert got[0] == pytest.approx(-0.0075975, rel=1e-4)
-
-
-@pytest.mark.parametrize(
-    "name, expected",
-    [
-        # L(θ) = θ (g = 1 everywhere), α = 0.5, ε = 0.1, 0.1, 0.01 (a 10x drop at step 2):
-        # v1 = -0.1, v2 = 0.5 * -0.1 - 0.1 = -0.15, v3 = 0.5 * -0.15 - 0.01 = -0.085, so θ is
-        # 0, -0.1, -0.25, -0.335. Each gradient keeps the ε of its own step: rescaling the
-        # whole velocity by the new ε (optax's sgd) would step -0.01 * 1.75 = -0.0175 last.
-        ("momentum", [0.0, -0.1, -0.25, -0.335]),
-        # The same v; the parameters are the look-ahead points φ = θ + αv:
-        # -0.1 - 0.05 = -0.15, -0.25 - 0.075 = -0.325, -0.335 - 0.0425 = -0.3775.
-        ("nesterov", [0.0, -0.15, -0.325, -0.3775]),
-    ],
-)
-def test_momentum_keeps_each_gradients_own_learning_rate(name, expected):
-    sched = schedules.step(0.1, every_steps=2, factor=0.1)
-    opt = optim.create(name, learning_rate=sched, momentum=0.5)
-    got = run_optax(opt, jnp.ones_like, jnp.zeros(1), 3)
-    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-6, atol=1e-7)
-
-
-def test_l2_enters_the_gradient_before_adam_normalises_it():
-    # L2 is in the objective (add_l2, before the optimizer), not decoupled weight decay: the
-    # first Adam step is -ε sign(g + λW) on kernels (ŝ/√r̂ = sign for one step) and
-    # -ε sign(g) on biases, which the penalty leaves out.
-    lam, lr = 0.5, 0.01
-    grads, params = mlp_grad_jax(MLP_PARAMS), MLP_PARAMS
-    l2_adam = optax.chain(optim.add_l2(lam), optim.create("adam", learning_rate=lr))
-    ours = first_update(l2_adam, grads, params)
-    k, gk = params["hidden"]["kernel"], grads["hidden"]["kernel"]
-    np.testing.assert_allclose(ours["hidden"]["kernel"], -lr * np.sign(gk + lam * k), rtol=1e-4)
-    gb = grads["hidden"]["bias"]
-    np.testing.assert_allclose(ours["hidden"]["bias"], -lr * np.sign(gb), rtol=1e-4)
-    # The penalty flips some steps, so this is not the plain Adam step.
-    assert (np.sign(gk + lam * k) != np.sign(gk)).any()
 
 
 # --- L2 as in the lecture's objective -----------------------------------------------------
