@@ -465,58 +465,6 @@ def test_folder_dataset_trains_end_to_end(tmp_path):
     assert any("no test/ folder: 12 of 60" in n for n in results["data_notes"])
 
 
-@pytest.mark.slow
-def test_a_streamed_run_killed_and_resumed_equals_an_uninterrupted_one(data_root, tmp_path):
-    """scripts/train.py with data.loader=stream, SIGKILL after its first checkpoint, then the
-    same command: the same parameters as an uninterrupted streamed run and as a device run."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    args = [
-        sys.executable,
-        os.path.join(root, "scripts", "train.py"),
-        f"--config={os.path.join(root, 'experiments', 'lenet5_mnist.py')}",
-        "--config.data.train_size=1280",
-        "--config.batch_size=64",
-        "--config.num_epochs=3",
-        "--config.log_every_steps=5",
-        "--config.progress=False",
-        "--config.optim.schedule=constant",
-        "--config.checkpoint_every_epochs=1",  # the experiment itself keeps only the final one
-    ]
-    env = {**os.environ, "RESEARCH_DATA_DIR": str(data_root or "")}
-
-    def run(workdir, loader, wait=True):
-        command = [*args, f"--workdir={workdir}", f"--config.data.loader={loader}"]
-        if not wait:
-            return subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE)
-        proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        with open(os.path.join(workdir, "results.json")) as f:
-            return json.load(f)
-
-    streamed = run(tmp_path / "stream", "stream")
-    device = run(tmp_path / "device", "device")
-    assert streamed["data_loader"] == "stream" and device["data_loader"] == "device"
-    assert streamed["params_sha256"] == device["params_sha256"]
-    killed = tmp_path / "killed"
-    proc = run(killed, "stream", wait=False)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (killed / "checkpoints" / "20").exists():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = run(killed, "stream")
-    assert resumed["resumed_from_step"] == 20
-    assert resumed["params_sha256"] == streamed["params_sha256"]
-
-
 def test_host_augmentation_is_not_applied_again_in_the_step(tmp_path):
     """data.augment_on="host": the stream's workers augment, so the step must not; its
     train_batches is then the same function as a run's without augmentation."""

@@ -15,7 +15,7 @@ import pytest
 
 from research import models, optim, train
 from research.optim import freeze
-from tests.train.test_train import fast_config
+from tests.helpers.training import fast_config
 
 
 @functools.cache

@@ -11,10 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,11 +21,9 @@ from research.config import get_base_config
 from research.sweep import space
 from research.train import assemble, engine, loop, outputs
 from research.train.status import TrialStatus
+from tests.helpers.training import EXPERIMENT, ROOT, sweep_args, sweep_results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SWEEP = os.path.join(ROOT, "scripts", "sweep.py")
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
-EXPERIMENT = os.path.join(ROOT, "experiments", "compare_optimizers.py")
 
 
 def config(seed=0, lr=0.03, name="momentum", epochs=2):
@@ -144,64 +140,6 @@ def test_members_of_different_groups_are_refused():
 
 
 # ------------------------------------------------------------------ through the scripts
-
-
-def sweep_args(workdir, parallel, epochs=3):
-    return [
-        sys.executable,
-        SWEEP,
-        f"--config={EXPERIMENT}:digits",
-        f"--workdir={workdir}",
-        f"--config.num_epochs={epochs}",
-        '--config.sweep.grids=({"optim.name": ("momentum",), "optim.learning_rate": (0.03,)},)',
-        "--config.sweep.axes.seed=(0, 1, 2)",
-        f"--config.sweep.parallel={parallel}",
-        # A killed sweep's trials are taken over 3 s after their heartbeat stops.
-        "--config.sweep.heartbeat_seconds=0.5",
-        "--config.sweep.grace_seconds=3",
-    ]
-
-
-def sweep_results(workdir) -> dict[str, dict]:
-    folder = os.path.join(workdir, "trials")
-    out = {}
-    for trial in sorted(os.listdir(folder)):
-        path = os.path.join(folder, trial, "results.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                out[trial] = json.load(f)
-    return out
-
-
-@pytest.mark.slow
-def test_a_killed_vmapped_group_resumes_to_the_same_parameters(tmp_path):
-    reference = subprocess.run(
-        sweep_args(tmp_path / "ref", "vmap"), cwd=ROOT, capture_output=True, text=True
-    )
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    workdir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        sweep_args(workdir, "vmap"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 300
-    # Kill once every trial of the group has its first epoch's checkpoint.
-    while time.monotonic() < deadline and proc.poll() is None:
-        trials = workdir / "trials"
-        ckpts = list(trials.glob("*/checkpoints/20")) if trials.exists() else []
-        if len(ckpts) == 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the group finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert sweep_results(workdir) == {}
-    resumed = subprocess.run(sweep_args(workdir, "vmap"), cwd=ROOT, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    ref, got = sweep_results(tmp_path / "ref"), sweep_results(workdir)
-    assert len(got) == 3 and set(got) == set(ref)
-    for trial in ref:
-        assert got[trial]["params_sha256"] == ref[trial]["params_sha256"]
-        assert got[trial]["resumed_from_step"] >= 20 and got[trial]["parallel"] == "vmap"
 
 
 @pytest.mark.slow

@@ -2,19 +2,17 @@
 
 Runs that need their own process (forced host devices, two processes, kill and
 resume, the command line) go through `scripts/train.py` in a subprocess. The
-fast tier keeps one CLI run with its outputs, one kill-and-resume, init
-determinism, donation and the bad-input messages; the rest is `slow`.
-Groups of trials (vmapped, diverging members, killed groups) are in test_engine.py.
+fast tier keeps one CLI run with its outputs, init determinism and the bad-input
+messages; the rest is `slow`. Groups of trials (vmapped, diverging members) are in
+test_engine.py; checkpoints, kill and resume in test_checkpoint.py; the compiled
+chunk (purity, donation, bfloat16) in test_steps.py. The reference run is the
+fixture `reference_run` of tests/train/conftest.py.
 """
 
 from __future__ import annotations
 
-import functools
 import io
-import json
-import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,70 +23,18 @@ import numpy as np
 import pytest
 
 from research import train
-from research.config import get_base_config
 from research.layers import onednn
 from research.train import outputs, progress
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "scripts", "train.py")
-DIGITS = os.path.join(ROOT, "experiments", "digits.py")
-
-# A small, fast run: 3 epochs of simple_cnn on digits (1,294 train examples, 20 steps/epoch).
-FAST = [
-    "--config.num_epochs=3",
-    "--config.batch_size=64",
-    "--config.log_every_steps=5",
-    "--config.progress=False",
-]
-
-
-def fast_config(**changes):
-    config = get_base_config()
-    config.model.name = "simple_cnn"
-    config.data.name = "digits"
-    config.batch_size = 64
-    config.num_epochs = 3
-    config.log_every_steps = 5
-    config.progress = False
-    config.optim.name = "adam"
-    config.optim.learning_rate = 1e-3
-    for key, value in changes.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
-
-
-def run_script(workdir, *args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={workdir}", *FAST, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-        cwd=ROOT,
-    )
-
-
-def results(workdir) -> dict:
-    with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)
-
-
-def losses(workdir) -> list[float]:
-    records = outputs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    return [r["train_loss"] for r in records if "train_loss" in r]
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """One uninterrupted single-process CLI run that the other runs are compared against."""
-    workdir = tmp_path_factory.mktemp("reference")
-    proc = run_script(workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
+from tests.helpers.training import (
+    DIGITS,
+    FAST,
+    ROOT,
+    SCRIPT,
+    fast_config,
+    losses,
+    results,
+    run_script,
+)
 
 
 def test_end_to_end_outputs(reference_run):
@@ -157,49 +103,6 @@ def test_another_seed_differs(reference_run, tmp_path):
     assert res["params_sha256"] != results(reference_run)["params_sha256"]
 
 
-def test_sigkill_then_resume_matches_uninterrupted(reference_run, tmp_path):
-    args = [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={tmp_path}", *FAST]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt_dir = tmp_path / "checkpoints"
-    deadline = time.time() + 240
-    # Kill as soon as the first epoch's checkpoint exists: mid-run, before the end.
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "results.json").exists()
-    resumed = run_script(tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    res = results(tmp_path)
-    assert res["params_sha256"] == results(reference_run)["params_sha256"]
-    assert res["resumed_from_step"] > 0
-    assert losses(tmp_path) == losses(reference_run)
-
-
-@pytest.mark.slow
-def test_sigterm_writes_checkpoint_then_resume_matches(reference_run, tmp_path):
-    args = [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={tmp_path}", *FAST]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err.decode()[-2000:]
-    assert "checkpoint written" in err.decode()
-    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps and steps[-1] < 60
-    resumed = run_script(tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert results(tmp_path)["params_sha256"] == results(reference_run)["params_sha256"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 4])
 def test_forced_host_devices_match_one_device(reference_run, tmp_path, devices):
@@ -253,80 +156,6 @@ def test_two_processes_train_one_model(reference_run, tmp_path):
     # Only process 0 printed the results line.
     printed = [b"results:" in out for out, _ in outs]
     assert printed == [True, False]
-
-
-@pytest.mark.slow
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-    import dataclasses
-
-    from research import data
-    from research.data import pipeline
-
-    config = fast_config()
-    splits = pipeline.prepare(data.load("digits"), val_size=0.1)
-    # Poison one training image with a NaN. Choose one that epoch 1 drops (the 14 examples
-    # past 20 full batches) and epoch 2 uses, so epoch 1 ends with a good checkpoint.
-    data_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[1]
-    n = len(splits.train)
-    epoch1, epoch2 = (
-        pipeline.epoch_batches(jax.random.fold_in(data_key, e), n, 64)[0] for e in (0, 1)
-    )
-    poisoned = next(i for i in range(n) if i not in epoch1 and i in epoch2)
-    expected_step = 20 + 1 + next(s for s, batch in enumerate(epoch2) if poisoned in batch)
-    images = splits.train.images.copy()
-    images[poisoned, 0, 0, 0] = np.nan
-    splits = dataclasses.replace(splits, train=pipeline.Split(images, splits.train.labels))
-
-    with pytest.raises(train.TrainingDiverged) as err:
-        train.train_and_evaluate(config, str(tmp_path), splits=splits)
-    message = str(err.value)
-    assert f"loss became non-finite at step {expected_step} (epoch 2)" in message
-    assert "Last good checkpoint: step 20" in message
-    assert "optim.learning_rate" in message
-    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert kept == [20]
-    # results.json records the divergence: the step, no metrics, valid JSON (no bare NaN).
-    text = (tmp_path / "results.json").read_text()
-    assert "NaN" not in text
-    res = json.loads(text)
-    assert res["status"] == "diverged" and res["diverged_step"] == expected_step
-    assert "test_accuracy" not in res and res["steps"] == expected_step - 1
-
-
-@pytest.mark.slow
-def test_damaged_newest_checkpoint_is_set_aside_and_written_again(tmp_path, caplog):
-    config = fast_config(num_epochs=2, keep_checkpoints=3)
-    first = train.train_and_evaluate(config, str(tmp_path))
-    ckpts = tmp_path / "checkpoints"
-    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
-    assert steps == [20, 40]
-    # Damage every data file of the newest checkpoint.
-    damaged = 0
-    for root, _, files in os.walk(ckpts / "40"):
-        for name in files:
-            path = os.path.join(root, name)
-            if os.path.getsize(path) > 64 and "state" in root:
-                with open(path, "r+b") as f:
-                    f.seek(16)
-                    f.write(b"\x00garbage\xff" * 4)
-                damaged += 1
-    assert damaged
-    os.remove(tmp_path / "results.json")
-    with caplog.at_level(logging.WARNING, "research.train.checkpoint"):
-        again = train.train_and_evaluate(config, str(tmp_path))
-    (warned,) = [r.getMessage() for r in caplog.records]  # once: no RuntimeWarning too
-    assert warned.startswith(f"checkpoint {ckpts}/40 is damaged or incomplete (")
-    # It restored step 20, retrained the second epoch (the same parameters) and wrote
-    # step 40 again; the damaged copy is kept aside for inspection.
-    assert again["params_sha256"] == first["params_sha256"]
-    assert again["resumed_from_step"] == 20
-    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [20, 40]
-    assert os.listdir(tmp_path / "checkpoints.damaged") == ["40-0"]
-    # A second resume finds the good step 40: nothing is retrained.
-    os.remove(tmp_path / "results.json")
-    third = train.train_and_evaluate(config, str(tmp_path))
-    assert third["resumed_from_step"] == 40
-    assert third["params_sha256"] == first["params_sha256"]
 
 
 BAD_INPUTS = [
@@ -403,30 +232,6 @@ def test_bad_inputs_in_process_name_the_field():
             train.build_run(fast_config(**changes))
 
 
-def test_a_finished_run_started_again_keeps_its_record(tmp_path, caplog):
-    config = fast_config(num_epochs=1)
-    first = train.train_and_evaluate(config, str(tmp_path))
-    path = tmp_path / "results.json"
-    before, metrics_before = path.read_bytes(), (tmp_path / "metrics.jsonl").read_bytes()
-    assert first["resumed_from_step"] == 0 and first["compile_seconds"] > 0
-    with caplog.at_level(logging.WARNING, logger="research.train.loop"):
-        (again,) = train.engine.train(
-            train.build_run(config), [train.Member(config, str(tmp_path))]
-        )
-    # One line says so; results.json (its timings too) and the metrics are untouched.
-    assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path} holds a finished run: its results.json is kept as it is "
-        "(train in a new workdir to run again)"
-    ]
-    assert path.read_bytes() == before
-    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics_before
-    assert again.results == json.loads(before)
-    assert again.results["wall_seconds"] == first["wall_seconds"]
-    assert again.results["resumed_from_step"] == 0
-    # The state given back is the finished run's: its last checkpoint.
-    assert train.tree_sha256(again.state.params) == first["params_sha256"]
-
-
 def test_progress_is_plain_lines_when_output_is_not_a_terminal():
     out = io.StringIO()  # not a terminal: a log file, a pipe
     bar = progress.progress_bar(fast_config(progress=True), 300, 0, stream=out)
@@ -469,13 +274,6 @@ def test_progress_is_a_tqdm_bar_on_a_terminal():
     assert out.getvalue().startswith("\r 10%|") and "| 30/300 [" in out.getvalue()
 
 
-def test_resume_with_different_config_is_refused(reference_run):
-    proc = run_script(reference_run, "--config.optim.learning_rate=0.5")
-    assert proc.returncode == 2
-    assert "different config" in proc.stderr and "optim.learning_rate" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-
-
 @pytest.mark.slow
 def test_two_processes_on_one_workdir_second_is_refused(tmp_path):
     args = [sys.executable, SCRIPT, f"--config={DIGITS}", f"--workdir={tmp_path}", *FAST]
@@ -501,125 +299,3 @@ def test_two_processes_on_one_workdir_second_is_refused(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert sum("holds a finished run" in line for line in again.stderr.splitlines()) == 1
     assert (tmp_path / "results.json").read_bytes() == before
-
-
-def _mount_tmpfs(path, size_kb: int) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
-        capture_output=True,
-    )
-    return proc.returncode == 0
-
-
-@pytest.mark.slow
-def test_full_disk_is_one_line_keeps_the_checkpoint_and_resumes_bit_identically(
-    reference_run, tmp_path
-):
-    disk = tmp_path / "disk"
-    # A small disk: room for the config, the metrics and one or two checkpoints of
-    # simple_cnn (~0.7 MB each), not for the whole run.
-    if not _mount_tmpfs(disk, 1600):
-        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk case is untested")
-    try:
-        workdir = disk / "run"
-        proc = run_script(workdir)
-        assert proc.returncode == 74, proc.stderr[-2000:]
-        assert "Traceback" not in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert str(disk) in proc.stderr and "No space left on device" in proc.stderr
-        # No temporary files left behind; an earlier checkpoint is intact.
-        leftovers = [p for p in workdir.rglob("*") if "tmp" in p.name]
-        assert leftovers == []
-        kept = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
-        assert kept and max(kept) < 60
-        # Room again: the same command resumes and ends bit-identical to the reference.
-        saved = tmp_path / "saved"
-        subprocess.run(["cp", "-a", str(workdir), str(saved)], check=True)
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
-    resumed = run_script(saved)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert results(saved)["params_sha256"] == results(reference_run)["params_sha256"]
-
-
-def _one_chunk(run, programs, states, steps: int = 2):
-    images, labels = run.splits.train.images, run.splits.train.labels
-    idx = np.arange(64 * steps, dtype=np.int32).reshape(1, steps, 64) % len(labels)
-    on = functools.partial(train.engine.on_mesh, mesh=programs.mesh)
-    return programs.chunk(states, on(np.ones(1, bool)), on(images), on(labels), on(idx))
-
-
-def _init(run, programs, config):
-    init_keys, _, train_keys = train.engine.trial_keys([config])
-    return programs.init(init_keys, train_keys, train.engine.hyperparams([config], 20))
-
-
-def test_train_chunk_is_pure_and_donates_its_state():
-    """A pure function of (state, batch): the same inputs give the same outputs; the
-    input state's buffers are donated (reused for the output), not copied."""
-    config = fast_config()
-    run = train.build_run(config)
-    programs = train.engine.build_programs(run)
-    state = _init(run, programs, config)
-    copy = jax.tree_util.tree_map(lambda a: a.copy(), state)
-    s1, alive, m1 = _one_chunk(run, programs, state)
-    assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state.params))
-    assert not any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(copy.params))
-    s2, _, m2 = _one_chunk(run, programs, copy)
-    assert train.tree_sha256(s1.params) == train.tree_sha256(s2.params)
-    np.testing.assert_array_equal(m1["loss"], m2["loss"])
-    assert m1["loss"].shape == (1, 2)  # (trials, steps)
-    assert int(s1.step[0]) == 2 and bool(alive[0])
-
-
-@pytest.mark.slow
-def test_bfloat16_compute_keeps_float32_parameters():
-    config = fast_config(compute_dtype="bfloat16")
-    run = train.build_run(config)
-    programs = train.engine.build_programs(run)
-    state, _, metrics = _one_chunk(run, programs, _init(run, programs, config), steps=10)
-    dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)}
-    assert dtypes == {jax.numpy.dtype("float32")}
-    losses = np.asarray(metrics["loss"][0])
-    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
-    # The forward pass really runs in bfloat16.
-    params = jax.tree_util.tree_map(lambda x: x[0], state.params)
-    out = run.model.apply({"params": params}, run.splits.train.images[:2])
-    assert out.dtype == jax.numpy.bfloat16
-
-
-def test_a_run_written_before_a_new_config_field_still_resumes(tmp_path):
-    """config.json of an older version lacks fields added since: at their defaults, the
-    run is the same run; set to something else, it is refused, naming the field."""
-    config = fast_config()
-    outputs.prepare_workdir(config, str(tmp_path))
-    path = tmp_path / "config.json"
-    older = json.loads(path.read_text())
-    del older["loss"], older["data"]["loader"]  # as written before these fields existed
-    path.write_text(json.dumps(older))
-    outputs.prepare_workdir(config, str(tmp_path))  # defaults: accepted
-    path.write_text(json.dumps(older))
-    with pytest.raises(ValueError, match=r"fields differ: data.loader"):
-        outputs.prepare_workdir(fast_config(**{"data.loader": "stream"}), str(tmp_path))
-
-
-def test_lost_write_tasks_of_a_full_disk_are_not_logged():
-    """asyncio reports each of orbax's failed write tasks when it is collected, with a
-    traceback; after a full disk the one-line OSError is all a user sees."""
-    from research.train import checkpoint
-
-    drop = checkpoint._DropLostWrites()
-
-    def record(err):
-        return logging.LogRecord(
-            "asyncio", logging.ERROR, "base_events.py", 1771,
-            "Task exception was never retrieved", None, (type(err), err, None),
-        )  # fmt: skip
-
-    full = ValueError("RESOURCE_EXHAUSTED: Failed to write 1976 bytes [os_error_code='28']")
-    assert drop.filter(record(full)) is False
-    assert drop.filter(record(OSError(28, "No space left on device"))) is False
-    assert drop.filter(record(ValueError("a bug, not the disk"))) is True
-    plain = logging.LogRecord("asyncio", logging.ERROR, "x", 1, "no exception", None, None)
-    assert drop.filter(plain) is True
