@@ -22,8 +22,8 @@ from research.studies import freezing as study_freezing
 from research.sweep import run_sweep, runner, space, storage
 from research.sweep.space import get_sweep_config
 from tests.helpers import tiny_sweep
-from tests.sweep.test_tables import FINETUNE_LOWER_LR_100, LENET5_MNIST, RESNET18_MNIST
-from tests.sweep.test_tables import curve as _curve
+from tests.helpers.curves import FINETUNE_LOWER_LR_100, LENET5_MNIST, RESNET18_MNIST
+from tests.helpers.curves import curve as _curve
 
 
 def read_csv(path):
