@@ -9,9 +9,10 @@ crash keeps what was measured). The header names the device, JAX's version,
 the git commit and XLA_FLAGS. Parts (`--parts`, default all), each a function
 that may fail alone (its error goes into its row and the check goes on):
 
-  tests     the GPU test subset: tests/test_conv_algorithms.py (every conv and
-            max-pool algorithm equal to XLA's, forward and gradient, at matmul
-            precision "highest", run by pytest in a subprocess); two short runs of
+  tests     the GPU test subset: tests/layers/test_conv_algorithms.py, test_onednn.py
+            and test_trial_conv.py (every conv and max-pool algorithm equal to XLA's,
+            forward and gradient, at matmul precision "highest", run by pytest in a
+            subprocess); two short runs of
             the airbench network in deterministic mode with bit-identical
             params_sha256 (XLA's --xla_gpu_deterministic_ops=true is set before
             JAX starts and recorded); a LeNet-5 run with compute_dtype bfloat16
@@ -46,7 +47,7 @@ that may fail alone (its error goes into its row and the check goes on):
 
 --smoke runs every part at tiny sizes (MNIST/CIFAR-10 subsets, N = 1, 4, ResNet-18
 at 32x32, the speedrun's narrow variant for 1 epoch, 1 seed) on CPU in about
-3 minutes; its goals are not judged ("n/a"). tests/test_accelerator_check.py
+3 minutes; its goals are not judged ("n/a"). tests/bench/test_accelerator_check.py
 runs it (slow tier).
 
 --deterministic on (default, as the configs' deterministic=True) sets XLA's
@@ -267,7 +268,11 @@ def _conv_tests(ctx: Context) -> Row:
         "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
     }
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    cmd += ["tests/test_conv_algorithms.py"]
+    cmd += [
+        "tests/layers/test_conv_algorithms.py",
+        "tests/layers/test_onednn.py",
+        "tests/layers/test_trial_conv.py",
+    ]
     if ctx.smoke:  # two cases per algorithm and the pooling tests
         cmd += ["-k", "7-8-3 or max_pool or pool_algorithm"]
     proc = subprocess.run(
@@ -278,7 +283,7 @@ def _conv_tests(ctx: Context) -> Row:
     ok = proc.returncode == 0 and counts.get("passed", 0) > 0
     return Row(
         "tests",
-        "conv/pool algorithms = XLA's, fwd + grad (tests/test_conv_algorithms.py, "
+        "conv/pool algorithms = XLA's, fwd + grad (tests/layers/test_conv_algorithms.py, "
         "matmul precision highest)",
         summary or proc.stderr.strip()[-300:],
         "all pass",

@@ -38,7 +38,7 @@ def pytest_configure(config):
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
     )
-    # Scripts run as subprocesses (tests/test_train.py, test_sweep.py) keep their
+    # Scripts run as subprocesses (tests/train/, tests/sweep/) keep their
     # compiled programs in one cache for this session, not in the user's
     # ~/.cache: a rerun or resume of the same run then loads instead of compiling.
     cache = os.environ.get("RESEARCH_COMPILATION_CACHE")

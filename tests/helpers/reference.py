@@ -1,9 +1,9 @@
 """Independent NumPy/SciPy references for convolution and pooling, forward and gradient.
 
 They never call JAX: tests hold `research.layers` (every conv and pool algorithm)
-to them. Used by tests/test_layers.py and tests/test_conv_algorithms.py. The
+to them. Used by tests/layers/test_functional.py and tests/layers/test_conv_algorithms.py. The
 references follow the lectures' definitions written as plain loops; each is
-checked against a worked example in tests/test_layers.py.
+checked against a worked example in tests/layers/test_functional.py.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 simple_cnn on the digits (embedded, no data folder needed): 6 trials, sgd at 3
 learning rates x 2 seeds, one after another. Heartbeats come every 0.5 s and a
 trial whose heartbeat stood still for 3 s is taken over, so a killed worker's
-trial moves on within seconds. Used by tests/test_sweep.py and
-tests/test_sweep_workers.py.
+trial moves on within seconds. Used by tests/sweep/test_sweep.py and
+tests/sweep/test_sweep_workers.py.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def _conv_algorithms() -> tuple[str, ...]:
     """XLA's convolution and this backend's default algorithm, for every case: dense,
     grouped and depthwise calls all go through the default algorithm (im2col on CPU
     runs grouped and depthwise calls as a contraction per group / multiply-adds).
-    tests/test_conv_algorithms.py holds every registered algorithm to the same
+    tests/layers/test_conv_algorithms.py holds every registered algorithm to the same
     references on its own cases."""
     return tuple(sorted({"xla", conv_algorithms.resolve_conv_algorithm(None)}))
 

@@ -2,7 +2,7 @@
 
 Runs that need their own process (kill and resume, the command line) go through
 `scripts/sweep.py` in a subprocess, on tiny digits sweeps. Several workers on
-one storage, takeover of lost trials, TPE and pruning: tests/test_sweep_workers.py.
+one storage, takeover of lost trials, TPE and pruning: tests/sweep/test_sweep_workers.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Workers are `scripts/sweep.py` processes on tiny digits sweeps (simple_cnn, 6
 trials of 1-4 epochs), sharing a journal file, a SQLite file or a PostgreSQL
-database (a throwaway local server, `tests/postgres.py`). Heartbeats come
+database (a throwaway local server, `tests/helpers/postgres.py`). Heartbeats come
 every 0.5 s and a trial whose heartbeat stood still for 3 s is taken over, so a
 killed worker's trial moves on within seconds.
 """
