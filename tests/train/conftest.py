@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import pytest
-from filelock import FileLock
 
 from tests.helpers.training import run_script
 
@@ -29,7 +29,8 @@ def reference_run(tmp_path_factory):
         return workdir
     shared = tmp_path_factory.getbasetemp().parent
     workdir = shared / "reference-run"
-    with FileLock(str(shared / "reference-run.lock")):
+    with open(shared / "reference-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not workdir.exists():
             _train(workdir)
         elif not (workdir / "results.json").exists():
