@@ -75,7 +75,7 @@ accel-check:
 
 # Wheels of the packages the GPU image lacks (Python 3.12, manylinux x86-64) into .whl/.
 # What requirements.txt names is either in the image (its own versions) or a wheel here
-# (the pinned version), or skipped (ACCEL_SKIP). tests/test_accelerator_check.py checks this;
+# (the pinned version), or skipped (ACCEL_SKIP). tests/bench/test_accelerator_check.py checks this;
 # tests/test_packaging.py checks each version here is the lock's, and pip gets the lock too.
 ACCEL_IMAGE := jax jaxlib flax optax orbax-checkpoint numpy scipy absl-py etils scikit-learn \
 	pyyaml packaging matplotlib pillow tqdm pytest pytest-xdist execnet torch torchvision

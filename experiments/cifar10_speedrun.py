@@ -16,7 +16,7 @@ Commands (run from the repository root; RESEARCH_DATA_DIR names the data folder)
   CPU, the full recipe on 10,000 training images (the documented CPU run, below):
     python scripts/train.py --config experiments/cifar10_speedrun.py:cpu_subset \
         --workdir runs/speedrun_cpu
-  CPU smoke test (narrow network, 2,048 images, 1 epoch; tests/test_speedrun.py):
+  CPU smoke test (narrow network, 2,048 images, 1 epoch; tests/studies/test_speedrun.py):
     python scripts/train.py --config experiments/cifar10_speedrun.py:smoke --workdir runs/sr_smoke
 
 The recipe, every value from airbench94.py's `hyp` (PyTorch) and how it is said here:

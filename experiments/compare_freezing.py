@@ -62,7 +62,7 @@ no GPU here): pretrained beats scratch most where data is scarce, i.e. at 100
 examples the pretrained probe and fine-tuning are far above scratch and the
 random-init probe, the gap shrinks at 1,000 and is smallest with all 49,000;
 freezing more layers costs least with 100 examples and most with all of them.
-On this CPU, tests/test_pretrained.py checks the path (import a random-weight
+On this CPU, tests/models/test_pretrained_transfer.py checks the path (import a random-weight
 ResNet-18, expand this variant, load the folder into the CIFAR model).
 """
 

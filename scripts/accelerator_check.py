@@ -25,7 +25,7 @@ JAX's version, the git commit, XLA_FLAGS and the date. The parts live in
 `--parts a,b` runs named parts instead. Past --budget seconds (390; --part 3: 570;
 smoke 900) a part measures no further items (its first always runs), so parts 1 and
 2 stay under 8 minutes of device time each. --smoke runs every part at tiny sizes on CPU (slow tier,
-tests/test_accelerator_check.py); its goals are not judged ("n/a").
+tests/bench/test_accelerator_check.py); its goals are not judged ("n/a").
 
 --deterministic on (default, as the configs' deterministic=True) sets XLA's
 --xla_gpu_deterministic_ops=true in this process (its value replaces any setting

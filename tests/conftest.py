@@ -14,15 +14,15 @@ missing data or missing optional packages: those fail.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import socket
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from tests.helpers.requirements import in_ci
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"  # the same name as research.data.sources.DATA_DIR_ENV
@@ -32,18 +32,13 @@ DATA_HELP = (
 )
 
 
-def in_ci() -> bool:
-    """True under CI (`CI=true`): missing data or optional packages fail instead of skipping."""
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def pytest_configure(config):
     # Scripts and `python -m` run as subprocesses import `research` from this checkout, as
     # pytest itself does (`pythonpath = ["."]`), not whichever copy the venv has installed.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
     )
-    # Scripts run as subprocesses (tests/test_train.py, test_sweep.py) keep their
+    # Scripts run as subprocesses (tests/train/, tests/sweep/) keep their
     # compiled programs in one cache for this session, not in the user's
     # ~/.cache: a rerun or resume of the same run then loads instead of compiling.
     cache = os.environ.get("RESEARCH_COMPILATION_CACHE")
@@ -91,46 +86,3 @@ def data_root() -> Path | None:
     if _network_reaches():
         return None
     pytest.skip(f"no dataset folder at {root} and no network: {DATA_HELP}")
-
-
-def requires(module: str):
-    """`import module`, or skip (fail under CI=true) with one line naming what to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        message = f"{module} is not installed ({err}); `make setup-test` installs it"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def write_image_folder(
-    root: Path,
-    *,
-    classes=("cat", "dog", "eel"),
-    per_class=40,
-    size=(8, 8),
-    mode="RGB",
-    split="train",
-    suffix=".png",
-    seed=0,
-) -> dict:
-    """Writes random images to root/<split>/<class>/NNN<suffix> (a `folder:PATH` dataset).
-
-    `per_class` is a count or one count per class; `size` is (width, height).
-    Returns {relative path: uint8 pixels as written}, the reference for lossless formats.
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    counts = per_class if isinstance(per_class, (tuple, list)) else [per_class] * len(classes)
-    channels = {"RGB": (3,), "L": ()}[mode]
-    written = {}
-    for name, count in zip(classes, counts, strict=True):
-        folder = root / split / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            pixels = rng.integers(0, 256, (size[1], size[0], *channels), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i:03d}{suffix}")
-            written[f"{split}/{name}/{i:03d}{suffix}"] = pixels
-    return written

@@ -7,7 +7,8 @@ test, and so does any cell taking over a minute (nbclient's per-cell timeout).
 import os
 
 import pytest
-from conftest import requires
+
+from tests.helpers.requirements import requires
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "notebooks", "tour.ipynb")

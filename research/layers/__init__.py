@@ -6,7 +6,7 @@ worked example) holding its pure function (the layer contract at the top of
 before XLA runs) and a Flax module that owns the parameters and calls it; then
 add one `LayerSpec` line to `LAYERS` below, with an example: constructor
 arguments, an input shape and the output shape they must give. The layer tests
-(`tests/test_layers.py`) are parametrized over `LAYERS`: they build every entry
+(`tests/layers/test_modules.py`) are parametrized over `LAYERS`: they build every entry
 from its example, init and apply it jitted, and check the output's shape, dtype
 and finiteness, with no edit in `tests/`. Worked numerical examples of a new
 layer's arithmetic are still worth a test of their own.

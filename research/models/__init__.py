@@ -21,7 +21,7 @@ To add a model: write `research/models/<family>.py` and add one `ModelSpec`
 entry to `MODELS` below, with its trainable-parameter count at the paper's
 configuration and where that number comes from (a cited source, or "by
 formula: ..." with the arithmetic), and, for a deep network, the overrides of a
-small stand-in. `tests/test_models.py` is parametrized over `MODELS`, so a new
+small stand-in. `tests/models/test_models.py` is parametrized over `MODELS`, so a new
 entry is tested with no edit in `tests/`:
 
   * fast tier (`make test`): output shape and parameter count at the paper's

@@ -19,7 +19,7 @@ update). Defaults the lecture does not give come from that chapter: AdaGrad
 
 Where optax 0.2.8's builtins differ from the lecture (read from optax's source:
 why these rules are written here rather than taken from optax). The lecture's
-rule wins here; `tests/test_optim.py` pins our side of each difference, with the
+rule wins here; `tests/optim/test_worked_examples.py` pins our side of each difference, with the
 lecture recurrences and a worked example of the first steps, and leaves optax's
 side to optax:
 

@@ -8,7 +8,7 @@ the documented interface every storage implements: `create_new_trial`,
 for one study, keyed by trial *number*: the storage's trial ids come from
 `get_trial_id_from_study_id_trial_number`, not from private fields, so the
 rest of `research.sweep` never touches an Optuna object's internals, and a new
-Optuna version needs checking here only (tests/test_sweep_workers.py runs this
+Optuna version needs checking here only (tests/sweep/test_sweep_workers.py runs this
 adapter against the journal and SQLite storages).
 """
 

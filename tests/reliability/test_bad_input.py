@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from research import models
-from tests.reliability._support import DIGITS, ROOT, TRAIN
+from tests.helpers.reliability import DIGITS, ROOT, TRAIN
 
 
 def _train(*args, env=None):

@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
 
 from research import data
-from tests.reliability._support import run, train_argv
+from tests.helpers.images import write_image_folder
+from tests.helpers.reliability import run, train_argv
 
 
 def _damage(path: str, how: str) -> None:

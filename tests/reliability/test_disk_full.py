@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.reliability._support import assert_quiet, error_lines, full_disk, run, train_argv
+from tests.helpers.reliability import assert_quiet, error_lines, full_disk, run, train_argv
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import requires, write_image_folder
 
 from research import data
 from research.data.tfds_builders import folder as folder_lib
 from research.models.pretrained import files
+from tests.helpers.images import write_image_folder
+from tests.helpers.requirements import requires
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "import_weights.py")

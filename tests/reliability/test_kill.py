@@ -1,6 +1,6 @@
 """Kills: SIGTERM at any moment ends the command with a line saying so and exit 143.
 
-A SIGTERM during training checkpoints first (tests/test_train.py: kill and resume
+A SIGTERM during training checkpoints first (tests/train/test_checkpoint.py: kill and resume
 with the same `params_sha256`); these are the moments outside the training loop.
 """
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.reliability._support import ENDS_WITHIN_S, ROOT, train_argv
+from tests.helpers.reliability import ENDS_WITHIN_S, ROOT, train_argv
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from research.sweep import runner, storage
 from research.sweep import study as optuna_api
-from tests import tiny_sweep
+from tests.helpers import tiny_sweep
 
 
 def run(workdir, grid: str) -> subprocess.CompletedProcess:

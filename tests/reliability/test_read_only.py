@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.reliability._support import (
+from tests.helpers.reliability import (
     assert_quiet,
     error_lines,
     read_only,

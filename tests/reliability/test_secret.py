@@ -6,7 +6,7 @@ line carries it. Either way it lives in the worker's memory only: sweep.json
 (also inside `config.sweep.storage`), config.json, results.json, the tables,
 the printed lines, the error messages and the study's attributes in the
 database (what optuna-dashboard shows) all show `user:***`. The full sweeps run
-on a throwaway PostgreSQL server (tests/postgres.py; skipped without one).
+on a throwaway PostgreSQL server (tests/helpers/postgres.py; skipped without one).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from research.sweep import runner, storage
-from tests import postgres, tiny_sweep
+from tests.helpers import postgres, tiny_sweep
 
 SECRET = "s3cret-Pw9"
 

@@ -1,6 +1,6 @@
 """Part "tests": what must hold on the accelerator before any figure is worth reading.
 
-conv/pool   tests/test_conv_algorithms.py (every conv and max-pool algorithm equal
+conv/pool   tests/layers/test_conv_algorithms.py, test_onednn.py, test_trial_conv.py (every conv and max-pool algorithm equal
             to XLA's, forward and gradient, at matmul precision "highest"), run by
             pytest in a subprocess;
 two runs    the airbench network twice in deterministic mode, one compiled program:
@@ -43,7 +43,10 @@ def _conv_tests(ctx: Context) -> Row:
         "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
     }
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    cmd += ["tests/test_conv_algorithms.py"]
+    cmd += [
+        f"tests/layers/{name}.py"
+        for name in ("test_conv_algorithms", "test_onednn", "test_trial_conv")
+    ]
     if ctx.smoke:  # two cases per algorithm and the pooling tests
         cmd += ["-k", "7-8-3 or max_pool or pool_algorithm"]
     proc = subprocess.run(
@@ -54,7 +57,7 @@ def _conv_tests(ctx: Context) -> Row:
     ok = proc.returncode == 0 and counts.get("passed", 0) > 0
     return Row(
         "tests",
-        "conv/pool algorithms = XLA's, fwd + grad (tests/test_conv_algorithms.py, "
+        "conv/pool algorithms = XLA's, fwd + grad (tests/layers/test_conv_algorithms.py etc., "
         "matmul precision highest)",
         summary or proc.stderr.strip()[-300:],
         "all pass",

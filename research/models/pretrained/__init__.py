@@ -4,7 +4,7 @@
     return `{"params": ..., "batch_stats": ...}` for
     `research.models.create(name, num_classes=1000)`, applied as
     `model.apply(variables, x_nhwc, train=False)`. In eval mode the zoo model
-    then computes the source model's logits: tests/test_pretrained.py checks a
+    then computes the source model's logits: tests/models/test_pretrained.py checks a
     relative error below 1e-4 in float32, with random weights and random
     BatchNorm statistics, at the paper's input size and at 193x193 (where
     padding, ceil-mode and adaptive pooling differ).

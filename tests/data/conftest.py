@@ -1,0 +1,14 @@
+"""Fixtures of the data tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from research.data import sources
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    """Each test sets the env variables it wants; none leak in from the shell."""
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(sources.CACHE_DIR_ENV, raising=False)

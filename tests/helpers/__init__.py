@@ -1,0 +1,1 @@
+"""What the tests share: fixtures stay in tests/conftest.py, everything imported lives here."""
