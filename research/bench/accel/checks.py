@@ -1,8 +1,8 @@
 """Part "tests": what must hold on the accelerator before any figure is worth reading.
 
-conv/pool   tests/layers/test_conv_algorithms.py, test_onednn.py, test_trial_conv.py (every conv and max-pool algorithm equal
-            to XLA's, forward and gradient, at matmul precision "highest"), run by
-            pytest in a subprocess;
+conv/pool   tests/layers/test_conv_algorithms.py, test_onednn.py and test_trial_conv.py
+            (every conv and max-pool algorithm equal to XLA's, forward and gradient,
+            at matmul precision "highest"), run by pytest in a subprocess;
 two runs    the airbench network twice in deterministic mode, one compiled program:
             bit-identical params_sha256 (the determinism part compares processes);
 bfloat16    a LeNet-5 run with compute_dtype bfloat16 whose parameters stay float32
