@@ -13,7 +13,7 @@ import pytest
 from research import config as config_lib
 from research import data, models, train
 from research.config import get_base_config
-from research.data import sources
+from research.data import sources, stream
 from research.data.tfds_builders import resize
 
 
@@ -99,11 +99,28 @@ def test_mnist_prepared_once_per_size_and_quietly(data_root, tmp_path, caplog):
         "research_mnist-default-1.0.0-14px-f1",
         "research_mnist-default-1.0.0-20px-f1",
     ]
-    # Local files: TFDS's "Downloading and preparing dataset" is not printed.
+    # The streaming loader reads the same resized records; its caches live beside them.
+    config = get_base_config()
+    config.data.update(name="mnist", data_dir=str(data_root or ""), cache_dir=str(cache))
+    config.data.image_size = 14
+    splits = stream.open_splits(config.data)
+    assert splits.input_shape == (14, 14, 1)
+    assert splits.mean == pytest.approx(
+        [small.train_images[splits.train.records].mean() / 255], rel=1e-6
+    )
+
+
+def test_local_mnist_load_does_not_say_downloading(data_root, tmp_path, caplog):
+    out, err = io.StringIO(), io.StringIO()
+    caplog.set_level(logging.DEBUG)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        ds = data.load("mnist", data_dir=data_root, cache_dir=tmp_path / "cache")
+    assert ds.train_images.shape == (60000, 28, 28, 1)
     printed = out.getvalue() + err.getvalue() + caplog.text
-    assert "Downloading and preparing" not in printed
-    assert "downloaded and prepared" not in printed
-    assert "preparing research_mnist into" in caplog.text  # our one INFO line instead
+    if data_root is not None:  # local files (else the loader downloads, and may say so)
+        assert "Downloading and preparing" not in printed
+        assert "downloaded and prepared" not in printed
+        assert "preparing research_mnist into" in caplog.text  # our one INFO line instead
 
 
 def test_too_small_error_names_image_size_and_small_overrides():
