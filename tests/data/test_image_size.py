@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import re
@@ -31,8 +32,8 @@ def test_digits_resized_by_the_folder_policy():
         Image.fromarray(original.train_images[0, ..., 0]), (32, 32), Image.Resampling.BICUBIC
     )
     np.testing.assert_array_equal(ds.train_images[0, ..., 0], np.asarray(expected))
-    # A blank border stays blank, the digit's ink stays where it was (scaled by 4).
-    assert ds.train_images[0].max() == 255 or ds.train_images[0].max() > 200
+    # Scaling by 4 keeps the ink: the mean brightness moves by under 2 of 255.
+    assert abs(ds.train_images.mean() - original.train_images.mean()) < 2
 
 
 def test_fit_array_crops_the_centre_of_a_wide_image():
@@ -46,8 +47,9 @@ def test_fit_array_crops_the_centre_of_a_wide_image():
 
 def test_resize_raw_keeps_a_val_split():
     raw = data.load("digits")
-    with_val = sources.RawDataset(**{**raw.__dict__, "val_images": raw.test_images[:5],
-                                     "val_labels": raw.test_labels[:5]})  # fmt: skip
+    with_val = dataclasses.replace(
+        raw, val_images=raw.test_images[:5], val_labels=raw.test_labels[:5]
+    )
     out = sources.resize_raw(with_val, 12)
     assert out.val_images.shape == (5, 12, 12, 1)
     np.testing.assert_array_equal(out.val_labels, raw.test_labels[:5])
