@@ -70,6 +70,12 @@ kernel-gradient convolutions, no select_and_scatter); on CPU pool
 "reduce_window" and the default conv ("onednn"), unchanged. An environment
 variable still wins for its kind; results.json records what ran.
 
+What ran is what computed each layer after any fallback ("reshape" pooling of
+overlapping windows is "reduce_window"; "onednn" leaves convs of few input
+channels to "tiled"): `recording()` collects it per layer kind while a model is
+traced, and `summarize` makes it a results field, one name where one algorithm
+ran, else `{layer kind: name}`.
+
 Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
 `RESEARCH_POOL_ALGORITHM` and `DEFAULT_POOL_ALGORITHM`:
 
