@@ -70,8 +70,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # random draws, so other numbers; needs data.loader="stream").
     c.data.augment_on = "device"
     c.data.remainder = "drop"  # last partial training batch: "drop" it, or "keep" it (smaller)
-    # folder:PATH only. 0: every image must have one size (else an error naming two
-    # files); N: scale each image to cover N x N and crop the centre (bicubic).
+    # 0: keep the images' size (a folder:PATH's must all have one); N: scale each image to
+    # cover N x N and crop the centre (bicubic), any dataset (data/tfds_builders/resize.py).
     c.data.image_size = 0
     # How batches reach the step. "device": the normalized splits live on the device
     # whole and each step gathers its batch there. "stream": each step's records are
@@ -197,8 +197,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if d.remainder not in ("drop", "keep"):
         _fail("data.remainder", d.remainder, "must be 'drop' or 'keep'")
-    if d.image_size and not str(name).startswith("folder:"):
-        _fail("data.image_size", d.image_size, "applies to folder:PATH datasets only: leave it 0")
     if d.loader not in ("device", "stream", "auto"):
         _fail("data.loader", d.loader, "must be 'device', 'stream' or 'auto'")
     if d.loader == "stream" and not (name in data.BUILDERS or str(name).startswith("folder:")):

@@ -13,6 +13,11 @@ TFDS builder in `tfds_builders/` plus one line in `BUILDERS`. Besides the table,
 accepts "folder:PATH" for a folder of the user's own images (`tfds_builders/folder.py`)
 and "tfds:NAME" for any TFDS catalog dataset, which needs TensorFlow.
 
+`image_size=N` (config `data.image_size`) resizes any of them to N x N by one policy
+(`tfds_builders/resize.py`: cover N x N, crop the centre): the builders' datasets are
+prepared once per size beside the originals; digits and "tfds:NAME" are resized in
+memory; "folder:PATH" decodes its files at that size.
+
 `open_records(name)` opens a dataset prepared as `array_record` files (the builders'
 datasets and "folder:PATH") without reading it: what the streaming loader reads
 (`research.data.stream`).
@@ -62,8 +67,8 @@ def load(
         $RESEARCH_DATA_DIR, else download them (checksums are verified either way).
       cache_dir: where prepared TFDS files are kept and reused; None or "":
         $RESEARCH_CACHE_DIR, else ~/.cache/research/tfds.
-      image_size: "folder:PATH" only: 0 keeps the images' one common size, N scales and
-        centre-crops them to N x N (`tfds_builders/folder.py`).
+      image_size: 0 keeps the images' size (a folder's must be one common size); N scales
+        them to cover N x N and crops the centre (`tfds_builders/resize.py`).
 
     Returns:
       A `RawDataset`; read its `notes` (e.g. a partial test split) and `source`.
@@ -74,16 +79,20 @@ def load(
       ValueError: a file does not have its published checksum.
       ImportError: "tfds:NAME" without TensorFlow installed.
     """
-    if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
-        return sources.to_raw(sources.open_folder(name, cache_dir=cache_dir, image_size=image_size))
-    _check_image_size(name, image_size)
+    folder = isinstance(name, str) and name.startswith(FOLDER_PREFIX)
+    if folder or (image_size and name in BUILDERS):  # prepared at that size, then read whole
+        opened = open_records(name, data_dir=data_dir, cache_dir=cache_dir, image_size=image_size)
+        return sources.to_raw(opened)
+    sources.check_image_size(image_size)
     if isinstance(name, str) and name.startswith(sources.CATALOG_PREFIX):
-        return sources.load_catalog(name, data_dir=data_dir, cache_dir=cache_dir)
-    try:
-        loader = DATASETS.get(name)
-    except UnknownNameError as e:
-        raise UnknownNameError(f"{e}; or 'tfds:NAME' for a TFDS catalog dataset") from None
-    return loader(data_dir=data_dir, cache_dir=cache_dir)
+        raw = sources.load_catalog(name, data_dir=data_dir, cache_dir=cache_dir)
+    else:
+        try:
+            loader = DATASETS.get(name)
+        except UnknownNameError as e:
+            raise UnknownNameError(f"{e}; or 'tfds:NAME' for a TFDS catalog dataset") from None
+        raw = loader(data_dir=data_dir, cache_dir=cache_dir)
+    return sources.resize_raw(raw, image_size) if image_size else raw
 
 
 def open_records(
@@ -103,21 +112,16 @@ def open_records(
     """
     if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
         return sources.open_folder(name, cache_dir=cache_dir, image_size=image_size)
-    _check_image_size(name, image_size)
+    sources.check_image_size(image_size)
     if name not in BUILDERS:
         raise ValueError(
             f"data.name={name!r} is not stored as array_record files, which streaming reads: "
             f"use one of {', '.join(sorted(BUILDERS))} or folder:PATH, or data.loader='device'"
         )
-    return sources.open_prepared(name, BUILDERS[name], data_dir=data_dir, cache_dir=cache_dir)
-
-
-def _check_image_size(name: str, image_size: int) -> None:
+    prepared = sources.open_prepared(name, BUILDERS[name], data_dir=data_dir, cache_dir=cache_dir)
     if image_size:
-        raise ValueError(
-            f"data.image_size={image_size} applies to folder:PATH datasets only; "
-            f"{name!r} has a fixed size: leave it 0"
-        )
+        return sources.open_resized(prepared, image_size, cache_dir=cache_dir)
+    return prepared
 
 
 __all__ = ["BUILDERS", "DATASETS", "PreparedDataset", "RawDataset", "load", "names", "open_records"]

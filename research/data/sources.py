@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from research.data import records
-from research.data.tfds_builders import SourceBuilder, files
+from research.data.tfds_builders import SourceBuilder, files, resize
 from research.data.tfds_builders import folder as folder_lib
 from research.platform import fcntl
 
@@ -418,8 +418,7 @@ def open_folder(
       FileNotFoundError / ValueError: one line naming the folder or the bad image.
     """
     scanned = folder_lib.scan(name.removeprefix(folder_lib.PREFIX))
-    if image_size < 0:
-        raise ValueError(f"data.image_size={image_size} must be 0 (keep one size) or a size >= 1")
+    check_image_size(image_size)
     cache = resolve_cache_dir(cache_dir)
     key = folder_lib.config_name(scanned, image_size)
     data_path = epath.Path(cache) / folder_lib.Folder.name / key / str(folder_lib.Folder.VERSION)
@@ -438,6 +437,58 @@ def open_folder(
     builder = tfds.builder_from_directory(os.fspath(data_path))
     notes = tuple(builder.info.metadata.get("notes", ()))
     return PreparedDataset(name, builder, notes, f"{scanned.root} (prepared in {data_path})")
+
+
+# ------------------------------------------------------------------- data.image_size
+
+
+def check_image_size(image_size: int) -> None:
+    """Refuses a negative `data.image_size` in one line."""
+    if image_size < 0:
+        raise ValueError(f"data.image_size={image_size} must be 0 (keep one size) or a size >= 1")
+
+
+def open_resized(
+    prepared: PreparedDataset, image_size: int, *, cache_dir: str | os.PathLike | None = None
+) -> PreparedDataset:
+    """A prepared dataset resized to `image_size` x `image_size` (`tfds_builders/resize.py`).
+
+    Prepared once into the cache under a key naming the original and the size
+    (`resize.config_name`), then reused; the original's prepared files are kept.
+    """
+    check_image_size(image_size)
+    base = prepared.builder
+    cache = resolve_cache_dir(cache_dir)
+    key = resize.config_name(base, image_size)
+    data_path = epath.Path(cache) / resize.Resized.name / key / str(resize.Resized.VERSION)
+    _prepare_once(
+        data_path,
+        lambda: resize.Resized(base=base, image_size=image_size, data_dir=cache),
+        lock_path=os.fspath(data_path.parent.parent / f"{key}.lock"),
+    )
+    builder = tfds.builder_from_directory(os.fspath(data_path))
+    notes = (*prepared.notes, resize.note(image_size))
+    return PreparedDataset(prepared.name, builder, notes, f"{prepared.source}, {data_path}")
+
+
+def resize_raw(raw: RawDataset, image_size: int) -> RawDataset:
+    """A dataset held in memory resized to `image_size` x `image_size` (`resize.fit_images`).
+
+    For the datasets that have no prepared files of their own (digits, "tfds:NAME"):
+    nothing is cached on disk; `pipeline.from_config`'s cache keys on the size.
+    """
+    check_image_size(image_size)
+
+    def fit(images):
+        return None if images is None else resize.fit_images(images, image_size)
+
+    return dataclasses.replace(
+        raw,
+        train_images=fit(raw.train_images),
+        test_images=fit(raw.test_images),
+        val_images=fit(raw.val_images),
+        notes=(*raw.notes, resize.note(image_size)),
+    )
 
 
 # ---------------------------------------------------------------------- TFDS catalog

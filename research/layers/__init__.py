@@ -3,13 +3,14 @@
 To add a layer type: write one file next to this one (`squeeze_excite.py` is the
 worked example) holding its pure function (the layer contract at the top of
 `functional.py`: NHWC in, the input's dtype out, bad arguments raise ValueError
-before XLA runs) and a Flax module that owns the parameters and calls it; then
-add one `LayerSpec` line to `LAYERS` below, with an example: constructor
-arguments, an input shape and the output shape they must give. The layer tests
-(`tests/layers/test_modules.py`) are parametrized over `LAYERS`: they build every entry
-from its example, init and apply it jitted, and check the output's shape, dtype
-and finiteness, with no edit in `tests/`. Worked numerical examples of a new
-layer's arithmetic are still worth a test of their own.
+before XLA runs; the public helpers `as_nhwc`, `pair` and `cast` keep it) and a
+Flax module that owns the parameters and calls it; then add one `LayerSpec` line
+to `LAYERS` below, with an example: constructor arguments, an input shape and
+the output shape they must give. The layer tests (`tests/layers/test_modules.py`) are
+parametrized over `LAYERS`: they build every entry from its example, init and
+apply it jitted, and check the output's shape, dtype and finiteness, with no
+edit in `tests/`. Worked numerical examples of a new layer's arithmetic are
+still worth a test of their own (docs/extending.md walks through one).
 """
 
 import dataclasses
@@ -21,11 +22,13 @@ import flax.linen as nn
 from research.layers import filters, functional
 from research.layers.functional import (
     adaptive_avg_pool,
+    as_nhwc,
     avg_pool,
     conv2d,
     conv_param_count,
     max_pool,
     output_size,
+    pair,
 )
 from research.layers.modules import (
     AdaptiveAvgPool2D,
@@ -39,6 +42,7 @@ from research.layers.modules import (
     GlobalAvgPool,
     MaxPool2D,
     SeparableConv2D,
+    cast,
 )
 from research.layers.squeeze_excite import SqueezeExcite, squeeze_excite
 from research.registry import Registry
@@ -107,12 +111,15 @@ __all__ = [
     "SeparableConv2D",
     "SqueezeExcite",
     "adaptive_avg_pool",
+    "as_nhwc",
     "avg_pool",
+    "cast",
     "conv2d",
     "conv_param_count",
     "filters",
     "functional",
     "max_pool",
     "output_size",
+    "pair",
     "squeeze_excite",
 ]

@@ -70,6 +70,12 @@ kernel-gradient convolutions, no select_and_scatter); on CPU pool
 "reduce_window" and the default conv ("onednn"), unchanged. An environment
 variable still wins for its kind; results.json records what ran.
 
+What ran is what computed each layer after any fallback ("reshape" pooling of
+overlapping windows is "reduce_window"; "onednn" leaves convs of few input
+channels to "tiled"): `recording()` collects it per layer kind while a model is
+traced, and `summarize` makes it a results field, one name where one algorithm
+ran, else `{layer kind: name}`.
+
 Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
 `RESEARCH_POOL_ALGORITHM` and `DEFAULT_POOL_ALGORITHM`:
 
@@ -129,6 +135,7 @@ POOL_ENV_VAR = "RESEARCH_POOL_ALGORITHM"
 
 def conv_xla(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """XLA's convolution: the reference every other algorithm is tested against."""
+    _ran("conv", "xla")
     return lax.conv_general_dilated(
         x,
         kernel,
@@ -254,6 +261,7 @@ ROWMAJOR_DEPTH_PER_ROW = 16  # least patch depth (K) per patch row of one image
 
 def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """Patches of all taps side by side along channels, then one matmul."""
+    _ran("conv", "im2col")
     kh, kw, c, o = kernel.shape
     slices = patch_lib.shifted_slices(x, (kh, kw), strides, pads, dilations)
     if groups != 1:
@@ -270,6 +278,7 @@ def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: i
 
 def conv_taps(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """One matmul of depth C per kernel tap, summed."""
+    _ran("conv", "taps")
     kh, kw = kernel.shape[:2]
     slices = patch_lib.shifted_slices(x, (kh, kw), strides, pads, dilations)
     if groups != 1:
@@ -446,6 +455,7 @@ def conv_tiled(
     t = min(int(tile), wo)
     if groups != 1 or (t == 1 and dw != 1):
         return conv_im2col(x, kernel, strides, pads, dilations, groups)
+    _ran("conv", "tiled")
     geo = dataclasses.replace(geo, tile=t)
     n, win, nt = x.shape[0], geo.window, geo.tiles
     patches = _tile_patches(x, geo).reshape(n * ho * nt, kh * win * c)
@@ -480,8 +490,15 @@ def conv_onednn(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: i
     """
     shallow = groups == 1 and kernel.shape[2] < ONEDNN_MIN_IN_CHANNELS
     if onednn.supports(x, kernel) and not shallow:
+        _ran("conv", "onednn")
         return onednn.conv(x, kernel, strides, pads, dilations, groups)
     return conv_tiled(x, kernel, strides, pads, dilations, groups)
+
+
+def conv_trials(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
+    """`trial_conv.conv_trials` (XLA's convolution, trial-friendly kernel gradient)."""
+    _ran("conv", "trials")
+    return trial_conv.conv_trials(x, kernel, strides, pads, dilations, groups)
 
 
 CONV_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
@@ -492,7 +509,7 @@ CONV_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
         "taps": conv_taps,
         "tiled": conv_tiled,
         "onednn": conv_onednn,
-        "trials": trial_conv.conv_trials,
+        "trials": conv_trials,
     },
 )
 
@@ -533,10 +550,19 @@ def resolve_conv_algorithm(algorithm: str | None = None) -> str:
 
 
 def conv(x, kernel, strides, pads, dilations, groups: int, algorithm: str | None = None):
-    """Runs the resolved algorithm."""
-    return CONV_ALGORITHMS.get(resolve_conv_algorithm(algorithm))(
-        x, kernel, strides, pads, dilations, groups
-    )
+    """Runs the resolved algorithm; under `recording()`, notes which one computed it."""
+    if groups != 1:
+        kind = "conv grouped"
+    elif any(d != 1 for d in dilations):
+        kind = "conv dilated"
+    elif kernel.shape[2] < ONEDNN_MIN_IN_CHANNELS:
+        kind = "conv shallow"
+    else:
+        kind = "conv"
+    with _kind(kind):
+        return CONV_ALGORITHMS.get(resolve_conv_algorithm(algorithm))(
+            x, kernel, strides, pads, dilations, groups
+        )
 
 
 # --------------------------------------------------------------------------- max pooling
@@ -584,9 +610,14 @@ def _max_windows_bwd(res, g):
 _max_windows.defvjp(_max_windows_fwd, _max_windows_bwd)
 
 
+def reshape_applies(window: Pair, strides: Pair, pads: Pads) -> bool:
+    """Whether "reshape" pooling computes these windows itself: non-overlapping, unpadded."""
+    return tuple(strides) == tuple(window) and all(tuple(p) == (0, 0) for p in pads)
+
+
 def max_pool_reshape(x, window: Pair, strides: Pair, pads: Pads):
     """Non-overlapping, unpadded windows as two reshaped axes; else reduce_window."""
-    if tuple(strides) != tuple(window) or any(p != (0, 0) for p in pads):
+    if not reshape_applies(window, strides, pads):
         return max_pool_reduce_window(x, window, strides, pads)
     n, h, w, c = x.shape
     (fh, fw) = window
@@ -620,7 +651,11 @@ def resolve_pool_algorithm(algorithm: str | None = None) -> str:
 
 
 def max_pool(x, window, strides, pads, algorithm: str | None = None):
-    return POOL_ALGORITHMS.get(resolve_pool_algorithm(algorithm))(x, window, strides, pads)
+    name = resolve_pool_algorithm(algorithm)
+    plain = reshape_applies(window, strides, pads)
+    with _kind("max_pool non-overlapping" if plain else "max_pool overlapping or padded"):
+        _ran("pool", name if name != "reshape" or plain else "reduce_window")
+    return POOL_ALGORITHMS.get(name)(x, window, strides, pads)
 
 
 # --------------------------------------------------------------------------- selection
@@ -633,6 +668,60 @@ _CONV_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _POOL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "pool_override", default=None
 )
+
+
+# What ran, per layer kind, while a `recording()` block traces (None: not recording),
+# and the kind of the layer being traced (set by `conv` and `max_pool`).
+_RAN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("ran", default=None)
+_KIND: contextvars.ContextVar[str] = contextvars.ContextVar("kind", default="")
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[dict[str, dict[str, set[str]]]]:
+    """Collects, while layers are traced in the block, the algorithms each kind of layer ran.
+
+    Yields `{"conv": {kind: {algorithm, ...}}, "pool": {...}}`, filled as calls are
+    traced, with the algorithm that computed them after any fallback: "reshape"
+    pooling of overlapping windows is "reduce_window", "onednn" on a conv of few
+    input channels is "tiled" (or "im2col"). Kinds: "conv", "conv shallow" (fewer
+    than `ONEDNN_MIN_IN_CHANNELS` input channels), "conv grouped" (depthwise too),
+    "conv dilated"; "max_pool non-overlapping", "max_pool overlapping or padded".
+    `summarize` turns one family into a results field.
+    """
+    ran: dict[str, dict[str, set[str]]] = {"conv": {}, "pool": {}}
+    token = _RAN.set(ran)
+    try:
+        yield ran
+    finally:
+        _RAN.reset(token)
+
+
+def _ran(family: str, algorithm: str) -> None:
+    ran = _RAN.get()
+    if ran is not None:
+        ran[family].setdefault(_KIND.get() or family, set()).add(algorithm)
+
+
+@contextlib.contextmanager
+def _kind(kind: str) -> Iterator[None]:
+    token = _KIND.set(kind)
+    try:
+        yield
+    finally:
+        _KIND.reset(token)
+
+
+def summarize(ran: dict[str, set[str]], resolved: str) -> str | dict[str, str]:
+    """A results field: the one algorithm that ran, else `{layer kind: algorithm(s)}`.
+
+    E.g. "reshape", or `{"max_pool non-overlapping": "reshape", "max_pool overlapping
+    or padded": "reduce_window"}`; a kind that ran several is "a+b". `resolved` (the
+    algorithm chosen) stands when no such layer ran.
+    """
+    algorithms = set().union(*ran.values()) if ran else set()
+    if len(algorithms) > 1:
+        return {kind: "+".join(sorted(names)) for kind, names in sorted(ran.items())}
+    return algorithms.pop() if algorithms else resolved
 
 
 @contextlib.contextmanager

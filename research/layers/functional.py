@@ -34,33 +34,48 @@ IntOrPair = int | Sequence[int]
 Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
 
 __all__ = [
+    "as_nhwc",
     "avg_pool",
     "conv2d",
     "conv_param_count",
     "max_pool",
     "normalize_padding",
     "output_size",
+    "pair",
 ]
 
 
 # --------------------------------------------------------------------------- argument checks
 
 
-def _pair(value: IntOrPair, name: str, *, minimum: int, shape=None) -> tuple[int, int]:
-    """Turns an int or a pair into a validated `(h, w)` tuple of ints >= minimum."""
+def pair(value: IntOrPair, name: str, *, minimum: int, shape=None) -> tuple[int, int]:
+    """Checks a hyperparameter given as an int or an `(h, w)` pair; returns `(h, w)`.
+
+    Part of the layer contract: a new layer checks its kernel size, stride or
+    window with it, so a bad value fails in Python with the usual message.
+
+    Args:
+      value: an int (both sides) or a pair of ints (bools are refused).
+      name: the argument's name, for the message.
+      minimum: the smallest valid value.
+      shape: the input's shape, added to the message when given.
+
+    Raises:
+      ValueError: e.g. "stride must be >= 1, got 0 (input shape (1, 5, 5, 2))".
+    """
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
+        hw = (int(value), int(value))
     elif (
         isinstance(value, Sequence)
         and len(value) == 2
         and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
     ):
-        pair = (int(value[0]), int(value[1]))
+        hw = (int(value[0]), int(value[1]))
     else:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}{_on(shape)}")
-    if min(pair) < minimum:
+    if min(hw) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}{_on(shape)}")
-    return pair
+    return hw
 
 
 def _on(shape) -> str:
@@ -129,7 +144,20 @@ def _check_fits(spatial, pads, window, stride, *, what: str, shape) -> tuple[int
     return out[0], out[1]
 
 
-def _as_nhwc(x, fn: str):
+def as_nhwc(x, fn: str) -> tuple[jax.Array, bool]:
+    """`x` as an NHWC array, and whether a batch axis was added (the layer contract).
+
+    A layer calls it first and drops the added axis from its result
+    (`y[0] if squeezed else y`), so `(H, W, C)` inputs give `(H', W', C')` outputs.
+
+    Args:
+      x: `(N, H, W, C)` or `(H, W, C)` array-like.
+      fn: the calling function's name, for the message.
+
+    Raises:
+      ValueError: any other rank, e.g. "conv2d expects x of shape (N, H, W, C) or
+        (H, W, C), got shape (5, 5)".
+    """
     x = jnp.asarray(x)
     if x.ndim == 3:
         return x[None], True
@@ -211,7 +239,7 @@ def conv_param_count(
     >>> conv_param_count(3, 10, 5)   # 10 filters of 5x5x3: 76 parameters each
     760
     """
-    kh, kw = _pair(kernel_size, "kernel_size", minimum=1)
+    kh, kw = pair(kernel_size, "kernel_size", minimum=1)
     if groups < 1 or in_channels % groups or out_channels % groups:
         raise ValueError(
             f"groups={groups} must be >= 1 and divide in_channels={in_channels} and "
@@ -257,7 +285,7 @@ def conv2d(
     Returns:
       `(N, H_out, W_out, C_out)` (or 3-D for a 3-D input) in `x`'s dtype.
     """
-    x, squeeze = _as_nhwc(x, "conv2d")
+    x, squeeze = as_nhwc(x, "conv2d")
     kernel = jnp.asarray(kernel)
     shape = x.shape
     if kernel.ndim != 4:
@@ -280,8 +308,8 @@ def conv2d(
             f"kernel input depth {kernel.shape[2]} (kernel shape {kernel.shape}) does not match "
             f"input channels {c_in} / groups {groups} = {c_in // groups}{_on(shape)}"
         )
-    strides = _pair(stride, "stride", minimum=1, shape=shape)
-    dilations = _pair(dilation, "dilation", minimum=1, shape=shape)
+    strides = pair(stride, "stride", minimum=1, shape=shape)
+    dilations = pair(dilation, "dilation", minimum=1, shape=shape)
     window = tuple(d * (f - 1) + 1 for f, d in zip(kernel.shape[:2], dilations, strict=True))
     pads = normalize_padding(padding, window, strides, shape[1:3], shape=shape)
     _check_fits(shape[1:3], pads, window, strides, what="kernel (effective size)", shape=shape)
@@ -302,10 +330,10 @@ def conv2d(
 
 
 def _pool_args(x, window, stride, padding, fn):
-    x, squeeze = _as_nhwc(x, fn)
+    x, squeeze = as_nhwc(x, fn)
     shape = x.shape
-    win = _pair(window, "window", minimum=1, shape=shape)
-    strides = win if stride is None else _pair(stride, "stride", minimum=1, shape=shape)
+    win = pair(window, "window", minimum=1, shape=shape)
+    strides = win if stride is None else pair(stride, "stride", minimum=1, shape=shape)
     pads = normalize_padding(padding, win, strides, shape[1:3], shape=shape)
     # A pad as wide as the window lets a border window cover padding only: max_pool
     # would return -inf there and avg_pool (count_include_pad=False) 0 / 0 = NaN.
@@ -411,8 +439,8 @@ def adaptive_avg_pool(x: jax.Array, output_size: IntOrPair) -> jax.Array:
       x: `(N, H, W, C)` or `(H, W, C)`.
       output_size: int or `(out_h, out_w)`, each >= 1.
     """
-    x, squeeze = _as_nhwc(x, "adaptive_avg_pool")
-    out_h, out_w = _pair(output_size, "output_size", minimum=1, shape=x.shape)
+    x, squeeze = as_nhwc(x, "adaptive_avg_pool")
+    out_h, out_w = pair(output_size, "output_size", minimum=1, shape=x.shape)
     if x.shape[1:3] != (out_h, out_w):
         rows = jnp.asarray(adaptive_bins(x.shape[1], out_h), x.dtype)  # (out_h, H)
         cols = jnp.asarray(adaptive_bins(x.shape[2], out_w), x.dtype)  # (out_w, W)

@@ -30,7 +30,12 @@ Dropout = nn.Dropout
 BatchNorm = nn.BatchNorm
 
 
-def _cast(x, dtype):
+def cast(x, dtype):
+    """`x` in the computation dtype `dtype`; None leaves it as it is (the layer contract).
+
+    A module casts its input and parameters with it (`Conv2D` does), so `dtype=bfloat16`
+    computes in bfloat16 while the parameters stay float32 (`param_dtype`).
+    """
     return x if dtype is None else jnp.asarray(x, dtype)
 
 
@@ -59,7 +64,7 @@ class Conv2D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kh, kw = F._pair(self.kernel_size, "kernel_size", minimum=1, shape=x.shape)
+        kh, kw = F.pair(self.kernel_size, "kernel_size", minimum=1, shape=x.shape)
         if x.shape[-1] % self.groups:
             raise ValueError(
                 f"input channels {x.shape[-1]} are not divisible by groups={self.groups} "
@@ -76,11 +81,11 @@ class Conv2D(nn.Module):
             if self.use_bias
             else None
         )
-        x = _cast(x, self.dtype)
+        x = cast(x, self.dtype)
         return F.conv2d(
             x,
-            _cast(kernel, x.dtype),
-            None if bias is None else _cast(bias, x.dtype),
+            cast(kernel, x.dtype),
+            None if bias is None else cast(bias, x.dtype),
             stride=self.stride,
             padding=self.padding,
             dilation=self.dilation,

@@ -22,8 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.layers.functional import _as_nhwc
-from research.layers.modules import Dtype, Initializer, _cast
+from research.layers.functional import as_nhwc
+from research.layers.modules import Dtype, Initializer, cast
 
 __all__ = ["SqueezeExcite", "reduced_channels", "squeeze_excite"]
 
@@ -48,7 +48,7 @@ def squeeze_excite(
     Returns:
       `x`'s shape and dtype: `x * e`, with `e = sigmoid(ReLU(mean(x) @ w1 + b1) @ w2 + b2)`.
     """
-    x, squeeze = _as_nhwc(x, "squeeze_excite")
+    x, squeeze = as_nhwc(x, "squeeze_excite")
     c = x.shape[-1]
     w1, b1, w2, b2 = (jnp.asarray(a) for a in (w1, b1, w2, b2))
     r = w1.shape[-1] if w1.ndim == 2 else "R"
@@ -109,5 +109,5 @@ class SqueezeExcite(nn.Module):
 
         reduce = self.param("reduce", dense(c, r))
         expand = self.param("expand", dense(r, c))
-        x = _cast(x, self.dtype)
+        x = cast(x, self.dtype)
         return squeeze_excite(x, reduce["kernel"], reduce["bias"], expand["kernel"], expand["bias"])

@@ -392,9 +392,7 @@ def check_input(name: str, model: nn.Module, input_shape: Sequence[int]) -> None
             raise ValueError(
                 f"model {name!r} cannot learn from input {shape}: {collapsed} of its "
                 f"{len(sides)} convolutions would see a 1x1 feature map (refused from "
-                f"{COLLAPSED_SHARE:.0%} on); use larger "
-                f"images, or a small-input variant where the model has one "
-                f"(--config.model.overrides.small_input=True)"
+                f"{COLLAPSED_SHARE:.0%} on); {_fixes(name, model, shape)}"
             )
         return
     channels = shape[2]
@@ -416,8 +414,61 @@ def check_input(name: str, model: nn.Module, input_shape: Sequence[int]) -> None
         else:
             lo = mid
     raise ValueError(
-        f"model {name!r} cannot take input {shape}: its smallest input is {hi}x{hi}"
+        f"model {name!r} cannot take input {shape}: its smallest input is {hi}x{hi}; "
+        f"{_fixes(name, model, shape)}"
     ) from error
+
+
+def _usable(model: nn.Module, shape: tuple[int, int, int]) -> bool:
+    """Whether `check_input` would accept `shape` (taken, and not collapsed to 1x1)."""
+    sides: list[tuple[int, int]] = []
+    if _init_error(model, shape, sides) is not None:
+        return False
+    return not sides or sum(1 for s in sides if s == (1, 1)) < COLLAPSED_SHARE * len(sides)
+
+
+def smallest_usable_size(model: nn.Module, channels: int, limit: int = 4096) -> int | None:
+    """The smallest side `s` at which `model` takes `(s, s, channels)` and can learn (traced).
+
+    Layers' output sizes grow with their input's, so usability is monotone in `s`:
+    doubling finds a usable side, bisection the smallest. None: none up to `limit`.
+    """
+    hi = 8
+    while not _usable(model, (hi, hi, channels)):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = 0  # invariant: side lo is unusable (or 0), side hi is usable
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _usable(model, (mid, mid, channels)) else (mid, hi)
+    return hi
+
+
+def _override_flags(overrides: Mapping[str, Any]) -> str:
+    return " ".join(f"--config.model.overrides.{k}={v}" for k, v in overrides.items())
+
+
+def _fixes(name: str, model: nn.Module, shape: tuple[int, int, int]) -> str:
+    """What makes `shape` work: the resize (`data.image_size`) and the small-input overrides."""
+    channels = shape[2]
+    fixes = []
+    size = smallest_usable_size(model, channels)
+    if size is not None:
+        fixes.append(f"resize the data with --config.data.image_size={size} (or larger)")
+    small = dict(MODELS.get(name).small_overrides) if name in MODELS else {}
+    if small and any(getattr(model, k, None) != v for k, v in small.items()):
+        small_model = model.clone(**small)
+        if _usable(small_model, shape):
+            fixes.append(f"use the model's small-input overrides {_override_flags(small)}")
+        else:
+            small_size = smallest_usable_size(small_model, channels)
+            if small_size is not None and small_size != size:
+                fixes.append(
+                    f"use the model's small-input overrides {_override_flags(small)} with "
+                    f"--config.data.image_size={small_size}"
+                )
+    return "fix: " + ", or ".join(fixes) if fixes else "use larger images"
 
 
 __all__ = [

@@ -98,7 +98,8 @@ class Programs:
         (sequential only, else None).
       mesh: the mesh their inputs live on.
       multiple: the trial axis is padded to a multiple of this.
-      algorithms: the convolution and max-pool algorithms the programs run.
+      algorithms: the convolution and max-pool algorithms the programs run ("conv",
+        "pool": one name, or `{layer kind: name}` where kinds ran different ones).
     """
 
     parallel: str
@@ -110,7 +111,7 @@ class Programs:
     evaluate_batches: Any
     mesh: Mesh
     multiple: int
-    algorithms: dict[str, str]
+    algorithms: dict[str, Any]
 
 
 def _squeeze(tree):
@@ -132,10 +133,21 @@ def trials_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices, dtype=object).reshape(-1, 1), ("trials", "data"))
 
 
-def _algorithms() -> dict[str, str]:
+def _algorithms(run: Run) -> dict[str, Any]:
+    """What the programs' layers run, per family: one name, or `{layer kind: name}`.
+
+    The model's forward pass is traced once (`jax.eval_shape`, nothing compiled) under
+    `conv_algorithms.recording()` in the caller's override context, so fallbacks count:
+    "reshape" pooling of overlapping windows (AlexNet's 3x3 stride 2) is recorded as
+    "reduce_window" (`conv_algorithms.summarize`).
+    """
+    x = jax.ShapeDtypeStruct((1, *run.splits.input_shape), jnp.float32)
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    with conv_algorithms.recording() as ran:
+        jax.eval_shape(lambda x: run.model.init(rngs, x), x)
     return {
-        "conv": conv_algorithms.resolve_conv_algorithm(),
-        "pool": conv_algorithms.resolve_pool_algorithm(),
+        "conv": conv_algorithms.summarize(ran["conv"], conv_algorithms.resolve_conv_algorithm()),
+        "pool": conv_algorithms.summarize(ran["pool"], conv_algorithms.resolve_pool_algorithm()),
     }
 
 
@@ -206,7 +218,7 @@ def build_programs(run: Run, parallel: str = "sequential", *, devices=None) -> P
             evaluate_batches=jax.jit(evaluate_batches, out_shardings=rep),
             mesh=steps.mesh,
             multiple=1,
-            algorithms=_algorithms(),
+            algorithms=_algorithms(run),
         )
     if run.loader == "stream":
         raise ValueError(
@@ -219,7 +231,7 @@ def build_programs(run: Run, parallel: str = "sequential", *, devices=None) -> P
     # gain "trials" on the vmapped axis: P("trials"), P("trials", "data").
     vmap = functools.partial(jax.vmap, spmd_axis_name="trials")
     with _vmapped_algorithms():
-        algorithms = _algorithms()
+        algorithms = _algorithms(run)
     # Every output has the trial axis first, sharded over "trials": the states that init
     # returns are placed as the chunk returns them, so the chunk compiles once.
     trials = NamedSharding(mesh, P("trials"))

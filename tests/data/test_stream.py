@@ -422,7 +422,7 @@ def test_two_processes_read_disjoint_shards_covering_each_epoch(both, folder, ca
         ("device_fraction", 0.0, "must be a fraction in (0, 1]"),
         ("augment_on", "host", "'host' needs data.loader='stream'"),
         ("augment_on", "gpu", "must be 'device' or 'host'"),
-        ("image_size", 32, "applies to folder:PATH datasets only"),
+        ("image_size", -1, "must be an integer >= 0"),
         ("loader", "stream", "'stream' reads array_record files: cifar10, fashion_mnist, mnist"),
         ("workers", -1, "must be an integer >= 0"),
         ("prefetch", 0, "must be an integer >= 1"),

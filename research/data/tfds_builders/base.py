@@ -11,17 +11,26 @@ Features (the same for every builder, so one reader handles all of them):
   label: `tfds.features.ClassLabel(names=CLASS_NAMES)`, an int64 in the record.
 Records keep the files' official order (`disable_shuffling=True`): record 0 of CIFAR-10
 train is the frog that every CIFAR tutorial shows first.
+
+TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+to stdout around every build; a builder that reads local files (`reads_local_files`)
+logs one INFO line instead (logger `research.data.tfds_builders.base`), so preparing
+from shared/data or a folder says nothing about downloading. Only these builders'
+two hooks change: TFDS's global state and the caller's logging are left alone.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 import os
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+
+log = logging.getLogger(__name__)
 
 
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -50,6 +59,24 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
         self.source_dir = epath.Path(source_dir) / self.SUBDIR if source_dir else None
         super().__init__(**kwargs)
+
+    def reads_local_files(self) -> bool:
+        """Whether preparing reads files already on this machine (nothing is downloaded)."""
+        return self.source_dir is not None
+
+    # TFDS's two announcements (`DatasetBuilder.download_and_prepare`), kept only when
+    # something is downloaded: they speak of downloading.
+    def _log_download_bytes(self) -> None:
+        if self.reads_local_files():
+            log.info("preparing %s into %s", self.name, self.data_dir)
+        else:
+            super()._log_download_bytes()
+
+    def _log_download_done(self) -> None:
+        if self.reads_local_files():
+            log.info("prepared %s in %s", self.name, self.data_dir)
+        else:
+            super()._log_download_done()
 
     @classmethod
     def config_for(cls, data_dir: str | os.PathLike | None) -> str | None:

@@ -8,8 +8,8 @@ Policies (each a stated choice, not an accident):
   * Size: `image_size=0` (the default of `config.data.image_size`) keeps pixels as they
     are and requires every image to have one size; otherwise the error names two files
     of different sizes. `image_size=N` scales each image so that it covers N x N and
-    crops the centre (`PIL.ImageOps.fit`, bicubic with antialiasing): the aspect ratio
-    is kept, the borders of the longer side are cut.
+    crops the centre (`resize.fit`, the policy every dataset's `data.image_size` uses):
+    the aspect ratio is kept, the borders of the longer side are cut.
   * Orientation: a photo's EXIF orientation is applied first (`ImageOps.exif_transpose`),
     as a viewer shows it.
   * Channels: 1 (grayscale) if every image is grayscale, else 3 (RGB); an alpha channel
@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research.data.tfds_builders import resize
 from research.data.tfds_builders.base import SourceBuilder
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def decode(root: str, relative: str, shape: tuple[int, int, int], image_size: in
             image = ImageOps.exif_transpose(image)
             image = image.convert("L" if shape[2] == 1 else "RGB")
             if image_size:
-                image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
+                image = resize.fit(image, image_size)
             pixels = np.asarray(image, np.uint8)
     except Exception as err:  # noqa: BLE001 - a truncated or corrupt file
         _cannot_read(root, relative, err)
@@ -276,6 +277,9 @@ class Folder(SourceBuilder, skip_registration=True):
         )
         super().__init__(source_dir=None, config=config, **kwargs)
 
+    def reads_local_files(self) -> bool:
+        return True  # never downloads
+
     def _read_splits(self, dl_manager):
         raise NotImplementedError  # examples are generated file by file instead
 
@@ -294,9 +298,7 @@ class Folder(SourceBuilder, skip_registration=True):
         if self.folder.ignored:
             notes.append(f"{self.folder.ignored} files that are not .png/.jpg/.jpeg were ignored")
         if self.image_size:
-            notes.append(
-                f"images scaled to cover {self.image_size}x{self.image_size} and centre-cropped"
-            )
+            notes.append(resize.note(self.image_size))
         self.info.metadata["source"] = self.folder.root
         self.info.metadata["fingerprint"] = self.folder.fingerprint
         self.info.metadata["notes"] = notes
