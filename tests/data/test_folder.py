@@ -156,8 +156,6 @@ def test_folder_sizes_must_agree_unless_image_size_is_set(tmp_path):
     resized_wide = [img for img in everything if img[..., 1].min() > 200]
     assert len(resized_wide) == 1  # the centre of the wide image: all green, red cut off
     assert resized_wide[0][..., 0].max() < 30
-    with pytest.raises(ValueError, match="data.image_size=4 applies to folder:PATH"):
-        data.load("digits", image_size=4)
 
 
 def test_folder_of_grayscale_jpegs_has_one_channel(tmp_path):

@@ -40,8 +40,8 @@ def case_operands(case):
     """A CONV_CASES entry as the arguments of an algorithm: x, kernel, strides, pads, ..."""
     x_shape, k_shape, stride, padding, dilation, groups = case
     x, kernel, _ = conv_inputs(x_shape, k_shape)
-    strides = F._pair(stride, "stride", minimum=1)
-    dilations = F._pair(dilation, "dilation", minimum=1)
+    strides = F.pair(stride, "stride", minimum=1)
+    dilations = F.pair(dilation, "dilation", minimum=1)
     window = tuple(d * (f - 1) + 1 for f, d in zip(k_shape[:2], dilations, strict=True))
     pads = F.normalize_padding(padding, window, strides, x_shape[1:3])
     return x, kernel, strides, pads, dilations, groups
