@@ -236,3 +236,33 @@ def test_tensorboard_hparams_hold_the_config_and_the_final_metrics(stopped_run):
     assert finals["hparams/val_loss"] == (100, pytest.approx(result.val_loss))
     experiment = [v for _, v in values if v.tag == "_hparams_/experiment"]
     assert len(experiment) == 1
+
+
+def test_a_resumed_run_stops_where_an_uninterrupted_one_does(tmp_path):
+    """Patience 2: val_loss is best at epoch 4 and worse at 5 and 6, so the run stops at 6.
+    Killed at the end of epoch 6 (before its checkpoint), it resumes from epoch 5's, whose
+    record keeps the count of epochs without improvement (1): it stops at 6 again, where a
+    fresh count would take epoch 6 for a new best and train on."""
+    config = digits_config(metric="val_loss", patience=2)
+    whole = research.fit(config, str(tmp_path / "whole"))
+    assert whole.record["stopped_early"]["epoch"] == 6
+    assert "(best 0.0295" in whole.record["stopped_early"]["reason"]
+
+    def crash(metrics):
+        if metrics["epoch"] == 6:
+            raise KeyboardInterrupt
+
+    workdir = str(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        research.fit(config, workdir, callbacks=[crash])
+    saved = read(workdir)
+    assert saved.step == 100
+    assert saved.record["early_stopping"] == {
+        "best": pytest.approx(0.0295, abs=1e-4),
+        "best_epoch": 4,
+        "wait": 1,
+    }
+    again = research.fit(config, workdir)
+    assert again.record["resumed_from_step"] == 100
+    assert again.record["stopped_early"] == whole.record["stopped_early"]
+    assert again.params_sha256 == whole.params_sha256
