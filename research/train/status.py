@@ -57,12 +57,14 @@ class TrialStatus:
 
     def checkpoint_record(self, i: int) -> dict[str, Any]:
         """What trial `i`'s checkpoints keep of its status."""
-        return {
+        record = {
             "alive": bool(self.alive[i]),
             "diverged_step": self.diverged[i],
             "pruned_step": self.pruned[i],
-            "stopped_early": self.stopped[i],
         }
+        if self.stopped[i] is not None:
+            record["stopped_early"] = self.stopped[i]
+        return record
 
     def restore(self, checkpoint_records: Sequence[dict]) -> None:
         """The status saved with each trial's checkpoint (`checkpoint_record`)."""
