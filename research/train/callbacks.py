@@ -27,6 +27,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 MODES = {"val_accuracy": "max", "val_loss": "min"}  # the validation metrics one can track
 
 
@@ -104,6 +106,69 @@ def ask(callbacks: Sequence[CallbackLike], metrics: dict[str, Any]) -> str | Non
         if answer and reason is None:
             reason = answer if isinstance(answer, str) else f"{_name(callback)} asked to stop"
     return reason
+
+
+class EpochMeans:
+    """Each trial's mean training metrics over the chunks of the current epoch."""
+
+    def __init__(self):
+        self.sums: dict[str, Any] = {}
+        self.chunks = 0
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        """One chunk's metrics, (trials, steps) arrays by name."""
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + np.mean(v, axis=1)
+        self.chunks += 1
+
+    def take(self) -> dict[str, Any]:
+        """The epoch's means, (trials,) by name; the next epoch starts afresh."""
+        means = {k: v / max(self.chunks, 1) for k, v in self.sums.items()}
+        self.sums, self.chunks = {}, 0
+        return means
+
+
+def ask_trials(
+    alive: Sequence[bool],
+    stoppers: Sequence[EarlyStopping | None],
+    user: Sequence[CallbackLike],
+    offset: int,
+    *,
+    epoch: int,
+    step: int,
+    val: Sequence[dict[str, float]],
+    train: dict[str, Any],
+) -> dict[int, str]:
+    """Asks each trial's callbacks (its `stoppers[i]`, then `user`'s) after an epoch.
+
+    Args:
+      alive: per trial of the group, whether it still trains (the others are skipped).
+      stoppers: per trial, its `config.early_stopping` (None: off).
+      user: the caller's callbacks, shared by every trial.
+      offset: the group's first trial's position among all the trials (`trial`).
+      epoch, step: where the group is.
+      val: per trial, its validation metrics (`{"loss": ..., "accuracy": ...}`).
+      train: per metric name, the epoch's mean training value of each trial.
+
+    Returns:
+      {position in the group: reason} for each trial to stop.
+    """
+    stops = {}
+    for i, live in enumerate(alive):
+        own = [stoppers[i]] if i < len(stoppers) and stoppers[i] is not None else []
+        if not live or not (own or user):
+            continue
+        metrics = {
+            "epoch": epoch,
+            "step": step,
+            "trial": i + offset,
+            **{f"val_{k}": float(v) for k, v in val[i].items()},
+            **{f"train_{k}": float(v[i]) for k, v in train.items()},
+        }
+        reason = ask([*own, *user], metrics)
+        if reason:
+            stops[i] = reason
+    return stops
 
 
 def _name(callback) -> str:

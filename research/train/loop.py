@@ -11,12 +11,10 @@ the group of one that `scripts/train.py` runs. For both, once:
   * pruning: `on_epoch`, called with each epoch's validation metrics, may name
     trials to stop there (a sweep's pruner); they are frozen the same way and
     recorded as pruned at that step;
-  * callbacks (`research.train.callbacks`): `config.early_stopping` and the
-    caller's `callbacks`, called per trial after each epoch's validation, may stop
-    a trial: frozen the same way, then tested and recorded as done, with
-    `stopped_early`;
-  * a best checkpoint (`config.checkpoint_best`): each epoch's end is saved with
-    its metric, and orbax keeps the best step beside the latest ones;
+  * callbacks (`callbacks`, `config.early_stopping`) may stop a trial after an
+    epoch: frozen the same way, then tested, recorded as done with `stopped_early`;
+  * `config.checkpoint_best`: every epoch's end is saved with its metric, and
+    orbax keeps the best step beside the latest ones;
   * checkpoints and resume: each trial's state is saved in its own workdir
     (`checkpoints/<step>`, with its `TrialStatus`); a group restores the newest
     step that all its trials have, so a killed group resumes to the same
@@ -117,8 +115,7 @@ class _Group:
     val: list[dict[str, float]] | None = None  # the last validation, per trial
     val_step: int = -1  # the step it was taken at
     stoppers: list = dataclasses.field(default_factory=list)  # EarlyStopping | None, per trial
-    train_sums: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # this epoch
-    train_chunks: int = 0  # chunks summed in train_sums
+    train: callbacks_lib.EpochMeans = dataclasses.field(default_factory=callbacks_lib.EpochMeans)
 
     def save(self) -> None:
         """Each trial's state as checkpoint `step` of its own workdir.
@@ -135,9 +132,8 @@ class _Group:
                     extra["data"] = data_state
                 if self.stoppers and self.stoppers[i] is not None:
                     extra["early_stopping"] = self.stoppers[i].state()
-                metrics = None
-                if self.val is not None and self.val_step == self.step:
-                    metrics = {f"val_{k}": v for k, v in self.val[i].items()}
+                now = self.val is not None and self.val_step == self.step  # an epoch's end
+                metrics = {f"val_{k}": v for k, v in self.val[i].items()} if now else None
                 c.save(state, step=self.step, extra=extra, metrics=metrics)
 
 
@@ -172,10 +168,8 @@ def train(
         diverged trial (its state no longer changes, the others go on) and its
         results have `status: "pruned"`, `pruned_step`, the validation metrics
         of that epoch and no test metrics.
-      callbacks: called per trial still training after each epoch's validation,
-        after `on_epoch`, with that trial's metrics (`research.train.callbacks`);
-        one asking to stop freezes that trial, which is then tested and recorded as
-        done with `stopped_early`. `config.early_stopping` adds one per trial.
+      callbacks: asked per trial still training after `on_epoch`; one may stop it,
+        then tested and recorded as done (`research.train.callbacks`).
 
     Returns:
       One `Outcome` per member, in order. A member whose workdir already holds
@@ -384,9 +378,7 @@ def _loop(run: Run, programs: Programs, group: _Group, timing: records.Timing, o
                 )
                 group.step = plan.step + size
                 epoch = plan.epoch + (plan.position + size) / run.steps_per_epoch
-                for k, v in metrics.items():  # (T, S): this epoch's train means, per trial
-                    group.train_sums[k] = group.train_sums.get(k, 0.0) + np.mean(v, axis=1)
-                group.train_chunks += 1
+                group.train.add(metrics)
                 for i, metrics_log in enumerate(logs):
                     if metrics_log is not None and status.alive[i]:
                         summary = {f"train_{k}": float(np.mean(v[i])) for k, v in metrics.items()}
@@ -419,9 +411,7 @@ def _end_epoch(run, programs, group: _Group, epochs: int, logs, on_epoch, callba
     """After `epochs` epochs: validation, `on_epoch`'s and the callbacks' stops, and a
     checkpoint if due (every epoch with `checkpoint_best`; at an early stop of the group)."""
     status, cfg = group.status, run.config
-    train_means = {k: v / max(group.train_chunks, 1) for k, v in group.train_sums.items()}
-    group.train_sums, group.train_chunks = {}, 0
-    stopped_now = False
+    train_means, stops = group.train.take(), {}
     if len(run.splits.val):
         group.val = feeds.evaluate(run, programs, group.states, run.splits.val)
         group.val_step = group.step
@@ -433,29 +423,24 @@ def _end_epoch(run, programs, group: _Group, epochs: int, logs, on_epoch, callba
             live = {i: group.val[i] for i in range(status.count) if status.alive[i]}
             for i in set(on_epoch(epochs, live)) & set(live):
                 status.prune(i, group.step)
-        user, offset = callbacks
-        for i in range(status.count):
-            stopper = group.stoppers[i] if group.stoppers else None
-            if not status.alive[i] or (stopper is None and not user):
-                continue
-            metrics = {
-                "epoch": epochs,
-                "step": group.step,
-                "trial": i + offset,
-                **{f"val_{k}": float(v) for k, v in group.val[i].items()},
-                **{f"train_{k}": float(v[i]) for k, v in train_means.items()},
-            }
-            reason = callbacks_lib.ask([stopper, *user] if stopper else user, metrics)
-            if reason:
-                status.stop(i, group.step, epochs, reason)
-                log.info("trial %d stopped at epoch %d: %s", i + offset, epochs, reason)
-                stopped_now = True
+        stops = callbacks_lib.ask_trials(
+            status.alive[: status.count],
+            group.stoppers,
+            *callbacks,
+            epoch=epochs,
+            step=group.step,
+            val=group.val,
+            train=train_means,
+        )
+        for i, reason in stops.items():
+            status.stop(i, group.step, epochs, reason)
+            log.info("trial %d stopped at epoch %d: %s", i + callbacks[1], epochs, reason)
     every = cfg.checkpoint_every_epochs
     if (
         epochs == cfg.num_epochs
         or (every and epochs % every == 0)
         or (cfg.checkpoint_best and len(run.splits.val))
-        or (stopped_now and not status.any_alive())
+        or (stops and not status.any_alive())
     ):
         group.save()
 
