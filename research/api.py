@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -79,7 +79,8 @@ class RunResult:
 
     Attributes:
       workdir: the run's folder.
-      status: "done", "diverged" or "stopped" (early stopping).
+      status: "done" or "diverged" (a run stopped early by a callback is "done", and
+        `record["stopped_early"]` says at which epoch and why).
       test_accuracy, test_loss, val_accuracy, val_loss: the final evaluation (None
         where the split is empty).
       steps: optimizer steps taken.
@@ -129,8 +130,17 @@ class RunResult:
 
 
 @_keeps_caller_state
-def fit(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+def fit(
+    config: ml_collections.ConfigDict, workdir: str, *, callbacks: Sequence[Any] = ()
+) -> RunResult:
     """Trains one run per `config` in `workdir` (resumed if it holds the same run).
+
+    `callbacks` are called after each epoch's validation with that epoch's metrics
+    (`{"epoch", "step", "val_accuracy", "val_loss", "train_loss", ...}`): each an
+    object with `on_epoch(metrics)` or a function of metrics; a true answer (or a
+    string, the reason) stops the run there, which is still tested, checkpointed
+    and recorded (`research.train.callbacks`). `config.early_stopping` is the
+    built-in one.
 
     Applies `research.environment.setup_environment(config)` first (idempotent).
     A workdir holding this run finished is read back, not trained again.
@@ -148,7 +158,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     outputs.lock_workdir(workdir)
     try:
         outputs.prepare_workdir(config, workdir)
-        train_and_evaluate(config, workdir, run=run)
+        train_and_evaluate(config, workdir, run=run, callbacks=callbacks)
     finally:
         outputs.unlock_workdir(workdir)
     return RunResult.read(workdir)

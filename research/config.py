@@ -28,6 +28,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50  # host sync + metrics.jsonl line every this many steps (0: per epoch)
     c.checkpoint_every_epochs = 1  # orbax checkpoint cadence; 0 disables periodic checkpoints
     c.keep_checkpoints = 2  # how many recent checkpoints to keep
+    # Also keep the checkpoint of the best epoch by this validation metric, beside the
+    # latest ones (orbax's BestN policy; ties go to the later epoch): "" (off),
+    # "val_accuracy" (highest) or "val_loss" (lowest). When on, a checkpoint is saved at
+    # every epoch's end. `research.restore(workdir, which="best")` reads it.
+    c.checkpoint_best = ""
     c.progress = True  # a tqdm progress bar on stderr
     c.deterministic = True  # bit-identical results on GPU too (CPU is deterministic anyway)
     # How `deterministic` holds on GPU (research/environment.py): "ops" uses
@@ -40,6 +45,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     # the image and its mirror, 1/2 each; "flip_translate": airbench94's, 1/4 each on
     # those two, 1/8 each on both shifted by one pixel up-left and down-right (reflect).
     c.eval_tta = "none"
+
+    c.early_stopping = ml_collections.ConfigDict()
+    # Stop a run (each trial of a group on its own) when this validation metric has not
+    # improved for `patience` epochs: "" (off), "val_accuracy" or "val_loss". A stopped
+    # run is still tested and checkpointed; results.json has `stopped_early`.
+    c.early_stopping.metric = ""
+    c.early_stopping.patience = 3  # epochs in a row without improvement before stopping
+    # An improvement is a change by more than this, in the metric's units (0: any).
+    c.early_stopping.min_delta = 0.0
 
     c.loss = ml_collections.ConfigDict()
     # alpha: classification targets (1 - alpha) * one_hot + alpha / classes (0: plain
@@ -172,6 +186,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         ("data.read_threads", 0),
         ("data.prefetch", 1),
         ("optim.lookahead_every", 0),
+        ("early_stopping.patience", 1),
     ):
         _check_int(config, field, minimum)
     if not 0 < config.last_epoch_fraction <= 1:
@@ -180,6 +195,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("eval_tta", config.eval_tta, f"one of {', '.join(pipeline.TTA.names())}")
     if not 0 <= config.loss.label_smoothing < 1:
         _fail("loss.label_smoothing", config.loss.label_smoothing, "must be in [0, 1)")
+    validated = ("val_accuracy", "val_loss")
+    for field, value in (
+        ("checkpoint_best", config.checkpoint_best),
+        ("early_stopping.metric", config.early_stopping.metric),
+    ):
+        if value not in ("", *validated):
+            _fail(field, value, "must be '' (off), 'val_accuracy' or 'val_loss'")
+        if value and not config.data.val_size:
+            _fail(field, value, "needs a validation split: data.val_size > 0, or leave it ''")
+    min_delta = config.early_stopping.min_delta
+    if isinstance(min_delta, bool) or not isinstance(min_delta, int | float) or not min_delta >= 0:
+        _fail("early_stopping.min_delta", min_delta, "must be a number >= 0")
     if config.determinism not in ("pinned", "ops"):
         _fail("determinism", config.determinism, "must be 'pinned' or 'ops'")
     if config.compute_dtype not in ("float32", "bfloat16"):

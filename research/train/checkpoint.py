@@ -13,6 +13,13 @@ damaged afterwards fails to restore or fails the checksum: it is moved to
 `checkpoints.damaged/` with a warning naming it, the previous step is used, and
 the damaged step is written again when training reaches it.
 
+With a best metric (`config.checkpoint_best`, e.g. "val_loss"), each save carries
+that epoch's value as orbax's checkpoint metrics, and orbax's own preservation
+policy keeps the latest `keep` steps and the best one
+(`AnyPreservationPolicy([LatestN(keep), BestN(n=1)])`; ties go to the later step).
+Each step's record then names the metric (`best_metric`), so `read(..., best=True)`
+finds the best step with no config.
+
 Every reader goes through here: resume (`Checkpointer.restore`, shaped like a
 given state), and transfer learning and the studies (`read`, the newest good
 checkpoint of a finished run as plain arrays). Both verify the checksum.
@@ -43,6 +50,7 @@ with root_logging_kept():
     import orbax.checkpoint as ocp
 
 DAMAGED_DIR = "checkpoints.damaged"  # beside checkpoints/, where damaged steps are moved
+BEST_MODES = {"val_accuracy": "max", "val_loss": "min"}  # metrics a best checkpoint can use
 
 
 def tree_sha256(tree: Any) -> str:
@@ -108,30 +116,60 @@ class Checkpointer:
     Args:
       directory: the checkpoint folder (`<workdir>/checkpoints`; created if needed).
       keep: how many of the most recent checkpoints to keep.
+      best: "" or a metric of `BEST_MODES`: also keep the best step by it (each `save`
+        then passes that step's value in `metrics`).
     """
 
-    def __init__(self, directory: str, *, keep: int = 2):
+    def __init__(self, directory: str, *, keep: int = 2, best: str = ""):
+        if best and best not in BEST_MODES:
+            raise ValueError(f"best={best!r} must be '' or one of {', '.join(BEST_MODES)}")
         self.directory = os.path.abspath(directory)
         self._keep = max(keep, 1)
+        self.best = best
         with root_logging_kept():
             self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
-        return ocp.CheckpointManager(
-            self.directory,
-            # Synchronous: `save` waits for every write anyway, and an asynchronous save
-            # that fails leaves orbax's other writers waiting (5 minutes) for a signal
-            # that never comes, keeping the process alive after its error.
-            options=ocp.CheckpointManagerOptions(
+        # Synchronous: `save` waits for every write anyway, and an asynchronous save
+        # that fails leaves orbax's other writers waiting (5 minutes) for a signal
+        # that never comes, keeping the process alive after its error.
+        if not self.best:
+            options = ocp.CheckpointManagerOptions(
                 max_to_keep=self._keep, create=True, enable_async_checkpointing=False
-            ),
-        )
+            )
+        else:
+            policies = ocp.checkpoint_managers
+            metric, mode = self.best, BEST_MODES[self.best]
+            options = ocp.CheckpointManagerOptions(
+                create=True,
+                enable_async_checkpointing=False,
+                best_fn=lambda m: m[metric],  # orbax writes metrics only when this is set
+                best_mode=mode,
+                preservation_policy=policies.AnyPreservationPolicy(
+                    [
+                        policies.LatestN(n=self._keep),
+                        policies.BestN(
+                            get_metric_fn=lambda m: m[metric],
+                            reverse=mode == "min",  # ascending order, the last n are kept
+                            n=1,
+                            keep_checkpoints_without_metrics=False,
+                        ),
+                    ]
+                ),
+            )
+        return ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, state, *, step: int, extra: dict | None = None) -> None:
+    def save(
+        self, state, *, step: int, extra: dict | None = None, metrics: dict | None = None
+    ) -> None:
         """Writes `state` as checkpoint `step` (with `extra` in its record) and waits for it.
+
+        `metrics` (`{best metric: value}`, with `best` on) ranks the step for the best
+        checkpoint; a step saved without it (an interrupted run's) is kept only while
+        it is among the latest.
 
         A step that is already on disk is not written again (a resumed run reaching
         the step it resumed from). Raises `OSError` naming the folder when the disk
@@ -146,6 +184,11 @@ class Checkpointer:
             "state_sha256": state_checksum(state),
             **(extra or {}),
         }
+        if self.best:
+            record["best_metric"] = self.best
+            metrics = {self.best: float(metrics[self.best])} if metrics else None
+        else:
+            metrics = None
         try:
             with _orbax_logs_silenced(), root_logging_kept():
                 self._manager.save(
@@ -153,6 +196,7 @@ class Checkpointer:
                     args=ocp.args.Composite(
                         state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
                     ),
+                    metrics=metrics,
                 )
                 self._manager.wait_until_finished()
         except Exception as err:
@@ -230,19 +274,25 @@ class Checkpointer:
             self._manager.close()
 
 
-def read(workdir: str, *, what: str = "checkpoint") -> Restored:
+def read(workdir: str, *, what: str = "checkpoint", best: bool = False) -> Restored:
     """The newest good checkpoint of the run in `workdir`, as plain nested dicts of arrays.
 
-    For transfer learning and the studies: no state to shape it like is needed.
-    The checksum is verified; damaged checkpoints are set aside (as in `restore`).
+    For transfer learning, the studies and `research.restore`: no state to shape it
+    like is needed. The checksum is verified; damaged checkpoints are set aside (as
+    in `restore`).
 
     Args:
       workdir: a run's workdir (its `checkpoints/` is read).
       what: how the caller names this folder in messages (e.g. a config field).
+      best: the best checkpoint by the run's `checkpoint_best` metric instead (the
+        next best if it is damaged).
 
     Raises:
-      FileNotFoundError: no checkpoints folder, or no usable checkpoint in it.
+      FileNotFoundError: no checkpoints folder, or no usable checkpoint in it; with
+        `best`, a run that kept no best checkpoint (`checkpoint_best` was off).
     """
+    if best:
+        return _read_best(workdir, what)
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -259,6 +309,38 @@ def read(workdir: str, *, what: str = "checkpoint") -> Restored:
     finally:
         ckpt.close()
     raise FileNotFoundError(f"{what} {workdir!r}: no usable checkpoint in {directory}")
+
+
+def _read_best(workdir: str, what: str) -> Restored:
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    plain = Checkpointer(directory) if os.path.isdir(directory) else None
+    metric = None
+    try:
+        for step in reversed(plain.steps() if plain else []):
+            with contextlib.suppress(Exception):  # a damaged record: look at an older one
+                record = plain._manager.restore(
+                    step, args=ocp.args.Composite(record=ocp.args.JsonRestore())
+                )["record"]
+                metric = record.get("best_metric")
+                break
+    finally:
+        if plain is not None:
+            plain.close()
+    if metric not in BEST_MODES:
+        raise FileNotFoundError(
+            f"{what} {workdir!r}: no best checkpoint in {directory}; train with "
+            f"checkpoint_best='val_accuracy' or 'val_loss' to keep one"
+        )
+    ckpt = Checkpointer(directory, best=metric)
+    try:
+        while (step := ckpt._manager.best_step()) is not None:
+            try:
+                return ckpt._restore(step, ocp.args.StandardRestore())
+            except Exception as err:  # noqa: BLE001 - damaged: try the next best
+                ckpt._set_aside(step, err)
+    finally:
+        ckpt.close()
+    raise FileNotFoundError(f"{what} {workdir!r}: no usable best checkpoint in {directory}")
 
 
 class _DropOrbax(logging.Filter):

@@ -8,9 +8,13 @@ the group of one that `scripts/train.py` runs. For both, once:
     state (inside the compiled chunk, see `steps.train_chunk`) and recorded as
     diverged at its step; the others go on. `on_diverge="stop"` (the command
     line) raises `TrainingDiverged` after the results are written;
-  * early stopping: `on_epoch`, called with each epoch's validation metrics,
-    may name trials to stop there (a sweep's pruner); they are frozen the same
-    way and recorded as pruned at that step;
+  * pruning: `on_epoch`, called with each epoch's validation metrics, may name
+    trials to stop there (a sweep's pruner); they are frozen the same way and
+    recorded as pruned at that step;
+  * callbacks (`callbacks`, `config.early_stopping`) may stop a trial after an
+    epoch: frozen the same way, then tested, recorded as done with `stopped_early`;
+  * `config.checkpoint_best`: every epoch's end is saved with its metric, and
+    orbax keeps the best step beside the latest ones;
   * checkpoints and resume: each trial's state is saved in its own workdir
     (`checkpoints/<step>`, with its `TrialStatus`); a group restores the newest
     step that all its trials have, so a killed group resumes to the same
@@ -43,6 +47,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from research.train import callbacks as callbacks_lib
 from research.train import feeds, outputs, records, starts
 from research.train.assemble import Run, build_run, prepare_data
 from research.train.checkpoint import Checkpointer
@@ -109,6 +114,8 @@ class _Group:
     step: int
     val: list[dict[str, float]] | None = None  # the last validation, per trial
     val_step: int = -1  # the step it was taken at
+    stoppers: list = dataclasses.field(default_factory=list)  # EarlyStopping | None, per trial
+    train: callbacks_lib.EpochMeans = dataclasses.field(default_factory=callbacks_lib.EpochMeans)
 
     def save(self) -> None:
         """Each trial's state as checkpoint `step` of its own workdir.
@@ -123,7 +130,11 @@ class _Group:
                 extra = self.status.checkpoint_record(i)
                 if data_state is not None:
                     extra["data"] = data_state
-                c.save(state, step=self.step, extra=extra)
+                if self.stoppers and self.stoppers[i] is not None:
+                    extra["early_stopping"] = self.stoppers[i].state()
+                now = self.val is not None and self.val_step == self.step  # an epoch's end
+                metrics = {f"val_{k}": v for k, v in self.val[i].items()} if now else None
+                c.save(state, step=self.step, extra=extra, metrics=metrics)
 
 
 # on_epoch(epoch, {position: validation metrics}) -> positions to stop (see `train`).
@@ -138,6 +149,7 @@ def train(
     programs: Programs | None = None,
     on_diverge: str = "record",
     on_epoch: OnEpoch | None = None,
+    callbacks: Sequence[callbacks_lib.CallbackLike] = (),
 ) -> list[Outcome]:
     """Trains the trials of one group to `num_epochs`, each resumed from its workdir.
 
@@ -156,6 +168,8 @@ def train(
         diverged trial (its state no longer changes, the others go on) and its
         results have `status: "pruned"`, `pruned_step`, the validation metrics
         of that epoch and no test metrics.
+      callbacks: asked per trial still training after `on_epoch`; one may stop it,
+        then tested and recorded as done (`research.train.callbacks`).
 
     Returns:
       One `Outcome` per member, in order. A member whose workdir already holds
@@ -173,14 +187,15 @@ def train(
     members = list(members)
     if len({group_key(m.config) for m in members}) > 1:
         raise ValueError("engine.train: the members differ in more than seed and hyperparameters")
+    callbacks = callbacks_lib.check(callbacks)
     programs = programs or build_programs(run, parallel)
     if programs.parallel == "sequential":
         return [
             out
             for k, m in enumerate(members)
-            for out in _train(run, programs, [m], on_diverge, _shifted(on_epoch, k))
+            for out in _train(run, programs, [m], on_diverge, _shifted(on_epoch, k), (callbacks, k))
         ]
-    return _train(run, programs, members, on_diverge, on_epoch)
+    return _train(run, programs, members, on_diverge, on_epoch, (callbacks, 0))
 
 
 def train_and_evaluate(
@@ -189,6 +204,7 @@ def train_and_evaluate(
     *,
     splits: Any = None,
     run: Run | None = None,
+    callbacks: Sequence[callbacks_lib.CallbackLike] = (),
 ) -> dict[str, Any]:
     """Trains per `config` (resuming from `workdir`), evaluates, writes results.json.
 
@@ -199,6 +215,8 @@ def train_and_evaluate(
         `config.data` (tests, sweeps).
       run: a `build_run(config)` result (the CLI builds it first, so that input
         errors are reported before anything else happens).
+      callbacks: called after each epoch's validation with its metrics; one may
+        stop the run (`research.train.callbacks`).
 
     Returns the results dict (also written to `workdir/results.json` by process 0);
     for a finished run, the record already there (nothing is trained or written).
@@ -209,7 +227,7 @@ def train_and_evaluate(
     """
     if run is None:
         run = build_run(config, splits=splits)
-    (outcome,) = train(run, [Member(config, workdir)], on_diverge="stop")
+    (outcome,) = train(run, [Member(config, workdir)], on_diverge="stop", callbacks=callbacks)
     return outcome.results
 
 
@@ -220,7 +238,7 @@ def _shifted(on_epoch: OnEpoch | None, k: int) -> OnEpoch | None:
     return lambda epoch, val: {i - k for i in on_epoch(epoch, {i + k: v for i, v in val.items()})}
 
 
-def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str, on_epoch=None):
+def _train(run: Run, programs: Programs, members, on_diverge: str, on_epoch, callbacks):
     locked: list[str] = []
     ckpts: list[Checkpointer | None] = []
     try:
@@ -229,12 +247,14 @@ def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str,
                 outputs.lock_workdir(m.workdir)
                 locked.append(m.workdir)
                 outputs.prepare_workdir(m.config, m.workdir)
-        keep = run.config.keep_checkpoints
+        keep, best = run.config.keep_checkpoints, run.config.checkpoint_best
         ckpts = [
-            Checkpointer(os.path.join(m.workdir, "checkpoints"), keep=keep) if m.workdir else None
+            Checkpointer(os.path.join(m.workdir, "checkpoints"), keep=keep, best=best)
+            if m.workdir
+            else None
             for m in members
         ]
-        return _fit(run, programs, members, ckpts, on_diverge, on_epoch)
+        return _fit(run, programs, members, ckpts, on_diverge, on_epoch, callbacks)
     finally:
         for c in ckpts:
             if c is not None:
@@ -243,13 +263,13 @@ def _train(run: Run, programs: Programs, members: list[Member], on_diverge: str,
             outputs.unlock_workdir(w)
 
 
-def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None) -> list[Outcome]:
+def _fit(run, programs, members, ckpts, on_diverge, on_epoch, callbacks) -> list[Outcome]:
     t_start = time.perf_counter()
     finished = [_finished_record(m.workdir) for m in members]
     group = _start(run, programs, members, ckpts)
     timing = records.Timing()
     if any(r is None for r in finished):
-        _loop(run, programs, group, timing, on_epoch)
+        _loop(run, programs, group, timing, on_epoch, callbacks)
         if len(run.splits.val) and group.val_step != group.step:
             group.val = feeds.evaluate(run, programs, group.states, run.splits.val)
         test = feeds.evaluate(run, programs, group.states, run.splits.test)
@@ -271,12 +291,8 @@ def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None) -> list[Outco
             run,
             state,
             # A pruned trial was frozen right after this validation: the same numbers.
-            val=(
-                group.val[i]
-                if group.val is not None and (status.alive[i] or status.pruned[i] is not None)
-                else {}
-            ),
-            test=test[i] if status.alive[i] else {},
+            val=(group.val[i] if group.val is not None and status.diverged[i] is None else {}),
+            test=test[i] if status.alive[i] or status.stopped[i] else {},
             timing=timing,
             wall_seconds=wall,
             programs=programs,
@@ -285,6 +301,7 @@ def _fit(run, programs, members, ckpts, on_diverge, on_epoch=None) -> list[Outco
             pruned_step=status.pruned[i],
             checkpoints=ckpts[i],
             resumed_from_step=group.start,
+            stopped_early=status.stopped[i],
         )
         if m.workdir and outputs.is_writer():
             records.write_results(m.config, m.workdir, record)
@@ -320,14 +337,18 @@ def _start(run: Run, programs: Programs, members: list[Member], ckpts) -> _Group
     states, start, saved = _resume(programs, states, ckpts, status)
     for record in saved:
         feed.check(record, start)
+    stoppers = [callbacks_lib.from_config(m.config) for m in members]
+    for stopper, record in zip(stoppers, saved, strict=False):
+        if stopper is not None and "early_stopping" in record:
+            stopper.load_state(record["early_stopping"])
     if start == 0 and hasattr(run.model, "data_init"):
         states = starts.data_init(run, programs, states, hps)
     if start == 0 and run.config.transfer.pretrained:
         states = starts.from_pretrained(run, programs, states, hps, members)
-    return _Group(members, ckpts, feed, states, status, start, start)
+    return _Group(members, ckpts, feed, states, status, start, start, stoppers=stoppers)
 
 
-def _loop(run: Run, programs: Programs, group: _Group, timing: records.Timing, on_epoch) -> None:
+def _loop(run: Run, programs: Programs, group: _Group, timing: records.Timing, on_epoch, callbacks):
     """Trains `group` chunk by chunk to its last step, or until every trial stopped."""
     members, status = group.members, group.status
     logs = [
@@ -357,6 +378,7 @@ def _loop(run: Run, programs: Programs, group: _Group, timing: records.Timing, o
                 )
                 group.step = plan.step + size
                 epoch = plan.epoch + (plan.position + size) / run.steps_per_epoch
+                group.train.add(metrics)
                 for i, metrics_log in enumerate(logs):
                     if metrics_log is not None and status.alive[i]:
                         summary = {f"train_{k}": float(np.mean(v[i])) for k, v in metrics.items()}
@@ -367,7 +389,7 @@ def _loop(run: Run, programs: Programs, group: _Group, timing: records.Timing, o
                 if not status.any_alive():
                     break
                 if plan.epoch_end:
-                    _end_epoch(run, programs, group, plan.epoch + 1, logs, on_epoch)
+                    _end_epoch(run, programs, group, plan.epoch + 1, logs, on_epoch, callbacks)
                     if not status.any_alive():
                         break  # every trial stopped at this epoch's end
                 if stop:
@@ -385,9 +407,11 @@ def _loop(run: Run, programs: Programs, group: _Group, timing: records.Timing, o
             bar.close()
 
 
-def _end_epoch(run: Run, programs: Programs, group: _Group, epochs: int, logs, on_epoch) -> None:
-    """After `epochs` epochs: validation, `on_epoch`'s stops, and a checkpoint if due."""
+def _end_epoch(run, programs, group: _Group, epochs: int, logs, on_epoch, callbacks) -> None:
+    """After `epochs` epochs: validation, `on_epoch`'s and the callbacks' stops, and a
+    checkpoint if due (every epoch with `checkpoint_best`; at an early stop of the group)."""
     status, cfg = group.status, run.config
+    train_means, stops = group.train.take(), {}
     if len(run.splits.val):
         group.val = feeds.evaluate(run, programs, group.states, run.splits.val)
         group.val_step = group.step
@@ -399,8 +423,25 @@ def _end_epoch(run: Run, programs: Programs, group: _Group, epochs: int, logs, o
             live = {i: group.val[i] for i in range(status.count) if status.alive[i]}
             for i in set(on_epoch(epochs, live)) & set(live):
                 status.prune(i, group.step)
+        stops = callbacks_lib.ask_trials(
+            status.alive[: status.count],
+            group.stoppers,
+            *callbacks,
+            epoch=epochs,
+            step=group.step,
+            val=group.val,
+            train=train_means,
+        )
+        for i, reason in stops.items():
+            status.stop(i, group.step, epochs, reason)
+            log.info("trial %d stopped at epoch %d: %s", i + callbacks[1], epochs, reason)
     every = cfg.checkpoint_every_epochs
-    if epochs == cfg.num_epochs or (every and epochs % every == 0):
+    if (
+        epochs == cfg.num_epochs
+        or (every and epochs % every == 0)
+        or (cfg.checkpoint_best and len(run.splits.val))
+        or (stops and not status.any_alive())
+    ):
         group.save()
 
 

@@ -1,5 +1,9 @@
 """A run's workdir: its lock, config.json, metrics.jsonl, TensorBoard events, results.json.
 
+TensorBoard's hparams plugin gets each finished run's config and final metrics
+(`write_hparams`): every scalar config field by its dotted name, and the final
+`test_*`/`val_*` metrics as scalars tagged `hparams/<name>`.
+
 Only process 0 writes (`jax.process_index() == 0`); the other processes of a
 multi-host run get a writer that does nothing. Files that a reader may see
 half-written (results.json, config.json) are written atomically, and a failed
@@ -139,6 +143,43 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+HPARAM_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")  # when present
+
+
+def write_hparams(workdir: str, config, record: dict) -> None:
+    """The run's config and final metrics for TensorBoard's hparams plugin (process 0).
+
+    Written into the run's own `tensorboard/` folder (one more event file), so the
+    hparams table row is the run itself. Config fields that are not scalars (tuples,
+    dicts) are written as their JSON text; None is left out.
+    """
+    if not is_writer():
+        return
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams
+
+    flat = flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
+    params = {
+        k: v if isinstance(v, bool | int | float | str) else json.dumps(v, sort_keys=True)
+        for k, v in flat.items()
+        if v is not None
+    }
+    metrics = {
+        f"hparams/{k}": float(record[k])
+        for k in HPARAM_METRICS
+        if isinstance(record.get(k), int | float) and math.isfinite(record[k])
+    }
+    step = int(record.get("steps") or 0)
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    try:
+        for summary in hparams(params, metrics):
+            writer.file_writer.add_summary(summary, step)
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value, step)
+    finally:
+        writer.close()
 
 
 def _clean(value):

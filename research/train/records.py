@@ -2,7 +2,15 @@
 
 `results_record` is the one schema of `results.json`, for every run and every
 sweep trial; `write_results` writes curves.png, then results.json (last: its
-presence marks the run finished, and a finished run's record is never rewritten).
+presence marks the run finished, and a finished run's record is never rewritten),
+and the run's config and final metrics to TensorBoard's hparams plugin.
+
+A run stopped early by a callback (`research.train.callbacks`, e.g.
+`config.early_stopping`) keeps `status: "done"` and its val/test metrics, and has
+
+  "stopped_early": {"epoch": 7, "step": 182, "reason": "early_stopping: val_loss ..."}
+
+(`epoch` and `step` where it stopped; absent for a run that trained to the end).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ def results_record(
     checkpoints: Checkpointer | None,
     resumed_from_step: int = 0,
     pruned_step: int | None = None,
+    stopped_early: dict | None = None,
 ) -> dict[str, Any]:
     """The one schema of `results.json`, for every run and every sweep trial.
 
@@ -63,6 +72,7 @@ def results_record(
     A diverged trial has `status: "diverged"`, the step, and no val/test metrics.
     A pruned trial (stopped by `train`'s `on_epoch`) has `status: "pruned"`,
     `pruned_step`, the validation metrics it was stopped on and no test metrics.
+    A trial stopped by a callback stays "done", with `stopped_early` (module docstring).
     """
     steps_done = int(jax.device_get(state.step))
     train_seconds = timing.train_seconds
@@ -113,6 +123,8 @@ def results_record(
         "versions": _versions(),
         "git_commit": outputs.git_commit(),
     }
+    if stopped_early is not None and diverged_step is None and pruned_step is None:
+        record["stopped_early"] = dict(stopped_early)
     if pruned_step is not None and diverged_step is None:
         record["status"] = "pruned"
         record["pruned_step"] = pruned_step
@@ -145,4 +157,5 @@ def write_results(config, workdir: str, record: dict) -> None:
         os.path.join(workdir, "curves.png"),
         title=f"{config.model.name} on {config.data.name} ({config.optim.name})",
     )
+    outputs.write_hparams(workdir, config, record)
     outputs.atomic_write_json(os.path.join(workdir, "results.json"), record)

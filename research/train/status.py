@@ -1,4 +1,4 @@
-"""Each trial's status in a group: still training, diverged at a step, or pruned at one."""
+"""Each trial's status in a group: still training, or diverged, pruned or stopped early."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ class TrialStatus:
     alive: np.ndarray  # (padded,) bool: still training
     diverged: list[int | None]  # the step whose loss was non-finite
     pruned: list[int | None]  # the step `on_epoch` stopped it at
+    # A callback's stop (`research.train.callbacks`): {"epoch", "step", "reason"}.
+    stopped: list[dict | None] = dataclasses.field(default_factory=list)
 
     @classmethod
     def fresh(cls, count: int, padded: int) -> TrialStatus:
-        return cls(count, np.ones(padded, bool), [None] * padded, [None] * padded)
+        return cls(count, np.ones(padded, bool), [None] * padded, [None] * padded, [None] * padded)
 
     def any_alive(self) -> bool:
         """Whether any of the group's own trials still trains."""
@@ -46,13 +48,23 @@ class TrialStatus:
         if i == self.count - 1:
             self.alive[self.count :] = False  # the padding repeats the last trial
 
+    def stop(self, i: int, step: int, epoch: int, reason: str) -> None:
+        """Trial `i` stopped early (frozen like a pruned one, but finished: tested, done)."""
+        self.alive[i] = False
+        self.stopped[i] = {"epoch": int(epoch), "step": int(step), "reason": str(reason)}
+        if i == self.count - 1:
+            self.alive[self.count :] = False
+
     def checkpoint_record(self, i: int) -> dict[str, Any]:
         """What trial `i`'s checkpoints keep of its status."""
-        return {
+        record = {
             "alive": bool(self.alive[i]),
             "diverged_step": self.diverged[i],
             "pruned_step": self.pruned[i],
         }
+        if self.stopped[i] is not None:
+            record["stopped_early"] = self.stopped[i]
+        return record
 
     def restore(self, checkpoint_records: Sequence[dict]) -> None:
         """The status saved with each trial's checkpoint (`checkpoint_record`)."""
@@ -61,4 +73,5 @@ class TrialStatus:
             self.alive[i] = bool(r.get("alive", True))
             self.diverged[i] = r.get("diverged_step")
             self.pruned[i] = r.get("pruned_step")
+            self.stopped[i] = r.get("stopped_early")
         self.alive[n:] = self.alive[n - 1]  # the padding repeats the last trial
