@@ -116,7 +116,7 @@ def test_the_gpu_wheel_list_takes_the_locks_versions():
         makefile = f.read()
     assert "-c $(LOCK) -d .whl $(ACCEL_WHEELS)" in makefile  # pip gets the lock too
     assert '-c $(LOCK) -e ".[dev]"' in makefile  # make setup
-    assert '-c $(LOCK) -e ".[test]"' in makefile  # make setup-test (CI's make test-all)
+    assert '-c $(LOCK) -e ".[test,notebook]"' in makefile  # make setup-test (CI's make test-all)
 
 
 def _lock_script():

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import types
 from collections.abc import Callable
 
 from research.bench import peers
@@ -115,7 +116,7 @@ def ours(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
         model, optim.create("adam", learning_rate=LEARNING_RATE), input_shape=peers.INPUT_SHAPE
     )
     # The engine's sequential program: what scripts/train.py runs (a trial axis of 1).
-    programs = engine.build_programs(_OneModelRun(fns), "sequential")
+    programs = engine.build_programs(_OneModelRun(fns, model, peers.INPUT_SHAPE), "sequential")
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     group = measure.Group(programs, keys[:1], None, keys[1:], {})
     group.init()
@@ -134,12 +135,15 @@ def ours(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
 
 
 class _OneModelRun:
-    """What `engine.build_programs` reads of a run, for a model outside a config."""
+    """What `engine.build_programs` reads of a run, for a model outside a config: its
+    steps, and the model and input shape whose layers' algorithms it records."""
 
     loader = "device"
 
-    def __init__(self, steps):
+    def __init__(self, steps, model, input_shape):
         self.steps = steps
+        self.model = model
+        self.splits = types.SimpleNamespace(input_shape=tuple(input_shape))
 
 
 def flax_plain(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
