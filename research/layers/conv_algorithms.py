@@ -136,15 +136,7 @@ POOL_ENV_VAR = "RESEARCH_POOL_ALGORITHM"
 def conv_xla(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """XLA's convolution: the reference every other algorithm is tested against."""
     _ran("conv", "xla")
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=strides,
-        padding=pads,
-        rhs_dilation=dilations,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
+    return patch_lib.lax_conv(x, kernel, strides, pads, dilations, groups)
 
 
 def _grouped_taps(slices, kernel, groups: int):

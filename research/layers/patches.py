@@ -6,7 +6,8 @@ order, each cut to the output size, so that a convolution is
 
     out[:, y, x] = sum_ij slice_ij[:, y, x] @ K[i, j]
 
-Used by `conv_algorithms` ("im2col", "taps") and by `trial_conv`'s kernel gradient.
+Used by `conv_algorithms` ("im2col", "taps") and by `trial_conv`'s kernel gradient;
+`lax_conv`, XLA's own convolution in the layer contract's layouts, by both.
 """
 
 from __future__ import annotations
@@ -38,3 +39,16 @@ def shifted_slices(x, kernel_hw: Pair, strides: Pair, pads: Pads, dilations: Pai
             limit = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
             slices.append(lax.slice(x, start, limit, (1, sh, sw, 1)))  # (N, H', W', C)
     return slices
+
+
+def lax_conv(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
+    """XLA's convolution of NHWC `x` with an HWIO `kernel` (no algorithm recorded)."""
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding=pads,
+        rhs_dilation=dilations,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )

@@ -36,7 +36,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from research.layers import patches as patch_lib
 
@@ -44,25 +43,13 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 Pair = tuple[int, int]
 
 
-def _conv(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int):
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=strides,
-        padding=pads,
-        rhs_dilation=dilations,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv_trials(x, kernel, strides, pads, dilations, groups):
-    return _conv(x, kernel, strides, pads, dilations, groups)
+    return patch_lib.lax_conv(x, kernel, strides, pads, dilations, groups)
 
 
 def _conv_trials_fwd(x, kernel, strides, pads, dilations, groups):
-    return _conv(x, kernel, strides, pads, dilations, groups), (x, kernel)
+    return patch_lib.lax_conv(x, kernel, strides, pads, dilations, groups), (x, kernel)
 
 
 def kernel_gradient(x, dy, kernel_shape, strides: Pair, pads: Pads, dilations: Pair, groups: int):
@@ -93,9 +80,9 @@ def kernel_gradient(x, dy, kernel_shape, strides: Pair, pads: Pads, dilations: P
 
 def _conv_trials_bwd(strides, pads, dilations, groups, res, dy):
     x, kernel = res
-    (dx,) = jax.linear_transpose(lambda x_: _conv(x_, kernel, strides, pads, dilations, groups), x)(
-        dy
-    )
+    (dx,) = jax.linear_transpose(
+        lambda x_: patch_lib.lax_conv(x_, kernel, strides, pads, dilations, groups), x
+    )(dy)
     dk = kernel_gradient(x, dy, kernel.shape, strides, pads, dilations, groups)
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
