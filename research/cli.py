@@ -67,8 +67,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         if "Error whilst parsing config file" in text:
             fail(_config_file_error(text, kept))
         detail = re.sub(r"\s+", " ", text).strip()
-        if len(detail) > 1 and detail[0] == detail[-1] and detail[0] in "'\"":
-            detail = detail[1:-1]  # a KeyError's quotes, not a quote of the value given
+        while len(detail) > 1 and detail[0] == detail[-1] and detail[0] in "'\"":
+            detail = detail[1:-1]  # a KeyError's quotes (`"'optim'"`), not the value's
         overrides = [a.split("=")[0] for a in kept[1:] if re.match(r"--config\.", a)]
         bad = [o for o in overrides if o.rsplit(".", 1)[-1] in detail]
         # A missing section names only its first missing part (`sweep.axes.optim.x`: 'optim').

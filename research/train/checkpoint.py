@@ -190,7 +190,7 @@ class Checkpointer:
         else:
             metrics = None
         try:
-            with _orbax_logs_silenced(), root_logging_kept():
+            with _orbax_logs_silenced(), root_logging_kept(), _closed_loop_noise_dropped():
                 self._manager.save(
                     step,
                     args=ocp.args.Composite(
@@ -200,7 +200,6 @@ class Checkpointer:
                 )
                 self._manager.wait_until_finished()
         except Exception as err:
-            _ignore_closed_loop_callbacks()
             self._remove_temporary()
             code = _os_errno(err)
             if code is not None:
@@ -370,19 +369,23 @@ class _DropLostWrites(logging.Filter):
         return err is None or _os_errno(err) is None
 
 
-def _ignore_closed_loop_callbacks() -> None:
+@contextlib.contextmanager
+def _closed_loop_noise_dropped():
     """After a failed save (disk full), TensorStore may still complete orbax's pending
     writes and call back into orbax's event loop, which is closed by then; Python
     prints each such `RuntimeError('Event loop is closed')` as a bare traceback, at any
     moment from the first failed write on, and asyncio logs each failed write task it
     collects (`_DropLostWrites`). They are harmless (the save is reported as failed,
-    once), so a process whose save failed does not print them. Installed on the first
-    failed save only (a documented exception to leaving the caller's hooks alone):
-    a run that never fails a write leaves `sys.excepthook` as it found it."""
+    once), so they are dropped: `sys.excepthook`, `sys.unraisablehook` and a filter on
+    the "asyncio" logger are set for the time of each save, and put back after one
+    that succeeds. After a failed save they stay (the noise can come at any later
+    moment): the one documented exception to leaving the caller's hooks alone."""
     previous, previous_unraisable = sys.excepthook, sys.unraisablehook
-    if getattr(previous, "_drops_closed_loop", False):
+    if getattr(previous, "_drops_closed_loop", False):  # a failed save set them already
+        yield
         return
-    logging.getLogger("asyncio").addFilter(_DropLostWrites())
+    asyncio_log, lost_writes = logging.getLogger("asyncio"), _DropLostWrites()
+    asyncio_log.addFilter(lost_writes)
 
     def closed_loop(kind, value) -> bool:
         return kind is RuntimeError and str(value) == "Event loop is closed"
@@ -397,6 +400,9 @@ def _ignore_closed_loop_callbacks() -> None:
 
     hook._drops_closed_loop = True
     sys.excepthook, sys.unraisablehook = hook, unraisable
+    yield  # an exception (the failed save) leaves them in place
+    sys.excepthook, sys.unraisablehook = previous, previous_unraisable
+    asyncio_log.removeFilter(lost_writes)
 
 
 def _reason(err: BaseException) -> str:
