@@ -63,6 +63,7 @@ def test_load_config_takes_a_variant():
     assert "sweep" in config
 
 
+@pytest.mark.slow  # 12-20 s: the full tier (the fast tier stays under 5 minutes)
 def test_the_readmes_python_block_runs_as_written(tmp_path):
     """The block under README's `## Python` is the one this test runs (in a scratch
     folder whose `experiments/` is the repository's)."""

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIRD_PARTY_ENV = {"CRC32C_SW_MODE", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}
 
@@ -63,6 +65,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 12-20 s: the full tier (the fast tier stays under 5 minutes)
 def test_fit_restore_and_plots_leave_the_callers_process_as_it_was(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.pop("RESEARCH_COMPILATION_CACHE", None)

@@ -74,6 +74,7 @@ def test_negative_image_size_is_named():
         data.load("digits", image_size=-1)
 
 
+@pytest.mark.slow  # 12-20 s: the full tier (the fast tier stays under 5 minutes)
 def test_mnist_prepared_once_per_size_and_quietly(data_root, tmp_path, caplog):
     cache = tmp_path / "cache"
     out, err = io.StringIO(), io.StringIO()

@@ -14,6 +14,7 @@ import os
 import subprocess
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from research.sweep import runner, storage
@@ -45,6 +46,7 @@ def test_a_model_that_cannot_take_the_input_refuses_the_sweep_before_any_trial(t
 POISON = '{"optim.name": ("sgd",), "optim.learning_rate": (0.1,), "batch_size": (64, 2048)}'
 
 
+@pytest.mark.slow  # 12-20 s: the full tier (the fast tier stays under 5 minutes)
 def test_a_trial_that_fails_when_it_trains_is_failed_for_good_and_the_rest_finish(tmp_path):
     workdir = tmp_path / "sweep"
     proc = run(workdir, POISON)
