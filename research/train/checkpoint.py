@@ -190,7 +190,7 @@ class Checkpointer:
         else:
             metrics = None
         try:
-            with _orbax_logs_silenced(), root_logging_kept(), _closed_loop_noise_dropped():
+            with _orbax_logs_silenced(), root_logging_kept(), _orbax_noise_dropped():
                 self._manager.save(
                     step,
                     args=ocp.args.Composite(
@@ -225,13 +225,19 @@ class Checkpointer:
         """
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         candidates = [step] if step is not None else list(reversed(self.steps()))
-        for s in candidates:
-            if s not in self._manager.all_steps():
-                continue
-            try:
-                return self._restore(s, ocp.args.StandardRestore(abstract))
-            except Exception as err:  # noqa: BLE001 - any failure means "unusable"
-                self._set_aside(s, err)
+        present = (s for s in candidates if s in self._manager.all_steps())
+        return self._first_good(present, ocp.args.StandardRestore(abstract))
+
+    def _first_good(self, steps, state_args) -> Restored | None:
+        """The first of `steps` (any iterable, read lazily) that restores and verifies;
+        each one that does not is set aside (`_set_aside`). None when none does."""
+        with _orbax_noise_dropped() as failed:
+            for step in steps:
+                try:
+                    return self._restore(step, state_args)
+                except Exception as err:  # noqa: BLE001 - any failure means "unusable"
+                    failed.append(step)
+                    self._set_aside(step, err)
         return None
 
     def _restore(self, step: int, state_args) -> Restored:
@@ -300,13 +306,11 @@ def read(workdir: str, *, what: str = "checkpoint", best: bool = False) -> Resto
         )
     ckpt = Checkpointer(directory)
     try:
-        for step in reversed(ckpt.steps()):
-            try:
-                return ckpt._restore(step, ocp.args.StandardRestore())
-            except Exception as err:  # noqa: BLE001 - damaged: try the previous one
-                ckpt._set_aside(step, err)
+        restored = ckpt._first_good(reversed(ckpt.steps()), ocp.args.StandardRestore())
     finally:
         ckpt.close()
+    if restored is not None:
+        return restored
     raise FileNotFoundError(f"{what} {workdir!r}: no usable checkpoint in {directory}")
 
 
@@ -331,20 +335,26 @@ def _read_best(workdir: str, what: str) -> Restored:
             f"checkpoint_best='val_accuracy' or 'val_loss' to keep one"
         )
     ckpt = Checkpointer(directory, best=metric)
-    try:
+
+    def best_first():  # the next best once a damaged one is set aside
         while (step := ckpt._manager.best_step()) is not None:
-            try:
-                return ckpt._restore(step, ocp.args.StandardRestore())
-            except Exception as err:  # noqa: BLE001 - damaged: try the next best
-                ckpt._set_aside(step, err)
+            yield step
+
+    try:
+        restored = ckpt._first_good(best_first(), ocp.args.StandardRestore())
     finally:
         ckpt.close()
+    if restored is not None:
+        return restored
     raise FileNotFoundError(f"{what} {workdir!r}: no usable best checkpoint in {directory}")
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"  # in a path: orbax's own code
 
 
 class _DropOrbax(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return f"{os.sep}orbax{os.sep}" not in record.pathname
+        return _ORBAX not in record.pathname
 
 
 @contextlib.contextmanager
@@ -359,33 +369,47 @@ def _orbax_logs_silenced():
         logger.removeFilter(drop)
 
 
-class _DropLostWrites(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for a write that failed with
-    an operating-system error: orbax's other write tasks of a failed save, reported with
-    their tracebacks whenever they are collected (the save itself raised one OSError)."""
+class _DropLostTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for one of orbax's tasks
+    that a failed save or restore abandoned: a write that failed with an
+    operating-system error, or a read raised in orbax's code."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         err = record.exc_info[1] if record.exc_info else None
-        return err is None or _os_errno(err) is None
+        return err is None or (_os_errno(err) is None and not _raised_in_orbax(err))
+
+
+def _raised_in_orbax(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and _ORBAX in tb.tb_frame.f_code.co_filename
 
 
 @contextlib.contextmanager
-def _closed_loop_noise_dropped():
-    """After a failed save (disk full), TensorStore may still complete orbax's pending
-    writes and call back into orbax's event loop, which is closed by then; Python
-    prints each such `RuntimeError('Event loop is closed')` as a bare traceback, at any
-    moment from the first failed write on, and asyncio logs each failed write task it
-    collects (`_DropLostWrites`). They are harmless (the save is reported as failed,
-    once), so they are dropped: `sys.excepthook`, `sys.unraisablehook` and a filter on
-    the "asyncio" logger are set for the time of each save, and put back after one
-    that succeeds. After a failed save they stay (the noise can come at any later
-    moment): the one documented exception to leaving the caller's hooks alone."""
+def _orbax_noise_dropped():
+    """Yields a list; the caller appends to it when the save or restore failed (an
+    exception out of the block counts as a failure too).
+
+    A failed save (disk full) or restore (a damaged file) abandons orbax's other
+    concurrent writes or reads. TensorStore may still complete them and call back into
+    orbax's event loop, closed by then: Python prints each `RuntimeError('Event loop is
+    closed')` as a bare traceback, at any moment from the failure on. Each abandoned
+    read prints "Exception ignored in: <coroutine ...>" with a whole TensorStore spec
+    when it is collected, and asyncio logs each failed task it collects
+    (`_DropLostTasks`). They are harmless (the failure is reported once: the save's
+    `OSError`, `_set_aside`'s warning), so they are dropped: `sys.excepthook`,
+    `sys.unraisablehook` and a filter on the "asyncio" logger are set for the time of
+    each save and restore, and put back after one that succeeds. After a failure they
+    stay (the noise can come at any later moment): the one documented exception to
+    leaving the caller's hooks alone."""
+    failed: list = []
     previous, previous_unraisable = sys.excepthook, sys.unraisablehook
-    if getattr(previous, "_drops_closed_loop", False):  # a failed save set them already
-        yield
+    if getattr(previous, "_drops_orbax_noise", False):  # a failure set them already
+        yield failed
         return
-    asyncio_log, lost_writes = logging.getLogger("asyncio"), _DropLostWrites()
-    asyncio_log.addFilter(lost_writes)
+    asyncio_log, lost_tasks = logging.getLogger("asyncio"), _DropLostTasks()
+    asyncio_log.addFilter(lost_tasks)
 
     def closed_loop(kind, value) -> bool:
         return kind is RuntimeError and str(value) == "Event loop is closed"
@@ -395,14 +419,18 @@ def _closed_loop_noise_dropped():
             previous(kind, value, tb)
 
     def unraisable(info):
+        code = getattr(info.object, "cr_code", None)  # an abandoned orbax coroutine
+        if code is not None and _ORBAX in code.co_filename:
+            return
         if not closed_loop(info.exc_type, info.exc_value):
             previous_unraisable(info)
 
-    hook._drops_closed_loop = True
+    hook._drops_orbax_noise = True
     sys.excepthook, sys.unraisablehook = hook, unraisable
-    yield  # an exception (the failed save) leaves them in place
-    sys.excepthook, sys.unraisablehook = previous, previous_unraisable
-    asyncio_log.removeFilter(lost_writes)
+    yield failed  # an exception (the failed save) leaves them in place
+    if not failed:
+        sys.excepthook, sys.unraisablehook = previous, previous_unraisable
+        asyncio_log.removeFilter(lost_tasks)
 
 
 def _reason(err: BaseException) -> str:

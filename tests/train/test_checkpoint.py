@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -245,7 +246,7 @@ def test_lost_write_tasks_of_a_full_disk_are_not_logged():
     traceback; after a full disk the one-line OSError is all a user sees."""
     from research.train import checkpoint
 
-    drop = checkpoint._DropLostWrites()
+    drop = checkpoint._DropLostTasks()
 
     def record(err):
         return logging.LogRecord(
@@ -342,3 +343,42 @@ def test_a_streamed_run_killed_and_resumed_equals_an_uninterrupted_one(data_root
     resumed = run(killed, "stream")
     assert resumed["resumed_from_step"] == 20
     assert resumed["params_sha256"] == streamed["params_sha256"]
+
+
+def test_orbax_noise_hooks_are_put_back_unless_a_save_or_restore_failed(monkeypatch):
+    from research.train import checkpoint
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # put back at teardown
+    asyncio_filters = list(logging.getLogger("asyncio").filters)
+    with checkpoint._orbax_noise_dropped():
+        assert sys.unraisablehook is not seen.append
+    assert sys.unraisablehook == seen.append  # a clean save or restore leaves no trace
+
+    with checkpoint._orbax_noise_dropped() as failed:
+        failed.append(40)
+    kept = sys.unraisablehook
+    assert kept != seen.append  # after a failure the noise can come later: kept
+
+    def info(obj, err):  # what Python hands the hook
+        return types.SimpleNamespace(object=obj, exc_type=type(err), exc_value=err)
+
+    namespace = {}  # a coroutine defined in orbax's code, and one that is not
+    exec(
+        compile("async def read(): pass", f"{os.sep}site{os.sep}orbax{os.sep}s.py", "exec"),
+        namespace,
+    )
+    orbax_read, own = namespace["read"](), _own_coroutine()
+    kept(info(orbax_read, Exception("Encountered error while reading array index")))
+    kept(info(None, RuntimeError("Event loop is closed")))
+    assert seen == []
+    kept(info(own, Exception("a real error")))
+    kept(info(None, RuntimeError("another real error")))
+    assert [str(i.exc_value) for i in seen] == ["a real error", "another real error"]
+    orbax_read.close(), own.close()
+    logging.getLogger("asyncio").filters[:] = asyncio_filters
+
+
+async def _own_coroutine():
+    pass
