@@ -222,6 +222,7 @@ def lock_workdir(workdir: str) -> None:
     if key in _HELD:
         _HELD[key][1] += 1
         return
+    created = not os.path.exists(key)
     os.makedirs(key, exist_ok=True)
     f = open(os.path.join(key, ".lock"), "a+")  # noqa: SIM115 - held until unlock_workdir
     try:
@@ -247,6 +248,9 @@ def lock_workdir(workdir: str) -> None:
             os.unlink(f.name)
         with contextlib.suppress(OSError):
             f.close()  # its unwritten line fails again on the way out
+        if created:  # nor the workdir this call made (rmdir: only when still empty)
+            with contextlib.suppress(OSError):
+                os.rmdir(key)
         raise OSError(err.errno, err.strerror, f.name) from None
     _HELD[key] = [f, 1]
 

@@ -32,13 +32,14 @@ def test_full_disk_under_checkpoints_ends_the_run_with_one_line(tmp_path, option
     assert sorted(os.listdir(checkpoints)) == ["20"]
 
 
-def test_full_disk_at_start_up_names_the_path_and_leaves_no_lock(tmp_path):
-    # Before: "error: cannot write: No space left on device", and an empty .lock left.
+def test_full_disk_at_start_up_names_the_path_and_leaves_nothing(tmp_path):
+    # Before: "error: cannot write: No space left on device", an empty .lock left, and
+    # the empty workdir the run had made.
     disk = tmp_path / "disk"
     disk.mkdir()
     fill = f"dd if=/dev/zero of={disk}/fill bs=4k count=100"  # more than the disk holds
     # The tmpfs is the process's own, so what it leaves is listed from inside.
-    script = f'{fill} 2>/dev/null; "$@"; rc=$?; echo "left: $(ls -A {disk}/run)"; exit $rc'
+    script = f'{fill} 2>/dev/null; "$@"; rc=$?; echo "left: $(ls -A {disk})"; exit $rc'
     argv = ["sh", "-c", script, "sh", *train_argv(disk / "run")]
     proc = run(full_disk(disk, argv, options="size=64k"))
     assert proc.returncode == 74, proc.stderr[-3000:]
@@ -46,4 +47,4 @@ def test_full_disk_at_start_up_names_the_path_and_leaves_no_lock(tmp_path):
         f"error: cannot write {disk}/run/.lock: No space left on device"
     ]
     assert_quiet(proc.stderr)
-    assert proc.stdout.splitlines()[-1] == "left: "  # no empty .lock
+    assert proc.stdout.splitlines()[-1] == "left: fill"  # no run/, no empty run/.lock
