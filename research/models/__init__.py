@@ -446,16 +446,18 @@ def smallest_usable_size(model: nn.Module, channels: int, limit: int = 4096) -> 
 
 
 def _override_flags(overrides: Mapping[str, Any]) -> str:
-    return " ".join(f"--config.model.overrides.{k}={v}" for k, v in overrides.items())
+    return " ".join(f"config.model.overrides.{k}={v}" for k, v in overrides.items())
 
 
 def _fixes(name: str, model: nn.Module, shape: tuple[int, int, int]) -> str:
-    """What makes `shape` work: the resize (`data.image_size`) and the small-input overrides."""
+    """What makes `shape` work: the resize (`data.image_size`) and the small-input overrides,
+    as `config.FIELD=VALUE` (a flag `--config.FIELD=VALUE` on the command line, an
+    assignment in Python)."""
     channels = shape[2]
     fixes = []
     size = smallest_usable_size(model, channels)
     if size is not None:
-        fixes.append(f"resize the data with --config.data.image_size={size} (or larger)")
+        fixes.append(f"resize the data with config.data.image_size={size} (or larger)")
     small = dict(MODELS.get(name).small_overrides) if name in MODELS else {}
     if small and any(getattr(model, k, None) != v for k, v in small.items()):
         small_model = model.clone(**small)
@@ -466,7 +468,7 @@ def _fixes(name: str, model: nn.Module, shape: tuple[int, int, int]) -> str:
             if small_size is not None and small_size != size:
                 fixes.append(
                     f"use the model's small-input overrides {_override_flags(small)} with "
-                    f"--config.data.image_size={small_size}"
+                    f"config.data.image_size={small_size}"
                 )
     return "fix: " + ", or ".join(fixes) if fixes else "use larger images"
 

@@ -134,15 +134,17 @@ def test_too_small_error_names_image_size_and_small_overrides():
     assert "\n" not in message
     assert message.startswith("model 'lenet5' cannot take input (8, 8, 1): its smallest input is")
     smallest = models.smallest_usable_size(model, 1)
-    assert f"--config.data.image_size={smallest} (or larger)" in message
+    # `config.FIELD=VALUE`: read the same way on the command line and in Python.
+    assert f"resize the data with config.data.image_size={smallest} (or larger)" in message
+    assert "--config" not in message
     models.check_input("lenet5", model, (smallest, smallest, 1))  # the fix works
     with pytest.raises(ValueError):
         models.check_input("lenet5", model, (smallest - 1, smallest - 1, 1))
-    assert "--config.model.overrides.padding=2 with --config.data.image_size=" in message
+    assert "config.model.overrides.padding=2 with config.data.image_size=" in message
     vgg = models.create("vgg11", num_classes=10)
     with pytest.raises(ValueError, match="cannot take") as err:
         models.check_input("vgg11", vgg, (28, 28, 1))
-    flags = "--config.model.overrides.pool_padding=SAME --config.model.overrides.pooled_size=None"
+    flags = "config.model.overrides.pool_padding=SAME config.model.overrides.pooled_size=None"
     assert f"use the model's small-input overrides {flags}" in str(err.value)
 
 
