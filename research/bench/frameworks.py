@@ -9,7 +9,7 @@ the caller times whole calls.
   * ours: the zoo model (`research.models.create`) in `research.train.steps.make_steps`,
     what `scripts/train.py` runs: one call is one jitted `train_chunk`, a `lax.scan`
     over `steps` steps, the layers on the backend's default conv/pool algorithms
-    (`research.layers.conv_algorithms`).
+    (`research.layers.conv_algorithms`, `pool_algorithms`).
   * flax-plain: `flax.linen.Conv`/`nn.max_pool` + `optax.adam`, one `jax.jit` call per
     step (the textbook Flax loop).
   * torch: `torch.nn` modules, eager, `torch.optim.Adam`, NCHW inputs,

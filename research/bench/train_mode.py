@@ -48,11 +48,12 @@ def serve(job: dict) -> None:
 
 def start(model_name: str, batch: int, framework: str, args, conv: str | None = None):
     """A started `serve` worker of one framework, once it is built and warmed up."""
-    from research.layers import conv_algorithms
+    # late: importing this module loads no JAX (research.layers would)
+    from research.layers import algorithm_choice
 
     env = dict(os.environ)
     if conv:  # read where the layers are traced: in the worker only
-        env[conv_algorithms.CONV_ENV_VAR] = conv
+        env[algorithm_choice.CONV_ENV_VAR] = conv
     job = {
         "spec": f"{model_name},{batch},{framework}",
         "steps": args.steps,

@@ -1,17 +1,11 @@
-"""Interchangeable algorithms behind `functional.conv2d` and `functional.max_pool`.
+"""The interchangeable convolution algorithms behind `functional.conv2d`.
 
-Every algorithm computes the same function as XLA's own operation (to float32
+Every algorithm computes the same function as XLA's own convolution (to float32
 rounding), forward and gradient; they differ only in speed, which depends on
-the backend. `functional.conv2d(..., algorithm=None)` picks one this way, first
-match wins:
-
-  1. the `algorithm=` keyword of the call;
-  2. an enclosing `with override(conv=..., pool=...)` block, active while a
-     function is traced (the sweep's vmapped programs use it);
-  3. the environment variable `RESEARCH_CONV_ALGORITHM` (read at trace time);
-  4. `default_conv_algorithm()`: `DEFAULT_CONV_ALGORITHM[jax.default_backend()]`
-     (measured, see below; "xla" for backends not listed), or its
-     `DEFAULT_STAND_IN` where it cannot serve.
+the backend. `conv` runs the one `resolve_conv_algorithm` picks, in
+`algorithm_choice`'s order: the call's `algorithm=`, an enclosing
+`override(conv=...)` block, `RESEARCH_CONV_ALGORITHM`, then
+`default_conv_algorithm()` (below).
 
 Conv algorithms (`CONV_ALGORITHMS`), each `f(x, kernel, strides, pads,
 dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
@@ -26,16 +20,14 @@ dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
     sum of `f_h * f_w` shifted pads, which XLA fuses into one loop.
   * "taps": `sum_{i,j} slice_ij(x) @ K[i, j]`: `f_h * f_w` matmuls of depth
     `C`, no patch tensor. Cheaper in memory; slower for few input channels.
-  * "tiled" (`conv_tiled`): im2col on tiles of `t` output columns. A tile's
-    patch is the input block under all `t` outputs, contracted with the kernel
-    laid out as a banded matrix, so one matmul row yields `t * C_out` outputs:
-    fewer, wider patches and a wider matmul, for `(t + f_w - 1) / f_w` times
-    the multiply-adds. `tile_width` picks `t` from the shapes (`t = 1`, plain
-    im2col, for layers with 128 or more output channels, and wherever its cost
-    model finds the extra multiply-adds dearer than the patches they save).
-    Its patches are built from reshaped column blocks, one fused loop, where
-    "im2col" copies out each of its `f_h * f_w` slices before concatenating
-    them (XLA does not fuse a concatenation of more than 8 operands).
+  * "tiled" (`conv_tiled`): im2col on tiles of `t` output columns, against the
+    kernel laid out as a banded matrix, so one matmul row yields `t * C_out`
+    outputs: fewer, wider patches and a wider matmul, for `(t + f_w - 1) / f_w`
+    times the multiply-adds. `tile_width` picks `t` from the shapes (`t = 1`,
+    plain im2col, for 128 or more output channels and wherever its cost model
+    finds the extra multiply-adds dearer than the patches they save). Its
+    patches are one fused loop of reshaped column blocks, where "im2col" copies
+    out each slice (XLA fuses no concatenation of more than 8 operands).
   * "onednn" (`conv_onednn`, built in `onednn.py`): oneDNN's direct
     convolutions, the kernels behind PyTorch's CPU convolutions, called from
     inside the XLA program through its FFI; gradients by oneDNN's
@@ -43,99 +35,54 @@ dilations, groups) -> y` on NHWC inputs, HWIO kernels and explicit pads:
     on CPU; other dtypes and backends, and dense convolutions of fewer than
     `ONEDNN_MIN_IN_CHANNELS` input channels (faster as "tiled"), take "tiled".
   * "trials" (`trial_conv.conv_trials`): XLA's convolution with a custom
-    gradient for trials at once: the input gradient is XLA's transposed
-    convolution, the kernel gradient one matmul over im2col patches, so that
-    `jax.vmap` over trials gives feature-grouped convolutions and a batched
-    matmul, never a grouped kernel-gradient convolution or batch groups (the
-    forms XLA's GPU backend runs slowly; `program_form` lists them).
+    gradient (the kernel gradient one matmul over im2col patches) whose
+    `jax.vmap` over trials holds no grouped kernel-gradient convolution and no
+    batch groups, the forms XLA's GPU backend runs slowly (`program_form`).
   * grouped calls (`groups > 1`) in "im2col", "taps" and "tiled":
     `_grouped_taps`, a batched contraction per group; depthwise (one input
     channel per group) is `f_h * f_w` broadcast multiply-adds, no matmul at all.
     "onednn" runs them as oneDNN's grouped and depthwise convolutions.
 
-Defaults per backend: "onednn" on "cpu" with one device, "tiled" where oneDNN
-did not build or with several devices (`DEFAULT_STAND_IN`); "xla" on
-"gpu"/"tpu" (cuDNN/native convolutions). On CPU, XLA's own convolutions
-(above all their gradients inside the scanned training loop) take a slow
-generic path; oneDNN's direct convolutions build no patches at all; and for
-layers with few output channels (LeNet-5's 6 and 16) "tiled" beats "im2col"
-because moving patches and a matmul too narrow to vectorise cost more than the
-arithmetic. The measurements behind each default, with their commands:
+Defaults per backend (`DEFAULT_CONV_ALGORITHM`): "onednn" on "cpu" with one
+device, "tiled" where oneDNN did not build or with several devices
+(`DEFAULT_STAND_IN`); "xla" on "gpu"/"tpu" (cuDNN/native convolutions) and
+backends not listed. On CPU, XLA's own convolutions (above all their gradients
+inside the scanned training loop) take a slow generic path; oneDNN's direct
+convolutions build no patches at all; and for layers with few output channels
+(LeNet-5's 6 and 16) "tiled" beats "im2col" because moving patches and a
+matmul too narrow to vectorise cost more than the arithmetic. The measurements
+behind each default and each rule here, with their commands:
 docs/performance-cpu.md (`scripts/bench.py --ours-conv ...`).
 
-Vmapped trials (`research.train.engine`, "vmap") are traced inside
-`vmapped_override()`, which picks by backend (`VMAPPED_ALGORITHMS`): on GPU conv
-"trials" and pool "reshape" (issue 25: no batch-grouped or grouped
-kernel-gradient convolutions, no select_and_scatter); on CPU pool
-"reduce_window" and the default conv ("onednn"), unchanged. An environment
-variable still wins for its kind; results.json records what ran.
-
-What ran is what computed each layer after any fallback ("reshape" pooling of
-overlapping windows is "reduce_window"; "onednn" leaves convs of few input
-channels to "tiled"): `recording()` collects it per layer kind while a model is
-traced, and `summarize` makes it a results field, one name where one algorithm
-ran, else `{layer kind: name}`.
-
-Max-pool algorithms (`POOL_ALGORITHMS`), chosen the same way with
-`RESEARCH_POOL_ALGORITHM` and `DEFAULT_POOL_ALGORITHM`:
-
-  * "reduce_window": `lax.reduce_window(max)`; its gradient is XLA's
-    select_and_scatter.
-  * "reshape": for non-overlapping windows (`stride == window`) without
-    padding only, else it falls back to "reduce_window". The input is cropped
-    to whole windows and reshaped to `(N, H', f_h, W', f_w, C)`; the max is a
-    reduction over the two window axes (no data movement). Its gradient is a
-    custom VJP with the same tie rule as select_and_scatter (see below). A
-    reduction also keeps XLA from fusing the max into the next layer's patch
-    loop, which reads each pooled value many times: the element-wise max of
-    the `f_h * f_w` window slices, fused there, made the LeNet-5 step ~15%
-    slower.
-
-Custom gradients ("reshape" max pooling; `patch_matmul`'s kernel gradient on
-CPU; "onednn") are reverse-mode only: `jax.grad`, `jax.vjp` and `vmap` of them work,
-`jax.jvp` through them raises a TypeError. For forward-mode derivatives pick
-conv "xla" or "taps" and pool "reduce_window" (the GPU's defaults are those).
-
-Tie rule of max pooling's gradient (both algorithms): when several positions
-of a window hold the maximum, the whole gradient of that output goes to the
-FIRST of them in row-major window order (top row first, then left to right),
-as XLA's select_and_scatter with a `>=` selector does. (`jnp.max`'s own
-gradient would split it equally among the ties.)
+Custom gradients (`patch_matmul`'s kernel gradient on CPU, "onednn", "trials")
+are reverse-mode only: `jax.grad`, `jax.vjp` and `vmap` work, `jax.jvp` raises a
+TypeError; for forward mode pick "xla" or "taps" (the GPU's default is "xla").
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import functools
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from research.layers import algorithm_choice as choice
 from research.layers import onednn, trial_conv
 from research.layers import patches as patch_lib
+from research.layers.patches import Pads, Pair
 from research.registry import Registry
 
 log = logging.getLogger(__name__)
 
-Pads = tuple[tuple[int, int], tuple[int, int]]
-Pair = tuple[int, int]
-
-CONV_ENV_VAR = "RESEARCH_CONV_ALGORITHM"
-POOL_ENV_VAR = "RESEARCH_POOL_ALGORITHM"
-
-# --------------------------------------------------------------------------- convolution
-
 
 def conv_xla(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """XLA's convolution: the reference every other algorithm is tested against."""
-    _ran("conv", "xla")
+    choice.record("conv", "xla")
     return patch_lib.lax_conv(x, kernel, strides, pads, dilations, groups)
 
 
@@ -211,14 +158,13 @@ def patch_matmul(patches, b, images: int, tile: int = 1):
 
     With `tile > 1`, `dy` arrives as the layer's `(N, H', W', C_out)` gradient
     viewed as `(M, t C_out)`, and XLA's CPU loop for `dy^T` computes every
-    element's source index through that view (1.7 ms for the lecture CNN's conv2,
-    3.3 MB, against 0.36 for the same bytes from a 2-D array). There `dy^T` is
-    `I @ dy^T`, a matmul by the identity that YNNPACK's packing transposes
-    (about 1.2 ms; the step 1-2% faster). The identity costs `2 N` multiply-adds
-    per element, so it is used up to `N = TILE_LANES` (128) only. It is an exact
-    copy for finite `dy`; an infinite entry of `dy` makes its whole row of
-    `dy^T` NaN through `0 * inf` (such a gradient's kernel gradient is not finite
-    either way).
+    element's source index through that view, far slower than for the same
+    bytes from a 2-D array. There `dy^T` is `I @ dy^T`, a matmul by the identity
+    that YNNPACK's packing transposes, which is faster (docs/performance-cpu.md).
+    The identity costs `2 N` multiply-adds per element, so it is used up to `N =
+    TILE_LANES` (128) only. It is an exact copy for finite `dy`; an infinite
+    entry of `dy` makes its whole row of `dy^T` NaN through `0 * inf` (such a
+    gradient's kernel gradient is not finite either way).
     """
     (m, k), n = patches.shape, b.shape[1]
     if jax.default_backend() == "cpu" and rowmajor_kernel_gradient(m // images, k, n):
@@ -230,17 +176,14 @@ def rowmajor_kernel_gradient(image_rows: int, k: int, n: int) -> bool:
     """Whether `patch_matmul` computes its kernel gradient as `(dy^T @ patches)^T`.
 
     `image_rows`: the patch rows of one image; `k`: the patches' depth; `n`: the
-    output columns. Measured on this project's 2-core CPU at batch 128 (M =
-    128 x image_rows), each shape alone (ms, Eigen's
-    `patches^T @ dy` -> the row-major form): it wins for 64-256 output
-    channels over deep patches, e.g. the lecture CNN's conv3 (M 8192, K 1600,
-    N 128: 23.1 -> 17.4) and conv4 (2048, 3200, 64: 8.0 -> 4.5). It loses for
-    512 channels (2048, 2304, 512: 19.3 -> 20.5), shallow patches (65536, 90,
-    64: 6.4 -> 12.8) and a contraction far longer than the patches are deep
-    (131072, 576, 64: 102 -> 165), where YNNPACK has few output tiles to
-    share out. ResNet-18's 32768-row layers win alone (32768, 1152, 128: 63.0
-    -> 51.0) yet made its whole step 4% slower, hence at most `K / 16` rows
-    per image.
+    output columns. A rule fitted to single-layer measurements against Eigen's
+    `patches^T @ dy` (docs/performance-cpu.md): the row-major form wins for
+    64-256 output channels over deep patches, such as the lecture CNN's conv3
+    and conv4. It loses for 512 channels, for shallow patches and for a
+    contraction far longer than the patches are deep, where YNNPACK has few
+    output tiles to share out. ResNet-18's 32768-row layers win alone yet made
+    its whole step slower, hence at most `K / ROWMAJOR_DEPTH_PER_ROW` rows per
+    image.
     """
     low, high = ROWMAJOR_CHANNELS
     return k >= ROWMAJOR_DEPTH and low <= n <= high and image_rows * ROWMAJOR_DEPTH_PER_ROW <= k
@@ -253,7 +196,7 @@ ROWMAJOR_DEPTH_PER_ROW = 16  # least patch depth (K) per patch row of one image
 
 def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """Patches of all taps side by side along channels, then one matmul."""
-    _ran("conv", "im2col")
+    choice.record("conv", "im2col")
     kh, kw, c, o = kernel.shape
     slices = patch_lib.shifted_slices(x, (kh, kw), strides, pads, dilations)
     if groups != 1:
@@ -270,7 +213,7 @@ def conv_im2col(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: i
 
 def conv_taps(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """One matmul of depth C per kernel tap, summed."""
-    _ran("conv", "taps")
+    choice.record("conv", "taps")
     kh, kw = kernel.shape[:2]
     slices = patch_lib.shifted_slices(x, (kh, kw), strides, pads, dilations)
     if groups != 1:
@@ -447,7 +390,7 @@ def conv_tiled(
     t = min(int(tile), wo)
     if groups != 1 or (t == 1 and dw != 1):
         return conv_im2col(x, kernel, strides, pads, dilations, groups)
-    _ran("conv", "tiled")
+    choice.record("conv", "tiled")
     geo = dataclasses.replace(geo, tile=t)
     n, win, nt = x.shape[0], geo.window, geo.tiles
     patches = _tile_patches(x, geo).reshape(n * ho * nt, kh * win * c)
@@ -475,21 +418,21 @@ def conv_onednn(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: i
     """oneDNN's direct convolution (`onednn.conv`) for float32 on CPU, else "tiled".
 
     "tiled" also takes dense convolutions of fewer than `ONEDNN_MIN_IN_CHANNELS`
-    input channels; grouped and depthwise ones all go to oneDNN (5-7x faster
-    than the multiply-adds of `_grouped_taps`). Raises `onednn.OnednnUnavailable`
-    on a CPU where the handlers could not be built (the default there is
-    "tiled", see `resolve_conv_algorithm`).
+    input channels; grouped and depthwise ones all go to oneDNN (several times
+    faster than the multiply-adds of `_grouped_taps`). Raises
+    `onednn.OnednnUnavailable` on a CPU where the handlers could not be built
+    (the default there is "tiled", see `resolve_conv_algorithm`).
     """
     shallow = groups == 1 and kernel.shape[2] < ONEDNN_MIN_IN_CHANNELS
     if onednn.supports(x, kernel) and not shallow:
-        _ran("conv", "onednn")
+        choice.record("conv", "onednn")
         return onednn.conv(x, kernel, strides, pads, dilations, groups)
     return conv_tiled(x, kernel, strides, pads, dilations, groups)
 
 
 def conv_trials(x, kernel, strides: Pair, pads: Pads, dilations: Pair, groups: int = 1):
     """`trial_conv.conv_trials` (XLA's convolution, trial-friendly kernel gradient)."""
-    _ran("conv", "trials")
+    choice.record("conv", "trials")
     return trial_conv.conv_trials(x, kernel, strides, pads, dilations, groups)
 
 
@@ -504,6 +447,7 @@ CONV_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
         "trials": conv_trials,
     },
 )
+choice.register_family("conv", CONV_ALGORITHMS)  # what `resolve` and `override` accept
 
 # Backends not listed use "xla".
 DEFAULT_CONV_ALGORITHM: dict[str, str] = {"cpu": "onednn", "gpu": "xla", "tpu": "xla"}
@@ -536,13 +480,11 @@ def _say_once(message: str) -> None:
 
 def resolve_conv_algorithm(algorithm: str | None = None) -> str:
     """The conv algorithm a call uses: keyword, else `override`, else env variable, else default."""
-    return _resolve(
-        algorithm, _CONV_OVERRIDE, CONV_ENV_VAR, default_conv_algorithm, CONV_ALGORITHMS
-    )
+    return choice.resolve("conv", algorithm, default_conv_algorithm)
 
 
 def conv(x, kernel, strides, pads, dilations, groups: int, algorithm: str | None = None):
-    """Runs the resolved algorithm; under `recording()`, notes which one computed it."""
+    """Runs the resolved algorithm; under `algorithm_choice.recording()`, notes which one ran."""
     if groups != 1:
         kind = "conv grouped"
     elif any(d != 1 for d in dilations):
@@ -551,240 +493,7 @@ def conv(x, kernel, strides, pads, dilations, groups: int, algorithm: str | None
         kind = "conv shallow"
     else:
         kind = "conv"
-    with _kind(kind):
+    with choice.layer_kind(kind):
         return CONV_ALGORITHMS.get(resolve_conv_algorithm(algorithm))(
             x, kernel, strides, pads, dilations, groups
         )
-
-
-# --------------------------------------------------------------------------- max pooling
-
-
-def max_pool_reduce_window(x, window: Pair, strides: Pair, pads: Pads):
-    """`lax.reduce_window(max)`; gradient by select_and_scatter (first max wins)."""
-    # A concrete (NumPy) init value: JAX only recognises max/add monoids, and so
-    # differentiates reduce_window under jit, when the init is not a tracer.
-    init = np.array(
-        -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min, x.dtype
-    )
-    return lax.reduce_window(
-        x, init, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0))
-    )
-
-
-def _first_max_mask(x6, y):
-    """Marks the first maximum of each window of `x6` `(N, H', f_h, W', f_w, C)`."""
-    fh, fw = x6.shape[2], x6.shape[4]
-    is_max = x6 == y[:, :, None, :, None, :]
-    order = (np.arange(fh)[:, None, None] * fw + np.arange(fw)).astype(np.int32)  # (f_h, 1, f_w)
-    order = order.reshape(1, 1, fh, 1, fw, 1)
-    rank = jnp.where(is_max, order, fh * fw)
-    first = jnp.min(rank, axis=(2, 4), keepdims=True)
-    return rank == first
-
-
-@jax.custom_vjp
-def _max_windows(x6):
-    return jnp.max(x6, axis=(2, 4))  # (N, H', W', C)
-
-
-def _max_windows_fwd(x6):
-    y = jnp.max(x6, axis=(2, 4))
-    return y, (x6, y)
-
-
-def _max_windows_bwd(res, g):
-    x6, y = res
-    mask = _first_max_mask(x6, y)
-    return (jnp.where(mask, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)),)
-
-
-_max_windows.defvjp(_max_windows_fwd, _max_windows_bwd)
-
-
-def reshape_applies(window: Pair, strides: Pair, pads: Pads) -> bool:
-    """Whether "reshape" pooling computes these windows itself: non-overlapping, unpadded."""
-    return tuple(strides) == tuple(window) and all(tuple(p) == (0, 0) for p in pads)
-
-
-def max_pool_reshape(x, window: Pair, strides: Pair, pads: Pads):
-    """Non-overlapping, unpadded windows as two reshaped axes; else reduce_window."""
-    if not reshape_applies(window, strides, pads):
-        return max_pool_reduce_window(x, window, strides, pads)
-    n, h, w, c = x.shape
-    (fh, fw) = window
-    ho, wo = h // fh, w // fw
-    if (ho * fh, wo * fw) != (h, w):
-        x = x[:, : ho * fh, : wo * fw, :]  # VALID drops the incomplete last windows
-    return _max_windows(x.reshape(n, ho, fh, wo, fw, c))  # (N, H', W', C)
-
-
-POOL_ALGORITHMS: Registry[Callable[..., jax.Array]] = Registry(
-    "pool algorithm",
-    {
-        "reduce_window": max_pool_reduce_window,
-        "reshape": max_pool_reshape,
-    },
-)
-
-DEFAULT_POOL_ALGORITHM: dict[str, str] = {"cpu": "reshape"}  # others: "reduce_window"
-
-
-def default_pool_algorithm() -> str:
-    """This backend's default max-pool algorithm."""
-    return DEFAULT_POOL_ALGORITHM.get(jax.default_backend(), "reduce_window")
-
-
-def resolve_pool_algorithm(algorithm: str | None = None) -> str:
-    """The max-pool algorithm a call uses: keyword, `override`, env variable, default."""
-    return _resolve(
-        algorithm, _POOL_OVERRIDE, POOL_ENV_VAR, default_pool_algorithm, POOL_ALGORITHMS
-    )
-
-
-def max_pool(x, window, strides, pads, algorithm: str | None = None):
-    name = resolve_pool_algorithm(algorithm)
-    plain = reshape_applies(window, strides, pads)
-    with _kind("max_pool non-overlapping" if plain else "max_pool overlapping or padded"):
-        _ran("pool", name if name != "reshape" or plain else "reduce_window")
-    return POOL_ALGORITHMS.get(name)(x, window, strides, pads)
-
-
-# --------------------------------------------------------------------------- selection
-
-
-# The algorithm an enclosing `override` block chose, per kind (None: no block).
-_CONV_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "conv_override", default=None
-)
-_POOL_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "pool_override", default=None
-)
-
-
-# What ran, per layer kind, while a `recording()` block traces (None: not recording),
-# and the kind of the layer being traced (set by `conv` and `max_pool`).
-_RAN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("ran", default=None)
-_KIND: contextvars.ContextVar[str] = contextvars.ContextVar("kind", default="")
-
-
-@contextlib.contextmanager
-def recording() -> Iterator[dict[str, dict[str, set[str]]]]:
-    """Collects, while layers are traced in the block, the algorithms each kind of layer ran.
-
-    Yields `{"conv": {kind: {algorithm, ...}}, "pool": {...}}`, filled as calls are
-    traced, with the algorithm that computed them after any fallback: "reshape"
-    pooling of overlapping windows is "reduce_window", "onednn" on a conv of few
-    input channels is "tiled" (or "im2col"). Kinds: "conv", "conv shallow" (fewer
-    than `ONEDNN_MIN_IN_CHANNELS` input channels), "conv grouped" (depthwise too),
-    "conv dilated"; "max_pool non-overlapping", "max_pool overlapping or padded".
-    `summarize` turns one family into a results field.
-    """
-    ran: dict[str, dict[str, set[str]]] = {"conv": {}, "pool": {}}
-    token = _RAN.set(ran)
-    try:
-        yield ran
-    finally:
-        _RAN.reset(token)
-
-
-def _ran(family: str, algorithm: str) -> None:
-    ran = _RAN.get()
-    if ran is not None:
-        ran[family].setdefault(_KIND.get() or family, set()).add(algorithm)
-
-
-@contextlib.contextmanager
-def _kind(kind: str) -> Iterator[None]:
-    token = _KIND.set(kind)
-    try:
-        yield
-    finally:
-        _KIND.reset(token)
-
-
-def summarize(ran: dict[str, set[str]], resolved: str) -> str | dict[str, str]:
-    """A results field: the one algorithm that ran, else `{layer kind: algorithm(s)}`.
-
-    E.g. "reshape", or `{"max_pool non-overlapping": "reshape", "max_pool overlapping
-    or padded": "reduce_window"}`; a kind that ran several is "a+b". `resolved` (the
-    algorithm chosen) stands when no such layer ran.
-    """
-    algorithms = set().union(*ran.values()) if ran else set()
-    if len(algorithms) > 1:
-        return {kind: "+".join(sorted(names)) for kind, names in sorted(ran.items())}
-    return algorithms.pop() if algorithms else resolved
-
-
-@contextlib.contextmanager
-def override(*, conv: str | None = None, pool: str | None = None) -> Iterator[None]:
-    """Within the block, calls without `algorithm=` use these algorithms.
-
-    Takes effect where the layers run in Python, i.e. while a function is traced:
-    wrap the traced body, not the call of an already compiled function. JAX
-    caches traces per function object and the block is not part of that key, so
-    trace inside it only functions that are not also traced outside it.
-
-        with conv_algorithms.override(pool="reduce_window"):
-            y = jax.vmap(step)(...)  # traced here, pooled with reduce_window
-    """
-    for name, registry in ((conv, CONV_ALGORITHMS), (pool, POOL_ALGORITHMS)):
-        if name is not None and name not in registry:
-            raise ValueError(
-                f"override gives unknown {registry.kind} {name!r}; "
-                f"known: {', '.join(registry.names())}"
-            )
-    # A kind the block does not name keeps the enclosing block's choice.
-    tokens = [
-        var.set(name)
-        for var, name in ((_CONV_OVERRIDE, conv), (_POOL_OVERRIDE, pool))
-        if name is not None
-    ]
-    try:
-        yield
-    finally:
-        for token in reversed(tokens):
-            token.var.reset(token)
-
-
-# The algorithms of the vmapped trial programs (`research.train.engine`, "vmap"), by
-# backend; a kind not named keeps the plain programs' choice, and a kind whose
-# environment variable is set keeps that. Both choices compute the same function.
-VMAPPED_ALGORITHMS: dict[str, dict[str, str]] = {
-    # CPU: "reshape" pooling, the plain step's default, is ~1.8x slower under vmap.
-    "cpu": {"pool": "reduce_window"},
-    # GPU: no convolution with batch groups (the vmapped kernel gradient of "xla")
-    # and no select_and_scatter (the gradient of "reduce_window"); issue 25.
-    "gpu": {"conv": "trials", "pool": "reshape"},
-}
-
-
-def vmapped_override(backend: str | None = None):
-    """The `override` block that vmapped trial programs are traced in on `backend`.
-
-    `backend` defaults to `jax.default_backend()`; see `VMAPPED_ALGORITHMS`.
-    """
-    chosen = VMAPPED_ALGORITHMS.get(backend or jax.default_backend(), {})
-    env = {"conv": CONV_ENV_VAR, "pool": POOL_ENV_VAR}
-    return override(
-        **{kind: name for kind, name in chosen.items() if not os.environ.get(env[kind])}
-    )
-
-
-def _resolve(algorithm, override_var, env_var, default: Callable[[], str], registry) -> str:
-    """keyword, else `override` block, else environment variable, else `default()`."""
-    overridden = override_var.get()
-    if algorithm is not None:
-        source = "algorithm="
-    elif overridden is not None:
-        algorithm, source = overridden, "override"
-    elif os.environ.get(env_var):
-        algorithm, source = os.environ[env_var], f"environment variable {env_var}"
-    else:
-        algorithm, source = default(), "default"
-    if algorithm not in registry:
-        raise ValueError(
-            f"{source} gives unknown {registry.kind} {algorithm!r}; "
-            f"known: {', '.join(registry.names())}"
-        )
-    return algorithm

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.layers import conv_algorithms
+from research.layers import conv_algorithms, pool_algorithms
 
 IntOrPair = int | Sequence[int]
 # "VALID" | "SAME" | p | (p_h, p_w) | ((top, bottom), (left, right))
@@ -276,7 +276,7 @@ def conv2d(
         groups; `groups == C_in` with `C_out = k * C_in` is a depthwise conv.
       algorithm: how to compute it, a name in `conv_algorithms.CONV_ALGORITHMS`
         ("xla", "im2col", "taps", "tiled", "onednn", "trials"). None (default) takes an
-        enclosing `conv_algorithms.override` block, else the environment
+        enclosing `algorithm_choice.override` block, else the environment
         variable `RESEARCH_CONV_ALGORITHM`, else the backend's default
         (`conv_algorithms.default_conv_algorithm()`: "onednn" on a one-device
         CPU, "tiled" where it cannot serve, "xla" elsewhere). All give the same
@@ -364,15 +364,16 @@ def max_pool(
       window: int or `(f_h, f_w)`.
       stride: int or pair; defaults to `window` (non-overlapping windows).
       padding: as in `conv2d`; padded positions never win the max.
-      algorithm: a name in `conv_algorithms.POOL_ALGORITHMS` ("reduce_window",
-        "reshape"); None takes `RESEARCH_POOL_ALGORITHM`, else the backend's
-        default ("reshape" on CPU, used for non-overlapping unpadded windows
-        only). Same values and gradient either way: where several positions of
-        a window tie for the max, the gradient goes to the first of them in
-        row-major window order.
+      algorithm: a name in `pool_algorithms.POOL_ALGORITHMS` ("reduce_window",
+        "reshape"); None takes an enclosing `algorithm_choice.override` block,
+        else `RESEARCH_POOL_ALGORITHM`, else the backend's default ("reshape"
+        on CPU, used for non-overlapping unpadded windows only). Same values
+        and gradient either way: where several positions of a window tie for
+        the max, the gradient goes to the first of them in row-major window
+        order.
     """
     x, squeeze, win, strides, pads = _pool_args(x, window, stride, padding, "max_pool")
-    y = conv_algorithms.max_pool(x, win, strides, pads, algorithm=algorithm)
+    y = pool_algorithms.max_pool(x, win, strides, pads, algorithm=algorithm)
     return y[0] if squeeze else y
 
 

@@ -7,7 +7,8 @@ order, each cut to the output size, so that a convolution is
     out[:, y, x] = sum_ij slice_ij[:, y, x] @ K[i, j]
 
 Used by `conv_algorithms` ("im2col", "taps") and by `trial_conv`'s kernel gradient;
-`lax_conv`, XLA's own convolution in the layer contract's layouts, by both.
+`lax_conv`, XLA's own convolution in the layer contract's layouts, by both. `Pads`
+and `Pair` are the explicit pads and `(h, w)` pairs every conv and pool algorithm takes.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ on any machine (`jax.jit(fn).trace(*args).lower(lowering_platforms=...)`), and
   * `select_and_scatter`.
 
 `research/layers/trial_conv.py` is the conv algorithm without the first two;
-"reshape" max pooling (`conv_algorithms`) is the pool without the third.
+"reshape" max pooling (`pool_algorithms`) is the pool without the third.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def lower(fn, *args, platform: str = "cuda") -> str:
     """StableHLO text of `fn(*args)` lowered for `platform` (no such device needed).
 
     `fn` is traced afresh (wrapped in a new function), so an enclosing
-    `conv_algorithms.override` block takes effect even if `fn` was traced before.
+    `algorithm_choice.override` block takes effect even if `fn` was traced before.
     """
 
     def fresh(*a):

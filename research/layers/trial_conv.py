@@ -27,7 +27,8 @@ So a vmapped program built with it holds no convolution with
 `batch_group_count > 1` (`research.layers.program_form` lists them; the fast
 tier pins it). The numbers are the same sums as XLA's gradient in another
 order: float rounding, not bits. Reverse-mode only, like the other custom
-gradients of `conv_algorithms` (`jax.jvp` through it raises a TypeError).
+gradients of `conv_algorithms` and `pool_algorithms` (`jax.jvp` through it
+raises a TypeError).
 """
 
 from __future__ import annotations
@@ -38,9 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from research.layers import patches as patch_lib
-
-Pads = tuple[tuple[int, int], tuple[int, int]]
-Pair = tuple[int, int]
+from research.layers.patches import Pads, Pair
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

@@ -6,7 +6,7 @@ per second and wall time per trial (means over seeds; the first seed's wall
 time includes compilation). FLOPs are XLA's count for one example
 (`jax.jit(model.apply).lower(x).compile().cost_analysis()["flops"]`, batch of
 1, evaluation mode) with XLA's own convolution and pooling
-(`conv_algorithms.override(conv="xla", pool="reduce_window")`): the model's
+(`algorithm_choice.override(conv="xla", pool="reduce_window")`): the model's
 arithmetic, not that of the backend's algorithm ("tiled" on a CPU also
 multiplies the zeros of its banded kernels). They are computed here from each
 trial's config, so a finished sweep can be re-reported on any machine, with
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from research.layers import algorithm_choice
 from research.sweep import aggregate, caveats, plateau, storage
 
 # Input shape of one example per dataset (HWC); other datasets are loaded to find it.
@@ -64,12 +65,11 @@ def flops_per_example(name: str, overrides_json: str, shape: tuple, num_classes:
     import jax.numpy as jnp
 
     from research import models
-    from research.layers import conv_algorithms
 
     model = models.create(name, num_classes=num_classes, **json.loads(overrides_json))
     x = jnp.zeros((1, *shape), jnp.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
-    with conv_algorithms.override(conv="xla", pool="reduce_window"):  # traced in the block
+    with algorithm_choice.override(conv="xla", pool="reduce_window"):  # traced in the block
         lowered = jax.jit(lambda x: model.apply(variables, x)).lower(x)
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost

@@ -41,7 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research import optim
-from research.layers import conv_algorithms
+from research.layers import algorithm_choice, conv_algorithms, pool_algorithms
 from research.train import outputs
 from research.train.assemble import Run
 
@@ -137,27 +137,27 @@ def _algorithms(run: Run) -> dict[str, Any]:
     """What the programs' layers run, per family: one name, or `{layer kind: name}`.
 
     The model's forward pass is traced once (`jax.eval_shape`, nothing compiled) under
-    `conv_algorithms.recording()` in the caller's override context, so fallbacks count:
+    `algorithm_choice.recording()` in the caller's override context, so fallbacks count:
     "reshape" pooling of overlapping windows (AlexNet's 3x3 stride 2) is recorded as
-    "reduce_window" (`conv_algorithms.summarize`).
+    "reduce_window" (`algorithm_choice.summarize`).
     """
     x = jax.ShapeDtypeStruct((1, *run.splits.input_shape), jnp.float32)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    with conv_algorithms.recording() as ran:
+    with algorithm_choice.recording() as ran:
         jax.eval_shape(lambda x: run.model.init(rngs, x), x)
     return {
-        "conv": conv_algorithms.summarize(ran["conv"], conv_algorithms.resolve_conv_algorithm()),
-        "pool": conv_algorithms.summarize(ran["pool"], conv_algorithms.resolve_pool_algorithm()),
+        "conv": algorithm_choice.summarize(ran["conv"], conv_algorithms.resolve_conv_algorithm()),
+        "pool": algorithm_choice.summarize(ran["pool"], pool_algorithms.resolve_pool_algorithm()),
     }
 
 
 def _vmapped_algorithms():
-    """The trace-time context of the vmapped programs (`conv_algorithms.VMAPPED_ALGORITHMS`)."""
-    return conv_algorithms.vmapped_override()
+    """The trace-time context of the vmapped programs (`algorithm_choice.VMAPPED_ALGORITHMS`)."""
+    return algorithm_choice.vmapped_override()
 
 
 def _traced_in(context_fn, fn):
-    """`fn`, traced inside `context_fn()` (a conv_algorithms override)."""
+    """`fn`, traced inside `context_fn()` (an `algorithm_choice.override` block)."""
 
     @functools.wraps(fn)
     def traced(*args):

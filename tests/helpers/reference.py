@@ -105,7 +105,7 @@ def pool_ref(x, window, stride, pads, kind, count_include_pad=False, upstream=No
                 if upstream is not None:
                     flat = win.reshape(win.shape[0], -1, win.shape[3])
                     # (N, C): argmax takes the first maximum in row-major window order,
-                    # the tie rule conv_algorithms documents for max pooling's gradient.
+                    # the tie rule pool_algorithms documents for max pooling's gradient.
                     arg = flat.argmax(axis=1)
                     for n in range(win.shape[0]):
                         for c in range(win.shape[3]):

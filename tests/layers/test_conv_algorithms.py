@@ -1,7 +1,7 @@
 """Every conv / max-pool algorithm gives the NumPy reference's result, forward and gradient.
 
-Parametrized over the registries in `research.layers.conv_algorithms`: a new
-algorithm is tested here with no further edits. The references
+Parametrized over the registries in `research.layers.conv_algorithms` and
+`pool_algorithms`: a new algorithm is tested here with no further edits. The references
 (`tests/helpers/reference.py`) are loops over the lectures' definitions that never call
 JAX, so XLA's own convolution and `reduce_window` are held to them too.
 """
@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from research.layers import algorithm_choice as AC
 from research.layers import conv_algorithms as CA
 from research.layers import functional as F
+from research.layers import pool_algorithms as PA
 from tests.helpers.conv_cases import CONV_CASES
 from tests.helpers.conv_cases import case_operands as _case_operands
 from tests.helpers.conv_cases import conv_inputs as _conv_inputs
@@ -22,7 +24,7 @@ from tests.helpers.fast_tier import fast_jit
 from tests.helpers.reference import conv_ref_taps, pool_ref, ref_pads
 
 CONV_NAMES = CA.CONV_ALGORITHMS.names()
-POOL_NAMES = CA.POOL_ALGORITHMS.names()
+POOL_NAMES = PA.POOL_ALGORITHMS.names()
 
 
 def _pair(v) -> tuple[int, int]:
@@ -174,7 +176,7 @@ def test_conv_algorithms_registry_and_defaults():
     assert {"reduce_window", "reshape"} <= set(POOL_NAMES)
     for table, registry in (
         (CA.DEFAULT_CONV_ALGORITHM, CA.CONV_ALGORITHMS),
-        (CA.DEFAULT_POOL_ALGORITHM, CA.POOL_ALGORITHMS),
+        (PA.DEFAULT_POOL_ALGORITHM, PA.POOL_ALGORITHMS),
     ):
         assert all(name in registry for name in table.values())
     assert CA.DEFAULT_CONV_ALGORITHM["cpu"] == "onednn"
@@ -183,39 +185,39 @@ def test_conv_algorithms_registry_and_defaults():
 
 
 def test_algorithm_selection_keyword_over_env_over_default(monkeypatch):
-    monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
-    monkeypatch.delenv(CA.POOL_ENV_VAR, raising=False)
+    monkeypatch.delenv(AC.CONV_ENV_VAR, raising=False)
+    monkeypatch.delenv(AC.POOL_ENV_VAR, raising=False)
     backend = jax.default_backend()
     assert CA.resolve_conv_algorithm() == CA.default_conv_algorithm()
-    assert CA.resolve_pool_algorithm() == CA.DEFAULT_POOL_ALGORITHM.get(backend, "reduce_window")
-    assert CA.default_pool_algorithm() == CA.DEFAULT_POOL_ALGORITHM.get(backend, "reduce_window")
-    monkeypatch.setenv(CA.CONV_ENV_VAR, "taps")
-    monkeypatch.setenv(CA.POOL_ENV_VAR, "reduce_window")
+    assert PA.resolve_pool_algorithm() == PA.DEFAULT_POOL_ALGORITHM.get(backend, "reduce_window")
+    assert PA.default_pool_algorithm() == PA.DEFAULT_POOL_ALGORITHM.get(backend, "reduce_window")
+    monkeypatch.setenv(AC.CONV_ENV_VAR, "taps")
+    monkeypatch.setenv(AC.POOL_ENV_VAR, "reduce_window")
     assert CA.resolve_conv_algorithm() == "taps"
-    assert CA.resolve_pool_algorithm() == "reduce_window"
+    assert PA.resolve_pool_algorithm() == "reduce_window"
     assert CA.resolve_conv_algorithm("xla") == "xla"
-    assert CA.resolve_pool_algorithm("reshape") == "reshape"
+    assert PA.resolve_pool_algorithm("reshape") == "reshape"
 
 
 def test_override_block_sits_between_keyword_and_environment(monkeypatch):
-    monkeypatch.setenv(CA.POOL_ENV_VAR, "reshape")
-    monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
+    monkeypatch.setenv(AC.POOL_ENV_VAR, "reshape")
+    monkeypatch.delenv(AC.CONV_ENV_VAR, raising=False)
     x = jnp.ones((1, 4, 4, 1))
     # A new function object each time: JAX caches traces per function, and the
     # block is not part of that cache's key.
     traced = lambda: str(jax.make_jaxpr(lambda x: F.max_pool(x, 2))(x))  # noqa: E731
     assert "reduce_window_max" not in traced()
-    with CA.override(pool="reduce_window"):
-        assert CA.resolve_pool_algorithm() == "reduce_window"
-        assert CA.resolve_pool_algorithm("reshape") == "reshape"  # the keyword still wins
-        with CA.override(conv="taps"):  # nested blocks add to the outer one
+    with AC.override(pool="reduce_window"):
+        assert PA.resolve_pool_algorithm() == "reduce_window"
+        assert PA.resolve_pool_algorithm("reshape") == "reshape"  # the keyword still wins
+        with AC.override(conv="taps"):  # nested blocks add to the outer one
             assert CA.resolve_conv_algorithm() == "taps"
-            assert CA.resolve_pool_algorithm() == "reduce_window"
+            assert PA.resolve_pool_algorithm() == "reduce_window"
         assert CA.resolve_conv_algorithm() == CA.default_conv_algorithm()
         # It acts where the layer is traced.
         assert "reduce_window_max" in traced()
-    assert CA.resolve_pool_algorithm() == "reshape"
-    block = CA.override(pool="strided")
+    assert PA.resolve_pool_algorithm() == "reshape"
+    block = AC.override(pool="strided")
     with pytest.raises(ValueError, match="override gives unknown pool algorithm 'strided'"):
         block.__enter__()
 
@@ -226,8 +228,8 @@ def test_unknown_algorithm_names_raise_value_error(monkeypatch):
         F.conv2d(x, kernel, algorithm="winograd")
     with pytest.raises(ValueError, match="reduce_window, reshape"):
         F.max_pool(x, 2, algorithm="strided")
-    monkeypatch.setenv(CA.CONV_ENV_VAR, "fft")
-    with pytest.raises(ValueError, match=f"environment variable {CA.CONV_ENV_VAR}.*'fft'"):
+    monkeypatch.setenv(AC.CONV_ENV_VAR, "fft")
+    with pytest.raises(ValueError, match=f"environment variable {AC.CONV_ENV_VAR}.*'fft'"):
         F.conv2d(x, kernel)
 
 
@@ -320,8 +322,8 @@ def test_lenet_trains_identically_with_each_algorithm():
         ("tiled", "reshape"),
     ):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(CA.CONV_ENV_VAR, conv)
-            mp.setenv(CA.POOL_ENV_VAR, pool)
+            mp.setenv(AC.CONV_ENV_VAR, conv)
+            mp.setenv(AC.POOL_ENV_VAR, pool)
             steps = make_steps(
                 model, optim.create("adam", learning_rate=1e-3), input_shape=(28, 28, 1)
             )

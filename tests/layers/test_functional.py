@@ -26,6 +26,7 @@ from research.layers import (
     conv_algorithms,
     filters,
     max_pool,
+    pool_algorithms,
 )
 from tests.helpers.fast_tier import fast_jit
 from tests.helpers.reference import conv_ref_scipy, conv_ref_taps, pool_ref, ref_pads
@@ -225,7 +226,7 @@ POOL_CASES = _pool_cases(12)
 # (kind, count_include_pad, algorithm): max pooling by every registered algorithm, then
 # average pooling without and with the padded zeros in the count.
 POOL_KINDS = [
-    *(("max", False, name) for name in conv_algorithms.POOL_ALGORITHMS.names()),
+    *(("max", False, name) for name in pool_algorithms.POOL_ALGORITHMS.names()),
     ("avg", False, None),
     ("avg", True, None),
 ]

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from research.layers import algorithm_choice as AC
 from research.layers import conv_algorithms as CA
 from research.layers import functional as F
 from research.layers import onednn
@@ -36,7 +37,7 @@ def test_onednn_is_the_one_device_cpu_default_where_it_builds_and_tiled_stands_i
     monkeypatch, caplog
 ):
     _needs_onednn()
-    monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
+    monkeypatch.delenv(AC.CONV_ENV_VAR, raising=False)
     assert CA.resolve_conv_algorithm() == ("onednn" if jax.device_count() == 1 else "tiled")
     with monkeypatch.context() as m:  # several devices (forced CPU devices, several hosts)
         m.setattr(jax, "device_count", lambda: 2)

@@ -9,7 +9,8 @@ import pytest
 
 from research.config import get_base_config
 from research.layers import Conv2D, MaxPool2D
-from research.layers import conv_algorithms as CA
+from research.layers import algorithm_choice as AC
+from research.layers import pool_algorithms as PA
 from research.train import assemble, engine
 
 
@@ -26,7 +27,7 @@ class TwoPools(nn.Module):
 
 def traced(model, shape, **override):
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    with CA.override(**override), CA.recording() as ran:
+    with AC.override(**override), AC.recording() as ran:
         jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     return ran
 
@@ -37,23 +38,23 @@ def test_overlapping_pools_are_recorded_as_reduce_window():
         "max_pool non-overlapping": {"reshape"},
         "max_pool overlapping or padded": {"reduce_window"},
     }
-    assert CA.summarize(ran["pool"], "reshape") == {
+    assert AC.summarize(ran["pool"], "reshape") == {
         "max_pool non-overlapping": "reshape",
         "max_pool overlapping or padded": "reduce_window",
     }
     # One algorithm for every conv: the field stays a plain string.
     assert ran["conv"] == {"conv shallow": {"xla"}, "conv": {"xla"}}
-    assert CA.summarize(ran["conv"], "xla") == "xla"
+    assert AC.summarize(ran["conv"], "xla") == "xla"
     ran = traced(TwoPools(), (1, 16, 16, 1), conv="xla", pool="reduce_window")
-    assert CA.summarize(ran["pool"], "reduce_window") == "reduce_window"
+    assert AC.summarize(ran["pool"], "reduce_window") == "reduce_window"
     # No pool traced: the chosen algorithm stands.
-    assert CA.summarize({}, "reshape") == "reshape"
+    assert AC.summarize({}, "reshape") == "reshape"
 
 
 def test_a_fallback_inside_one_kind_lists_both():
     # Two algorithms ran: a dict, even with one kind of layer.
-    assert CA.summarize({"conv": {"tiled", "im2col"}}, "tiled") == {"conv": "im2col+tiled"}
-    assert CA.summarize({"conv": {"tiled", "im2col"}, "conv grouped": {"im2col"}}, "x") == {
+    assert AC.summarize({"conv": {"tiled", "im2col"}}, "tiled") == {"conv": "im2col+tiled"}
+    assert AC.summarize({"conv": {"tiled", "im2col"}, "conv grouped": {"im2col"}}, "x") == {
         "conv": "im2col+tiled",
         "conv grouped": "im2col",
     }
@@ -61,8 +62,8 @@ def test_a_fallback_inside_one_kind_lists_both():
 
 def test_nothing_is_recorded_outside_a_block():
     x = jnp.ones((1, 4, 4, 1))
-    CA.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)), algorithm="reshape")  # no error, no record
-    with CA.recording() as ran:
+    PA.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)), algorithm="reshape")  # no error, no record
+    with AC.recording() as ran:
         pass
     assert ran == {"conv": {}, "pool": {}}
 
@@ -72,7 +73,7 @@ def test_nothing_is_recorded_outside_a_block():
     [("alexnet", 64, "reduce_window"), ("lenet5", 32, "reshape")],
 )
 def test_programs_record_what_the_model_runs(model, image_size, pool, monkeypatch):
-    monkeypatch.setenv(CA.POOL_ENV_VAR, "reshape")
+    monkeypatch.setenv(AC.POOL_ENV_VAR, "reshape")
     config = get_base_config()
     config.model.name = model
     config.data.image_size = image_size

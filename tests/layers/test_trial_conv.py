@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from research.layers import algorithm_choice as AC
 from research.layers import conv_algorithms as CA
 from research.layers import functional as F
+from research.layers import pool_algorithms as PA
 from tests.helpers.conv_cases import conv_inputs as _conv_inputs
 
 # --------------------------------------------------------------------------- trials at once
@@ -89,7 +91,7 @@ def test_vmapped_trials_in_the_gpu_form_equal_the_current_path_and_each_trial_al
     idx = rows[: 3 * 3 * 16].reshape(3, 3, 16).astype(np.int32)  # (T, steps, B), own batches
 
     current = engine.build_programs(run, "vmap")
-    monkeypatch.setitem(CA.VMAPPED_ALGORITHMS, "cpu", dict(CA.VMAPPED_ALGORITHMS["gpu"]))
+    monkeypatch.setitem(AC.VMAPPED_ALGORITHMS, "cpu", dict(AC.VMAPPED_ALGORITHMS["gpu"]))
     new = engine.build_programs(run, "vmap")
     assert new.algorithms == {"conv": "trials", "pool": "reshape"}  # what results.json records
     assert current.algorithms["pool"] == "reduce_window"
@@ -141,9 +143,9 @@ def test_vmapped_chunk_lowered_for_cuda_has_no_slow_forms_with_the_gpu_algorithm
     forms = {}
     for name, algorithms in (
         ("xla", {"conv": "xla", "pool": "reduce_window"}),
-        ("gpu", CA.VMAPPED_ALGORITHMS["gpu"]),
+        ("gpu", AC.VMAPPED_ALGORITHMS["gpu"]),
     ):
-        with CA.override(**algorithms):
+        with AC.override(**algorithms):
             forms[name] = PF.form(PF.lower(chunk, *args, platform="cuda"))
     old, new = forms["xla"], forms["gpu"]
     slow = [c for c in old.convolutions if c.slow]
@@ -185,18 +187,18 @@ def test_program_form_lists_batch_groups_of_a_grouped_kernel_gradient():
 
 
 def test_vmapped_algorithms_by_backend_and_the_environment_wins(monkeypatch):
-    monkeypatch.delenv(CA.CONV_ENV_VAR, raising=False)
-    monkeypatch.delenv(CA.POOL_ENV_VAR, raising=False)
-    with CA.vmapped_override("gpu"):
-        assert (CA.resolve_conv_algorithm(), CA.resolve_pool_algorithm()) == ("trials", "reshape")
-    with CA.vmapped_override("cpu"):
+    monkeypatch.delenv(AC.CONV_ENV_VAR, raising=False)
+    monkeypatch.delenv(AC.POOL_ENV_VAR, raising=False)
+    with AC.vmapped_override("gpu"):
+        assert (CA.resolve_conv_algorithm(), PA.resolve_pool_algorithm()) == ("trials", "reshape")
+    with AC.vmapped_override("cpu"):
         assert CA.resolve_conv_algorithm() == CA.default_conv_algorithm()  # CPU's stays
-        assert CA.resolve_pool_algorithm() == "reduce_window"
-    with CA.vmapped_override("tpu"):  # not listed: the plain programs' choice
-        assert CA.resolve_pool_algorithm() == CA.default_pool_algorithm()
-    monkeypatch.setenv(CA.CONV_ENV_VAR, "im2col")
-    with CA.vmapped_override("gpu"):
-        assert (CA.resolve_conv_algorithm(), CA.resolve_pool_algorithm()) == ("im2col", "reshape")
+        assert PA.resolve_pool_algorithm() == "reduce_window"
+    with AC.vmapped_override("tpu"):  # not listed: the plain programs' choice
+        assert PA.resolve_pool_algorithm() == PA.default_pool_algorithm()
+    monkeypatch.setenv(AC.CONV_ENV_VAR, "im2col")
+    with AC.vmapped_override("gpu"):
+        assert (CA.resolve_conv_algorithm(), PA.resolve_pool_algorithm()) == ("im2col", "reshape")
 
 
 def test_trials_kernel_gradient_is_one_matmul_equal_to_xla_under_vmap():

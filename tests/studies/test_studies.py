@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from research.layers import filters
+from research.layers import algorithm_choice, filters
 from research.studies import architectures as study_architectures
 from research.studies import autoencoder as study_autoencoder
 from research.studies import filters as study_filters
@@ -309,13 +309,11 @@ def test_architecture_flops_are_the_models_whatever_the_conv_algorithm(monkeypat
     adds, ReLUs and pooling add about 0.2M. "tiled" (the CPU default) would count the
     zeros of its banded kernels as well (30.4M).
     """
-    from research.layers import conv_algorithms
-
     macs = 28 * 28 * 32 * 25 + 10 * 10 * 64 * 800 + 6 * 6 * 128 * 1600 + 2 * 2 * 64 * 3200
     count = study_architectures.flops_per_example.__wrapped__  # uncached
     counts = {}
     for algorithm in ("tiled", "im2col"):
-        monkeypatch.setenv(conv_algorithms.CONV_ENV_VAR, algorithm)
+        monkeypatch.setenv(algorithm_choice.CONV_ENV_VAR, algorithm)
         counts[algorithm] = count("lecture_cnn", "{}", (28, 28, 1), 10)
     assert counts["tiled"] == counts["im2col"]
     assert 2 * macs < counts["tiled"] < 2 * macs + 0.4e6

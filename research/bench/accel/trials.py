@@ -111,7 +111,8 @@ def part_trials(ctx: Context) -> list[Row]:
 
 
 def part_pool(ctx: Context) -> list[Row]:
-    from research.layers import conv_algorithms
+    # late, as this module's other imports: importing it loads no JAX
+    from research.layers import algorithm_choice, pool_algorithms
     from research.sweep import vmapped
     from research.train import loop
 
@@ -121,7 +122,7 @@ def part_pool(ctx: Context) -> list[Row]:
     for pool in POOL_ALGORITHMS:
         if not more(ctx, len(rows)):
             break
-        with conv_algorithms.override(pool=pool):  # the programs are traced inside
+        with algorithm_choice.override(pool=pool):  # the programs are traced inside
             p = vmapped.probe([with_fields(base, seed=s) for s in range(n)], splits, steps=steps)
         rows.append(
             Row(
@@ -133,11 +134,11 @@ def part_pool(ctx: Context) -> list[Row]:
         )
     config = speedrun_config(ctx)
     cifar, _ = loop.prepare_data(config)
-    default = conv_algorithms.resolve_pool_algorithm()  # the speedrun part's: not run again
+    default = pool_algorithms.resolve_pool_algorithm()  # the speedrun part's: not run again
     for pool in [p for p in POOL_ALGORITHMS if p != default]:
         if not more(ctx, len(rows)):
             break
-        with conv_algorithms.override(pool=pool):
+        with algorithm_choice.override(pool=pool):
             _, outcomes = train(config, splits=cifar, seeds=[0] if ctx.smoke else [0, 1])
         results = [o.results for o in outcomes]
         seconds = [r["wall_seconds"] for r in results]
