@@ -5,7 +5,7 @@ each step gathers its batch by index (`pipeline.py`). That stops at the first
 dataset larger than device memory. `data.loader = "stream"` keeps the same
 plan and moves the gather to the host:
 
-  * The same batches. The training loop's index rows (`pipeline.plan_chunks`:
+  * The same batches. The training loop's index rows (`batching.plan_chunks`:
     epoch e shuffled by `fold_in(data_key, e)`, chunks cut where the device
     path cuts them) say which examples each step uses; the stream reads exactly
     those records by random access (`records.RecordReader`), normalizes them
@@ -37,7 +37,7 @@ plan and moves the gather to the host:
     `prefetch` chunks ready, so a step does not wait on the host.
 
 Evaluation (`eval_chunks`) reads the validation and test splits in order with
-the padded, masked batches of `pipeline.eval_batches`.
+the padded, masked batches of `batching.eval_batches`.
 
 What the engine calls:
 
@@ -75,7 +75,7 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research.data import pipeline, records
+from research.data import augmentation, batching, pipeline, records
 from research.logs import root_logging_kept
 
 with root_logging_kept():  # grain imports orbax, which logs through absl on import
@@ -337,13 +337,13 @@ class StreamChunk:
     """A chunk of training steps with its batches on the devices.
 
     Attributes:
-      plan: which steps and examples (`pipeline.ChunkPlan`: epoch, step, position,
+      plan: which steps and examples (`batching.ChunkPlan`: epoch, step, position,
         rows, epoch_end).
       images: `(S, B, H, W, C)` float32 global array, sharded on the B axis.
       labels: `(S, B)` int32 global array, sharded the same way.
     """
 
-    plan: pipeline.ChunkPlan
+    plan: batching.ChunkPlan
     images: jax.Array
     labels: jax.Array
 
@@ -367,7 +367,7 @@ class _Load:
         step, rows, columns, batch_size = element
         images, labels = self.split.read(rows)
         if self.augment_seed is not None:
-            images = pipeline.augment_host(
+            images = augmentation.augment_host(
                 images, seed=self.augment_seed, step=step, columns=columns, batch_size=batch_size
             )
         return images, labels
@@ -472,10 +472,10 @@ class TrainStream:
       split: the training split (`StreamSplits.train`).
       data_key: the run's data key; epoch e is shuffled by `fold_in(data_key, e)`.
       batch_size: the global batch size.
-      remainder: "drop" or "keep" (`pipeline.epoch_batches`).
+      remainder: "drop" or "keep" (`batching.epoch_batches`).
       chunk: steps per chunk (the loop's logging interval, or an epoch).
       num_epochs: epochs of the run.
-      last_epoch_fraction: share of the last epoch trained (`pipeline.total_steps`).
+      last_epoch_fraction: share of the last epoch trained (`batching.total_steps`).
       mesh: the device mesh (one axis, "data").
       workers: grain worker processes (0: read in this process's threads).
       read_threads: threads reading in each process.
@@ -507,7 +507,7 @@ class TrainStream:
         self.chunk = chunk
         self.num_epochs = num_epochs
         self.last_epoch_fraction = last_epoch_fraction
-        self.steps_per_epoch = pipeline.steps_per_epoch(len(split), batch_size, remainder)
+        self.steps_per_epoch = batching.steps_per_epoch(len(split), batch_size, remainder)
         self.dataset_fingerprint = dataset_fingerprint
         self.reader = _Reader(
             split,
@@ -518,9 +518,9 @@ class TrainStream:
             augment_seed=augment_seed,
         )
 
-    def plans(self, start_step: int = 0) -> Iterator[pipeline.ChunkPlan]:
+    def plans(self, start_step: int = 0) -> Iterator[batching.ChunkPlan]:
         """The chunk plans from `start_step` on: the device path's, exactly."""
-        return pipeline.plan_chunks(
+        return batching.plan_chunks(
             self.data_key,
             n=len(self.split),
             batch_size=self.batch_size,
@@ -593,12 +593,12 @@ def eval_chunks(
 ) -> Prefetch:
     """The whole split in order, as (images, labels, mask) global arrays `(K, Be, ...)`.
 
-    The batches of `pipeline.eval_batches` (padded with the last example, masked
+    The batches of `batching.eval_batches` (padded with the last example, masked
     with 0), `chunk` of them at a time. Read in this process's threads: no
     worker processes to start for a pass that has no augmentation.
     """
     n_dev = mesh.devices.size
-    idx, mask = pipeline.eval_batches(len(split), batch_size, n_dev)
+    idx, mask = batching.eval_batches(len(split), batch_size, n_dev)
     reader = _Reader(split, mesh=mesh, read_threads=read_threads, prefetch=prefetch)
     starts = range(0, len(idx), chunk)
     replicated = NamedSharding(mesh, P())
@@ -620,8 +620,8 @@ def eval_chunks(
     return Prefetch(produce, prefetch)
 
 
-def _group_by_epoch(plans: Iterator[pipeline.ChunkPlan]) -> Iterator[list[pipeline.ChunkPlan]]:
-    group: list[pipeline.ChunkPlan] = []
+def _group_by_epoch(plans: Iterator[batching.ChunkPlan]) -> Iterator[list[batching.ChunkPlan]]:
+    group: list[batching.ChunkPlan] = []
     for plan in plans:
         group.append(plan)
         if plan.epoch_end:

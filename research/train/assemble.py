@@ -19,7 +19,7 @@ import ml_collections
 
 from research import config as config_lib
 from research import models, optim
-from research.data import pipeline, stream
+from research.data import augmentation, batching, pipeline, stream
 from research.optim import freeze as freeze_lib
 from research.train import transfer as transfer_lib
 from research.train.steps import Steps, make_mesh, make_steps
@@ -115,10 +115,10 @@ def build_run(
             f"config.model.name={config.model.name!r} initialises from the training images "
             f"(data_init), which needs data.loader='device' (resolved to 'stream': {loader_reason})"
         )
-    spe = pipeline.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
-    total = pipeline.total_steps(spe, config.num_epochs, config.last_epoch_fraction)
+    spe = batching.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
+    total = batching.total_steps(spe, config.num_epochs, config.last_epoch_fraction)
     policy = config.data.augment_policy if config.data.augment else None
-    if policy and pipeline.AUGMENTATIONS.get(policy).needs_rows and loader == "stream":
+    if policy and augmentation.AUGMENTATIONS.get(policy).needs_rows and loader == "stream":
         raise ValueError(
             f"config.data.augment_policy={policy!r} needs each example's index, which only "
             f"data.loader='device' has (data.loader resolved to 'stream': {loader_reason})"

@@ -22,7 +22,7 @@ import pytest
 
 from research import data, models
 from research.config import get_base_config
-from research.data import pipeline, stream
+from research.data import augmentation, batching, pipeline, stream
 from research.train.checkpoint import tree_sha256
 from research.train.steps import make_mesh, make_steps
 from tests.helpers.images import write_image_folder
@@ -108,13 +108,13 @@ def test_stream_chunks_are_the_device_batches(both, remainder):
             np.testing.assert_array_equal(np.asarray(chunk.labels), device.train.labels[rows])
             seen[chunk.plan.epoch] += rows.ravel().tolist()
             steps.append((chunk.step, chunk.steps))
-    spe = pipeline.steps_per_epoch(n, batch, remainder)
+    spe = batching.steps_per_epoch(n, batch, remainder)
     assert sum(s for _, s in steps) == 2 * spe
     assert [s for s, _ in steps] == list(np.cumsum([0] + [s for _, s in steps])[:-1])
     data_key = jax.random.PRNGKey(7)
     for epoch in (0, 1):
         # The device path's epoch: the same examples, each once.
-        expected = pipeline.epoch_batches(jax.random.fold_in(data_key, epoch), n, batch, remainder)
+        expected = batching.epoch_batches(jax.random.fold_in(data_key, epoch), n, batch, remainder)
         assert sorted(seen[epoch]) == sorted(np.concatenate([b.ravel() for b in expected]))
         assert len(set(seen[epoch])) == (n if remainder == "keep" else n - n % batch)
 
@@ -206,10 +206,10 @@ def test_host_augmentation_is_independent_of_how_the_batch_is_cut(both):
     _, streamed = both
     seed = stream.seed_of(jax.random.PRNGKey(7))
     images, _ = streamed.train.read(np.arange(BATCH))
-    whole = pipeline.augment_host(
+    whole = augmentation.augment_host(
         images, seed=seed, step=5, columns=np.arange(BATCH), batch_size=BATCH
     )
-    half = pipeline.augment_host(
+    half = augmentation.augment_host(
         images[6:], seed=seed, step=5, columns=np.arange(6, BATCH), batch_size=BATCH
     )
     np.testing.assert_array_equal(half, whole[6:])
@@ -217,7 +217,7 @@ def test_host_augmentation_is_independent_of_how_the_batch_is_cut(both):
     # (the training mean), and every image keeps its own pixels otherwise.
     assert whole.shape == images.shape
     assert not np.array_equal(whole, images)
-    other_step = pipeline.augment_host(
+    other_step = augmentation.augment_host(
         images, seed=seed, step=6, columns=np.arange(BATCH), batch_size=BATCH
     )
     assert not np.array_equal(other_step, whole)
@@ -228,7 +228,7 @@ def test_host_augmentation_is_independent_of_how_the_batch_is_cut(both):
     rows = chunk.plan.rows
     for s in range(chunk.steps):
         raw, _ = streamed.train.read(rows[s])
-        want = pipeline.augment_host(
+        want = augmentation.augment_host(
             raw, seed=seed, step=s, columns=np.arange(BATCH), batch_size=BATCH
         )
         np.testing.assert_array_equal(np.asarray(chunk.images[s]), want)
@@ -247,7 +247,7 @@ def test_augment_host_is_a_padded_crop_maybe_flipped():
 
     seen = []
     for step in range(60):
-        out = pipeline.augment_host(
+        out = augmentation.augment_host(
             image, seed=(0,), step=step, columns=np.arange(1), batch_size=1, pad=2
         )
         assert out.shape == (1, 6, 6, 1) and out.dtype == np.float32
