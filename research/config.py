@@ -41,7 +41,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.determinism = "ops"
     c.compute_dtype = "float32"  # "float32" or "bfloat16": activations/matmuls; params stay float32
     # Test-time augmentation of every evaluation (validation and test): the logits are a
-    # weighted mean over views of each image (research.data.pipeline.TTA). "none"; "flip":
+    # weighted mean over views of each image (research.data.augmentation.TTA). "none"; "flip":
     # the image and its mirror, 1/2 each; "flip_translate": airbench94's, 1/4 each on
     # those two, 1/8 each on both shifted by one pixel up-left and down-right (reflect).
     c.eval_tta = "none"
@@ -74,7 +74,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.train_size = 0  # keep only this many training examples after the split (0: all)
     c.data.classes = ()  # keep only these labels, relabelled 0..k-1 in this order (): all
     c.data.augment = False  # augment training batches with data.augment_policy
-    # What data.augment does (research.data.pipeline.AUGMENTATIONS): "crop_flip", random
+    # What data.augment does (research.data.augmentation.AUGMENTATIONS): "crop_flip", random
     # crop after zero padding 4 + random horizontal flip (CIFAR-style); "airbench",
     # airbench94's alternating flip (each image mirrored in every other epoch) + random
     # translation by up to 2 pixels with reflect padding (needs data.loader="device").
@@ -168,8 +168,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     Raises:
       ValueError: naming the field (`config.<path>`), the value and what is valid.
     """
+    # Imported here: the registries import JAX, and `import research.config` (what an
+    # experiment's get_config needs) stays light without them.
     from research import data, models, optim
-    from research.data import pipeline
+    from research.data import augmentation
 
     for field, minimum in (
         ("seed", 0),
@@ -191,8 +193,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check_int(config, field, minimum)
     if not 0 < config.last_epoch_fraction <= 1:
         _fail("last_epoch_fraction", config.last_epoch_fraction, "must be in (0, 1]")
-    if config.eval_tta not in pipeline.TTA:
-        _fail("eval_tta", config.eval_tta, f"one of {', '.join(pipeline.TTA.names())}")
+    if config.eval_tta not in augmentation.TTA:
+        _fail("eval_tta", config.eval_tta, f"one of {', '.join(augmentation.TTA.names())}")
     if not 0 <= config.loss.label_smoothing < 1:
         _fail("loss.label_smoothing", config.loss.label_smoothing, "must be in [0, 1)")
     validated = ("val_accuracy", "val_loss")
@@ -237,13 +239,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("data.augment_on", d.augment_on, "must be 'device' or 'host'")
     if d.augment_on == "host" and d.loader != "stream":
         _fail("data.augment_on", d.augment_on, "'host' needs data.loader='stream'")
-    if d.augment_policy not in pipeline.AUGMENTATIONS:
-        _fail("data.augment_policy", d.augment_policy, f"one of {pipeline.AUGMENTATIONS.names()}")
+    if d.augment_policy not in augmentation.AUGMENTATIONS:
+        _fail(
+            "data.augment_policy", d.augment_policy, f"one of {augmentation.AUGMENTATIONS.names()}"
+        )
     if d.augment and d.augment_on == "host" and d.augment_policy != "crop_flip":
         _fail("data.augment_policy", d.augment_policy, "host augmentation has only 'crop_flip'")
     if (
         d.augment
-        and pipeline.AUGMENTATIONS.get(d.augment_policy).needs_rows
+        and augmentation.AUGMENTATIONS.get(d.augment_policy).needs_rows
         and d.loader == "stream"
     ):
         _fail("data.augment_policy", d.augment_policy, "needs data.loader='device' (or 'auto')")
@@ -259,7 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("optim.lookahead_decay", config.optim.lookahead_decay, "must be in [0, 1]")
     if not config.optim.lookahead_power >= 0:
         _fail("optim.lookahead_power", config.optim.lookahead_power, "must be >= 0")
-    from research.optim import freeze
+    from research.optim import freeze  # local like the imports at the top of validate
 
     t = config.transfer
     if t.strategy not in freeze.STRATEGIES:

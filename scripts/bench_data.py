@@ -41,6 +41,8 @@ import warnings
 
 import numpy as np
 
+from research.config import get_base_config  # light: no JAX until a part runs
+
 TRAIN_MODELS = {
     # name: (dataset, model overrides, augment on the device)
     "lenet5": ("mnist", {"padding": 2}, False),
@@ -54,8 +56,6 @@ def _load() -> str:
 
 
 def _data_config(name: str):
-    from research.config import get_base_config
-
     config = get_base_config()
     config.data.name = name
     return config.data
@@ -66,12 +66,13 @@ def _data_config(name: str):
 
 def bench_stream_host(workers: int, steps: int, batch: int, threads: int) -> dict:
     """The grain pipeline alone: read, normalize, augment; no device transfer."""
+    # Imported here: only the part that runs loads JAX, so --help and a bad flag answer at once.
     import jax
 
-    from research.data import stream
+    from research.data import stream, stream_splits
     from research.train.steps import make_mesh
 
-    splits = stream.open_splits(_data_config("cifar10"))
+    splits = stream_splits.open_splits(_data_config("cifar10"))
     reader = stream._Reader(  # noqa: SLF001 - the pipeline without the device transfer
         splits.train,
         mesh=make_mesh(),
@@ -101,6 +102,7 @@ def bench_stream_host(workers: int, steps: int, batch: int, threads: int) -> dic
 
 def bench_torch_host(workers: int, steps: int, batch: int) -> dict:
     """PyTorch's DataLoader over the CIFAR-10 uint8 arrays, the same work per image."""
+    # Imported here: torch is optional (requirements-bench.txt), and JAX loads with this part only.
     import torch
 
     from research import data
@@ -136,7 +138,7 @@ class _TorchCifar:
     padding=4), RandomHorizontalFlip), one image per call, as a map-style Dataset."""
 
     def __init__(self, images, labels, mean, std):
-        import torch
+        import torch  # optional: only the PyTorch row needs it
 
         self.images, self.labels = images, labels
         self.mean = torch.tensor(mean).view(3, 1, 1)
@@ -146,7 +148,7 @@ class _TorchCifar:
         return len(self.labels)
 
     def __getitem__(self, i):
-        import torch
+        import torch  # optional: only the PyTorch row needs it
 
         x = torch.tensor(self.images[i]).permute(2, 0, 1).float() / 255  # (3, 32, 32)
         x = torch.nn.functional.pad((x - self.mean) / self.std, (4, 4, 4, 4))
@@ -163,7 +165,7 @@ def run_host(args) -> list[dict]:
         for framework in ("stream", "torch"):
             if framework == "torch":
                 try:
-                    import torch  # noqa: F401
+                    import torch  # noqa: F401 - optional: is it installed?
                 except ImportError:
                     print("torch is not installed: pip install -r requirements-bench.txt")
                     continue
@@ -210,6 +212,7 @@ def bench_train(model_name: str, args) -> dict:
     `examples_per_second` of results.json excludes the first chunk (compilation,
     pipeline start); the paths alternate, `--repeats` times, each in a new workdir.
     """
+    # Imported here: only the part that runs loads JAX, so --help and a bad flag answer at once.
     import tempfile
 
     from research.train import loop

@@ -25,7 +25,7 @@ import pytest
 from tests.helpers.requirements import in_ci
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR_ENV = "RESEARCH_DATA_DIR"  # the same name as research.data.sources.DATA_DIR_ENV
+DATA_DIR_ENV = "RESEARCH_DATA_DIR"  # the same name as research.data.tfds_cache.DATA_DIR_ENV
 DATA_HELP = (
     "set RESEARCH_DATA_DIR to a folder laid out like shared/data (mnist/, fashion_mnist/, "
     "cifar10/cifar-10-batches-bin/), or run where the original files can be downloaded"

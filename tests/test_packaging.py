@@ -191,7 +191,7 @@ def test_a_platform_without_fcntl_imports_and_warns_once(tmp_path):
 import sys, warnings
 sys.modules["fcntl"] = None
 sys.modules["msvcrt"] = None
-import research.data.sources, research.sweep.storage
+import research.data.tfds_cache, research.sweep.storage
 from research.train import outputs
 from research import platform
 with warnings.catch_warnings(record=True) as caught:

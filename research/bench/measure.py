@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from research.data import pipeline
+from research.data import batching
 from research.train import engine
 
 
@@ -105,11 +105,11 @@ def steady(times: Sequence[float]) -> tuple[float, float]:
 
 def first_chunk_rows(configs: Sequence, data_keys, n: int, steps: int) -> np.ndarray:
     """`(T, steps, B)` example rows: the first chunk of each trial's first epoch, as the
-    engine plans it from the trial's data key (`pipeline.plan_chunks`)."""
+    engine plans it from the trial's data key (`batching.plan_chunks`)."""
     c = configs[0]
     first = [
         next(
-            pipeline.plan_chunks(
+            batching.plan_chunks(
                 k,
                 n=n,
                 batch_size=c.batch_size,

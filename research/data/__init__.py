@@ -28,10 +28,11 @@ from __future__ import annotations
 import functools
 import os
 
-from research.data import sources
-from research.data.sources import PreparedDataset, RawDataset
+from research.data import sources, tfds_cache
+from research.data.sources import RawDataset
 from research.data.tfds_builders import Cifar10, FashionMnist, Mnist
 from research.data.tfds_builders.folder import PREFIX as FOLDER_PREFIX
+from research.data.tfds_cache import PreparedDataset
 from research.registry import Registry, UnknownNameError
 
 # The datasets prepared as array_record files by the project's TFDS builders.
@@ -83,7 +84,7 @@ def load(
     if folder or (image_size and name in BUILDERS):  # prepared at that size, then read whole
         opened = open_records(name, data_dir=data_dir, cache_dir=cache_dir, image_size=image_size)
         return sources.to_raw(opened)
-    sources.check_image_size(image_size)
+    tfds_cache.check_image_size(image_size)
     if isinstance(name, str) and name.startswith(sources.CATALOG_PREFIX):
         raw = sources.load_catalog(name, data_dir=data_dir, cache_dir=cache_dir)
     else:
@@ -111,16 +112,18 @@ def open_records(
         is read through tf.data); the message lists the names that do.
     """
     if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
-        return sources.open_folder(name, cache_dir=cache_dir, image_size=image_size)
-    sources.check_image_size(image_size)
+        return tfds_cache.open_folder(name, cache_dir=cache_dir, image_size=image_size)
+    tfds_cache.check_image_size(image_size)
     if name not in BUILDERS:
         raise ValueError(
             f"data.name={name!r} is not stored as array_record files, which streaming reads: "
             f"use one of {', '.join(sorted(BUILDERS))} or folder:PATH, or data.loader='device'"
         )
-    prepared = sources.open_prepared(name, BUILDERS[name], data_dir=data_dir, cache_dir=cache_dir)
+    prepared = tfds_cache.open_prepared(
+        name, BUILDERS[name], data_dir=data_dir, cache_dir=cache_dir
+    )
     if image_size:
-        return sources.open_resized(prepared, image_size, cache_dir=cache_dir)
+        return tfds_cache.open_resized(prepared, image_size, cache_dir=cache_dir)
     return prepared
 
 

@@ -1,4 +1,4 @@
-"""From raw uint8 arrays to normalized splits, batch indices and augmentation.
+"""From raw uint8 arrays to normalized train, validation and test splits.
 
 The lectures' protocol: choose hyperparameters on a validation split carved
 from train, report on test. Here, shared by both ways of feeding a run
@@ -16,35 +16,21 @@ read from disk, `research.data.stream`):
     any number of pieces), and `normalize` applies them through a lookup
     table. Both loaders therefore feed bit-identical float32 images.
   * `prepare` does all of that for a dataset held in memory (the "device" path).
-  * `epoch_batches` gives the batch indices of one epoch, shuffled from that
-    epoch's key, with a stated remainder policy ("drop" or "keep");
-    `plan_chunks` cuts a run's epochs into the chunks of steps the training
-    loop runs in one compiled call, and `eval_batches` gives the padded,
-    masked batches of an evaluation.
-  * `augment` is the CIFAR recipe (random crop after 4-pixel zero padding, and a
-    horizontal flip with probability 1/2), in JAX, so it runs on the device
-    inside the jitted step; `augment_host` is the same recipe in numpy for the
-    streaming loader's worker processes (`data.augment_on = "host"`).
-    `AUGMENTATIONS` names the on-device policies `data.augment_policy` chooses
-    from (`crop_flip`, the recipe above, and `airbench`'s alternating flip with
-    a reflect-padded translation); `TTA` names the test-time augmentations of
-    `eval_tta` (the views an evaluation averages the logits over).
 
-Small datasets live on the device whole: the training step receives indices
-and gathers its batch there, so no host loop touches individual batches.
+Which examples each step takes is `batching.py`; augmentation is
+`augmentation.py`. Small datasets live on the device whole: the training step
+receives indices and gathers its batch there, so no host loop touches
+individual batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from research.registry import Registry
+from research import data as data_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,8 +327,6 @@ def from_config(
       cache: optional dict; runs with the same data fields share one `Splits`.
       normalization: instead of the training split's statistics (see `prepare`).
     """
-    from research import data as data_lib  # the sources; imported here to keep this module light
-
     d = data_cfg
     key = (
         d.name,
@@ -371,287 +355,3 @@ def from_config(
     if cache is not None:
         cache[key] = splits
     return splits
-
-
-# ------------------------------------------------------------------ batches and chunks
-
-
-def steps_per_epoch(n: int, batch_size: int, remainder: str = "drop") -> int:
-    """Optimizer steps in one epoch of `n` examples."""
-    if remainder == "drop":
-        return n // batch_size
-    if remainder == "keep":
-        return -(-n // batch_size)
-    raise ValueError(f"data.remainder must be 'drop' or 'keep', got {remainder!r}")
-
-
-def total_steps(steps_per_epoch: int, num_epochs: int, last_epoch_fraction: float = 1.0) -> int:
-    """Optimizer steps of a run: `num_epochs` epochs, the last one cut to `last_epoch_fraction`.
-
-    The cut epoch keeps `ceil(fraction * steps_per_epoch)` steps, so 10 epochs of 48 steps
-    with fraction 0.9 give 9 * 48 + 44 = 476 = ceil(9.9 * 48) steps (airbench's count).
-    """
-    if not 0 < last_epoch_fraction <= 1:
-        raise ValueError(
-            f"last_epoch_fraction={last_epoch_fraction!r} must be in (0, 1] (1: whole epochs)"
-        )
-    if last_epoch_fraction == 1:
-        return steps_per_epoch * num_epochs
-    last = math.ceil(steps_per_epoch * last_epoch_fraction - 1e-9)  # 0.9 * 48 = 43.2 -> 44
-    return steps_per_epoch * (num_epochs - 1) + max(last, 1)
-
-
-def epoch_batches(key: jax.Array, n: int, batch_size: int, remainder: str = "drop") -> list:
-    """The batches of one epoch as index arrays, shuffled by `key`.
-
-    Returns a list with one `(full_batches, batch_size)` int32 array of full
-    batches, followed by a `(1, n % batch_size)` array for the last partial
-    batch when `remainder == "keep"`. "drop" discards the last `n % batch_size`
-    examples of the permutation (different ones every epoch).
-    """
-    full = n // batch_size
-    if full == 0 and remainder == "drop":
-        raise ValueError(f"batch_size={batch_size} is larger than the training split ({n})")
-    perm = np.asarray(jax.random.permutation(key, n), np.int32)
-    out = [perm[: full * batch_size].reshape(full, batch_size)]
-    if remainder == "keep" and n % batch_size:
-        out.append(perm[full * batch_size :].reshape(1, -1))
-    elif remainder not in ("drop", "keep"):
-        raise ValueError(f"data.remainder must be 'drop' or 'keep', got {remainder!r}")
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkPlan:
-    """One chunk of training steps: what the loop runs in one compiled call.
-
-    Attributes:
-      epoch: the epoch (0-based) the chunk belongs to.
-      step: the global step of its first row (steps taken before it).
-      position: the index of its first row within the epoch.
-      rows: `(S, B)` int32 example indices into the training split, one row per step.
-      epoch_end: whether the chunk finishes its epoch.
-    """
-
-    epoch: int
-    step: int
-    position: int
-    rows: np.ndarray
-    epoch_end: bool
-
-
-def plan_chunks(
-    data_key: jax.Array,
-    *,
-    n: int,
-    batch_size: int,
-    remainder: str,
-    chunk: int,
-    num_epochs: int,
-    start_step: int = 0,
-    last_epoch_fraction: float = 1.0,
-) -> Iterator[ChunkPlan]:
-    """The run's steps from `start_step` on, cut into chunks, in order.
-
-    Epoch `e`'s order is `epoch_batches(fold_in(data_key, e), ...)`. Chunks end at
-    multiples of `chunk` steps within the epoch, at the epoch's end, and before
-    the kept remainder batch (a different shape runs alone), so a run resumed at
-    any step cuts the rest of the epoch exactly where the first run did. The last
-    epoch stops after `total_steps(...)` (its chunk then counts as the epoch's end).
-    """
-    spe = steps_per_epoch(n, batch_size, remainder)
-    stop = total_steps(spe, num_epochs, last_epoch_fraction)
-    step = start_step
-    for epoch in range(start_step // spe, num_epochs):
-        batches = epoch_batches(jax.random.fold_in(data_key, epoch), n, batch_size, remainder)
-        rows = [row for block in batches for row in block]  # per-step index rows
-        rows = rows[: stop - epoch * spe]  # the last epoch may be cut short
-        position = step - epoch * spe
-        while position < len(rows):
-            end = min((position // chunk + 1) * chunk, len(rows))
-            sizes = [len(r) for r in rows[position:end]]
-            if len(set(sizes)) > 1:  # the kept remainder batch runs alone
-                end = position + next(i for i, s in enumerate(sizes) if s != sizes[0])
-            yield ChunkPlan(epoch, step, position, np.stack(rows[position:end]), end == len(rows))
-            step += end - position
-            position = end
-
-
-def eval_batches(n: int, batch_size: int, n_dev: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices `(K, Be)` and float32 mask `(K, Be)` covering `n` examples once, in order.
-
-    `Be` is `batch_size` (at most `n`) rounded up to a multiple of `n_dev`; the last
-    batch is padded with copies of example `n - 1`, masked out with 0.
-    """
-    batch_size = -(-min(batch_size, n) // n_dev) * n_dev  # a multiple of the device count
-    batches = -(-n // batch_size)
-    idx = np.arange(batches * batch_size, dtype=np.int32)
-    mask = (idx < n).astype(np.float32)
-    idx = np.minimum(idx, n - 1)
-    return idx.reshape(batches, batch_size), mask.reshape(batches, batch_size)
-
-
-# ------------------------------------------------------------------ augmentation
-
-
-def augment(key: jax.Array, images: jax.Array, *, pad: int = 4) -> jax.Array:
-    """Random crop after `pad`-pixel zero padding, then a random horizontal flip.
-
-    Args:
-      key: randomness for this batch.
-      images: `(N, H, W, C)` normalized images (zero = the training mean).
-      pad: pixels of zero padding on each side before cropping back to `H x W`.
-    """
-    n, h, w, _ = images.shape
-    crop_key, flip_key = jax.random.split(key)
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
-
-    def crop(image, offset):
-        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, image.shape[-1]))
-
-    cropped = jax.vmap(crop)(padded, offsets)
-    flip = jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1))
-    return jnp.where(flip, cropped[:, :, ::-1, :], cropped)
-
-
-def augment_host(
-    images: np.ndarray,
-    *,
-    seed: tuple[int, ...],
-    step: int,
-    columns: np.ndarray,
-    batch_size: int,
-    pad: int = 4,
-) -> np.ndarray:
-    """`augment`'s recipe in numpy, for rows `columns` of step `step`'s global batch.
-
-    The draws are made for the whole global batch of `batch_size` from
-    `default_rng([*seed, step])` and each row takes its own, so a row's crop and
-    flip depend on the run's seed, the step and the row's place in the batch
-    only: not on the worker, the host, or how the batch was cut. (Different
-    draws from `augment`'s, so "host" and "device" augmentation are equally
-    distributed but not equal.)
-
-    Args:
-      images: `(b, H, W, C)` normalized images, rows `columns` of the global batch.
-      seed: the run's augmentation seed (integers).
-      step: the global step.
-      columns: `(b,)` positions of these rows in the global batch.
-      batch_size: size of the global batch.
-      pad: zero padding before cropping back to `H x W`.
-    """
-    rng = np.random.default_rng([*seed, step])
-    offsets = rng.integers(0, 2 * pad + 1, (batch_size, 2))[columns]  # (b, 2)
-    flips = (rng.random(batch_size) < 0.5)[columns]  # (b,)
-    b, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    ys = offsets[:, :1] + np.arange(h)  # (b, H)
-    xs = offsets[:, 1:] + np.arange(w)  # (b, W)
-    xs = np.where(flips[:, None], xs[:, ::-1], xs)
-    return padded[np.arange(b)[:, None, None], ys[:, :, None], xs[:, None, :]]
-
-
-# ------------------------------------------------------------------ augmentation policies
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentPolicy:
-    """An on-device training augmentation, chosen by `data.augment_policy`.
-
-    Attributes:
-      fn: `fn(key, images, *, epoch, rows, run_key) -> images`: `key` is this
-        step's augmentation key, `images` the `(B, H, W, C)` batch, `epoch` the
-        0-based epoch (int32 scalar), `rows` the `(B,)` indices of the examples in
-        the training split (None when the policy does not need them), and
-        `run_key` a key fixed for the whole run (for draws that must stay the
-        same from epoch to epoch).
-      needs_rows: the policy needs `rows`, which only the device loader has.
-    """
-
-    fn: Callable[..., jax.Array]
-    needs_rows: bool = False
-
-
-def _crop_flip(key, images, *, epoch, rows, run_key):
-    del epoch, rows, run_key
-    return augment(key, images)
-
-
-def translate(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
-    """Each image shifted by its `offsets[i] - pad` pixels (rows, columns), reflect-padded.
-
-    Args:
-      images: `(N, H, W, C)`.
-      offsets: `(N, 2)` int32 in `[0, 2 pad]`: the crop's top-left corner in the
-        image padded by `pad` pixels on each side (`pad`: no shift).
-      pad: the largest shift.
-    """
-    n, h, w, c = images.shape
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-
-    def crop(image, offset):
-        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
-
-    return jax.vmap(crop)(padded, offsets)
-
-
-def alternating_flip(images: jax.Array, *, epoch, rows, run_key) -> jax.Array:
-    """airbench's alternating flip: example i is mirrored in epoch e iff `b_i XOR (e odd)`.
-
-    `b_i` is a coin drawn once per run and example (`fold_in(run_key, i)`), so each
-    image is seen mirrored in every other epoch instead of in a random half of them.
-    """
-    base = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(run_key, i)))(rows)
-    flip = base ^ (epoch % 2 == 1)
-    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
-
-
-def _airbench(key, images, *, epoch, rows, run_key, pad: int = 2):
-    images = alternating_flip(images, epoch=epoch, rows=rows, run_key=run_key)
-    offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * pad + 1)
-    return translate(images, offsets, pad)
-
-
-# data.augment_policy -> policy. "crop_flip" is `augment` (zero pad 4, random crop,
-# random flip); "airbench" is airbench94's (Jordan 2024): the alternating flip, then a
-# random translation by up to 2 pixels each way, uniform over the 5 x 5 shifts, with
-# reflect padding (airbench pads the pre-flipped images once and crops each epoch: the
-# same distribution).
-AUGMENTATIONS: Registry[AugmentPolicy] = Registry(
-    "augmentation policy",
-    {
-        "crop_flip": AugmentPolicy(_crop_flip),
-        "airbench": AugmentPolicy(_airbench, needs_rows=True),
-    },
-)
-
-
-# ------------------------------------------------------------------ test-time augmentation
-
-
-def _identity_views(images):
-    return [(1.0, images)]
-
-
-def _flip_views(images):
-    return [(0.5, images), (0.5, images[:, :, ::-1, :])]
-
-
-def _flip_translate_views(images):
-    """airbench's tta_level=2: half the weight on the image and its mirror, the other half
-    on both of them shifted by one pixel up-left and down-right (reflect padding)."""
-    n = images.shape[0]
-    views = [(0.5 * w, v) for w, v in _flip_views(images)]
-    for offset in (0, 2):  # the crop's corner in the 1-pixel padded image: (-1, -1) and (+1, +1)
-        shifted = translate(images, jnp.full((n, 2), offset, jnp.int32), 1)
-        views += [(0.5 * w / 2, v) for w, v in _flip_views(shifted)]
-    return views
-
-
-# eval_tta -> views(images) -> [(weight, view)]; an evaluation's logits are
-# sum(weight * model(view)). Weights sum to 1. "none" is the plain evaluation.
-TTA: Registry[Callable[[jax.Array], list]] = Registry(
-    "test-time augmentation",
-    {"none": _identity_views, "flip": _flip_views, "flip_translate": _flip_translate_views},
-)

@@ -19,7 +19,7 @@ import ml_collections
 
 from research import config as config_lib
 from research import models, optim
-from research.data import pipeline, stream
+from research.data import augmentation, batching, loader_choice, pipeline, stream_splits
 from research.optim import freeze as freeze_lib
 from research.train import transfer as transfer_lib
 from research.train.steps import Steps, make_mesh, make_steps
@@ -32,7 +32,7 @@ class Run:
     """Everything a run needs, built and validated before anything is written."""
 
     config: ml_collections.ConfigDict
-    splits: Any  # pipeline.Splits ("device") or stream.StreamSplits ("stream")
+    splits: Any  # pipeline.Splits ("device") or stream_splits.StreamSplits ("stream")
     model: Any
     task: str
     steps: Steps  # the per-trial functions on the ("data",) mesh of every device
@@ -48,7 +48,7 @@ def prepare_data(config: ml_collections.ConfigDict, cache: dict | None = None) -
     """The run's splits on the path `data.loader` resolves to, and the reason for it.
 
     "device": `pipeline.Splits` (normalized arrays, cached in `cache` by their
-    fields); "stream": `stream.StreamSplits` (the records, no image loaded). A
+    fields); "stream": `stream_splits.StreamSplits` (the records, no image loaded). A
     transfer from imported weights normalizes with the source network's mean and
     std (`transfer.pretrained_normalization`), and data it cannot take is refused.
 
@@ -57,9 +57,9 @@ def prepare_data(config: ml_collections.ConfigDict, cache: dict | None = None) -
     """
     data_cfg, pretrained = config.data, config.transfer.pretrained
     normalization = transfer_lib.pretrained_normalization(pretrained) if pretrained else None
-    loader, reason = stream.choose_loader(data_cfg)
+    loader, reason = loader_choice.choose_loader(data_cfg)
     if loader == "stream":
-        splits = stream.open_splits(data_cfg, normalization=normalization)
+        splits = stream_splits.open_splits(data_cfg, normalization=normalization)
     else:
         splits = pipeline.from_config(data_cfg, cache, normalization)
     if pretrained:
@@ -88,7 +88,7 @@ def build_run(
     config_lib.validate(config)
     if splits is None:
         splits, loader_reason = prepare_data(config)
-    loader = "stream" if isinstance(splits, stream.StreamSplits) else "device"
+    loader = "stream" if isinstance(splits, stream_splits.StreamSplits) else "device"
     n_train = len(splits.train)
     if config.batch_size > n_train:
         raise ValueError(
@@ -115,10 +115,10 @@ def build_run(
             f"config.model.name={config.model.name!r} initialises from the training images "
             f"(data_init), which needs data.loader='device' (resolved to 'stream': {loader_reason})"
         )
-    spe = pipeline.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
-    total = pipeline.total_steps(spe, config.num_epochs, config.last_epoch_fraction)
+    spe = batching.steps_per_epoch(n_train, config.batch_size, config.data.remainder)
+    total = batching.total_steps(spe, config.num_epochs, config.last_epoch_fraction)
     policy = config.data.augment_policy if config.data.augment else None
-    if policy and pipeline.AUGMENTATIONS.get(policy).needs_rows and loader == "stream":
+    if policy and augmentation.AUGMENTATIONS.get(policy).needs_rows and loader == "stream":
         raise ValueError(
             f"config.data.augment_policy={policy!r} needs each example's index, which only "
             f"data.loader='device' has (data.loader resolved to 'stream': {loader_reason})"

@@ -1,11 +1,11 @@
 """The data feeds of the training loop, and evaluation over a whole split.
 
 A feed yields the chunks of steps of a group (`chunks(start)`), each as its plan
-(`pipeline.ChunkPlan`: epoch, position, rows) and a `run_chunk(states, alive)`
+(`batching.ChunkPlan`: epoch, position, rows) and a `run_chunk(states, alive)`
 that runs the compiled chunk on it:
 
   * `DeviceFeed`: the training split lives on the devices; each trial's rows of
-    a chunk come from `pipeline.plan_chunks` with its own data key (epoch e's
+    a chunk come from `batching.plan_chunks` with its own data key (epoch e's
     order is `fold_in(data_key, e)`), stacked over the trial axis;
   * `StreamFeed`: one trial's batches read from the array_record files
     (`data.loader="stream"`); its position is saved with each checkpoint
@@ -27,7 +27,7 @@ import functools
 import jax
 import numpy as np
 
-from research.data import pipeline, stream
+from research.data import batching, stream
 from research.train.assemble import Run
 from research.train.programs import Programs, on_mesh
 
@@ -35,7 +35,7 @@ from research.train.programs import Programs, on_mesh
 def evaluate(run: Run, programs: Programs, states, split) -> list[dict[str, float]]:
     """Per trial, the mean loss (and accuracy) over a whole split, every example once.
 
-    The batches of `pipeline.eval_batches` (padded slots masked), gathered from the
+    The batches of `batching.eval_batches` (padded slots masked), gathered from the
     device-resident split, or read by the stream loader (`data.loader="stream"`).
     """
     mesh = programs.mesh
@@ -56,7 +56,7 @@ def evaluate(run: Run, programs: Programs, states, split) -> list[dict[str, floa
                 sums = jax.device_get(sums)
                 totals = sums if totals is None else jax.tree_util.tree_map(np.add, totals, sums)
     else:
-        idx, mask = pipeline.eval_batches(len(split), run.config.eval_batch_size, n_dev)
+        idx, mask = batching.eval_batches(len(split), run.config.eval_batch_size, n_dev)
         totals = programs.evaluate(
             states.params,
             states.batch_stats,
@@ -81,7 +81,7 @@ class DeviceFeed:
         self.images = on_mesh(train.images, self.mesh)
         self.labels = on_mesh(train.labels, self.mesh)
         self.plan = functools.partial(
-            pipeline.plan_chunks,
+            batching.plan_chunks,
             n=len(train),
             batch_size=cfg.batch_size,
             remainder=cfg.data.remainder,

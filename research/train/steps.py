@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research import optim
-from research.data import pipeline
+from research.data import augmentation
 from research.optim.lookahead import Lookahead, LookaheadState
 
 RUN_KEY_DATA = np.uint32(0xFFFFFFFF)  # fold_in(train key, this): the run's fixed draws
@@ -148,21 +148,21 @@ def make_steps(
       mesh: the device mesh (default: all devices on one "data" axis).
       interceptor: a Flax method interceptor active during the training forward
         pass (e.g. `research.optim.freeze.batch_norm_interceptor`).
-      augment_policy: a name from `research.data.pipeline.AUGMENTATIONS`.
+      augment_policy: a name from `research.data.augmentation.AUGMENTATIONS`.
       steps_per_epoch: the run's steps per epoch (a policy's `epoch` is
         `step // steps_per_epoch`; needed by policies that use it).
       label_smoothing: α of the classification loss (`loss_and_metrics`).
-      eval_tta: a name from `research.data.pipeline.TTA`: the views every
+      eval_tta: a name from `research.data.augmentation.TTA`: the views every
         evaluation averages the logits over.
       lookahead: `research.optim.Lookahead` applied to (params, batch_stats) after
         every update (its slow copy lives in the optimizer state), or None.
     """
     mesh = make_mesh() if mesh is None else mesh
     shard = batch_sharded(mesh)
-    policy = pipeline.AUGMENTATIONS.get(augment_policy) if augment else None
+    policy = augmentation.AUGMENTATIONS.get(augment_policy) if augment else None
     if policy is not None and policy.needs_rows and steps_per_epoch < 1:
         raise ValueError(f"augment_policy={augment_policy!r} needs steps_per_epoch >= 1")
-    views = pipeline.TTA.get(eval_tta)
+    views = augmentation.TTA.get(eval_tta)
     if eval_tta != "none" and task != "classify":
         raise ValueError(f"eval_tta={eval_tta!r} averages logits: task must be 'classify'")
 
@@ -290,7 +290,7 @@ def make_steps(
             images = jax.lax.with_sharding_constraint(images, shard)
             if eval_tta == "none":
                 out = model.apply(variables, images, train=False)
-            else:  # the weighted mean of the logits over the views (pipeline.TTA)
+            else:  # the weighted mean of the logits over the views (augmentation.TTA)
                 out = sum(
                     w * model.apply(variables, v, train=False).astype(jnp.float32)
                     for w, v in views(images)

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from research import data
-from research.data import sources
+from research.data import sources, tfds_cache
 from research.data.tfds_builders import Cifar10, FashionMnist, Mnist, cifar10, files
 from research.data.tfds_builders import mnist as mnist_lib
 from research.registry import Registry, UnknownNameError
@@ -162,8 +162,8 @@ def test_cache_is_reused_not_rebuilt(mnist, data_root, shared_cache, monkeypatch
     monkeypatch.setattr(Mnist, "_split_generators", must_not_run)
     monkeypatch.setattr(Mnist, "_generate_examples", must_not_run)
     # Both folders from the environment this time.
-    monkeypatch.setenv(sources.DATA_DIR_ENV, str(data_root))
-    monkeypatch.setenv(sources.CACHE_DIR_ENV, str(shared_cache))
+    monkeypatch.setenv(tfds_cache.DATA_DIR_ENV, str(data_root))
+    monkeypatch.setenv(tfds_cache.CACHE_DIR_ENV, str(shared_cache))
     again = data.load("mnist")
     after = {p: p.stat().st_mtime_ns for p in shared_cache.rglob("*") if p.is_file()}
     assert {p: t for p, t in after.items() if p in before} == before
@@ -255,7 +255,7 @@ def test_missing_folder_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist") as e:
         data.load("mnist", data_dir=nowhere, cache_dir=tmp_path / "cache")
     assert str(nowhere) in str(e.value) and "RESEARCH_DATA_DIR" in str(e.value)
-    monkeypatch.setenv(sources.DATA_DIR_ENV, str(nowhere))
+    monkeypatch.setenv(tfds_cache.DATA_DIR_ENV, str(nowhere))
     with pytest.raises(FileNotFoundError, match=r"from the \$RESEARCH_DATA_DIR"):
         data.load("cifar10", cache_dir=tmp_path / "cache")
 

@@ -14,7 +14,7 @@ import pytest
 from research import config as config_lib
 from research import data, models, train
 from research.config import get_base_config
-from research.data import sources, stream
+from research.data import sources, stream_splits
 from research.data.tfds_builders import resize
 
 
@@ -106,7 +106,7 @@ def test_mnist_prepared_once_per_size_and_quietly(data_root, tmp_path, caplog):
     config = get_base_config()
     config.data.update(name="mnist", data_dir=str(data_root or ""), cache_dir=str(cache))
     config.data.image_size = 14
-    splits = stream.open_splits(config.data)
+    splits = stream_splits.open_splits(config.data)
     assert splits.input_shape == (14, 14, 1)
     assert splits.mean == pytest.approx(
         [small.train_images[splits.train.records].mean() / 255], rel=1e-6

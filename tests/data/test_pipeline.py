@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
-from research.data import pipeline
+from research.data import batching, pipeline
 
 pytestmark = pytest.mark.usefixtures("no_env")  # tests/data/conftest.py
 
@@ -61,11 +62,9 @@ def test_carve_with_classes_indexes_the_raw_records():
 
 
 def test_plan_chunks_cut_epochs_like_the_training_loop():
-    import jax
-
     key = jax.random.PRNGKey(0)
     plans = list(
-        pipeline.plan_chunks(key, n=50, batch_size=8, remainder="keep", chunk=4, num_epochs=2)
+        batching.plan_chunks(key, n=50, batch_size=8, remainder="keep", chunk=4, num_epochs=2)
     )
     # 7 steps an epoch (6 of 8, one of 2): chunks of 4, then the rest, the remainder alone.
     assert [(p.epoch, p.step, p.position, p.rows.shape) for p in plans] == [
@@ -79,10 +78,10 @@ def test_plan_chunks_cut_epochs_like_the_training_loop():
     assert [p.epoch_end for p in plans] == [False, False, True, False, False, True]
     for epoch in (0, 1):
         rows = np.concatenate([p.rows.ravel() for p in plans if p.epoch == epoch])
-        expected = pipeline.epoch_batches(jax.random.fold_in(key, epoch), 50, 8, "keep")
+        expected = batching.epoch_batches(jax.random.fold_in(key, epoch), 50, 8, "keep")
         np.testing.assert_array_equal(rows, np.concatenate([b.ravel() for b in expected]))
     resumed = list(
-        pipeline.plan_chunks(
+        batching.plan_chunks(
             key, n=50, batch_size=8, remainder="keep", chunk=4, num_epochs=2, start_step=9
         )
     )
@@ -91,8 +90,8 @@ def test_plan_chunks_cut_epochs_like_the_training_loop():
 
 
 def test_eval_batches_pad_with_the_last_example_and_mask_it():
-    idx, mask = pipeline.eval_batches(10, 4, 2)
+    idx, mask = batching.eval_batches(10, 4, 2)
     assert idx.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 9, 9]]
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]
-    idx, _ = pipeline.eval_batches(10, 5, 2)  # batch rounded up to a multiple of 2 devices
+    idx, _ = batching.eval_batches(10, 5, 2)  # batch rounded up to a multiple of 2 devices
     assert idx.shape == (2, 6)

@@ -22,7 +22,7 @@ import pytest
 
 from research import data, models
 from research.config import get_base_config
-from research.data import pipeline, stream
+from research.data import augmentation, batching, loader_choice, pipeline, stream, stream_splits
 from research.train.checkpoint import tree_sha256
 from research.train.steps import make_mesh, make_steps
 from tests.helpers.images import write_image_folder
@@ -59,7 +59,7 @@ def data_config(folder, cache, **changes) -> ml_collections.ConfigDict:
 def both(folder, cache):
     """(device-path Splits, StreamSplits) of the folder dataset."""
     cfg = data_config(folder, cache)
-    return pipeline.from_config(cfg), stream.open_splits(cfg)
+    return pipeline.from_config(cfg), stream_splits.open_splits(cfg)
 
 
 def train_stream(splits, **kwargs) -> stream.TrainStream:
@@ -108,13 +108,13 @@ def test_stream_chunks_are_the_device_batches(both, remainder):
             np.testing.assert_array_equal(np.asarray(chunk.labels), device.train.labels[rows])
             seen[chunk.plan.epoch] += rows.ravel().tolist()
             steps.append((chunk.step, chunk.steps))
-    spe = pipeline.steps_per_epoch(n, batch, remainder)
+    spe = batching.steps_per_epoch(n, batch, remainder)
     assert sum(s for _, s in steps) == 2 * spe
     assert [s for s, _ in steps] == list(np.cumsum([0] + [s for _, s in steps])[:-1])
     data_key = jax.random.PRNGKey(7)
     for epoch in (0, 1):
         # The device path's epoch: the same examples, each once.
-        expected = pipeline.epoch_batches(jax.random.fold_in(data_key, epoch), n, batch, remainder)
+        expected = batching.epoch_batches(jax.random.fold_in(data_key, epoch), n, batch, remainder)
         assert sorted(seen[epoch]) == sorted(np.concatenate([b.ravel() for b in expected]))
         assert len(set(seen[epoch])) == (n if remainder == "keep" else n - n % batch)
 
@@ -206,10 +206,10 @@ def test_host_augmentation_is_independent_of_how_the_batch_is_cut(both):
     _, streamed = both
     seed = stream.seed_of(jax.random.PRNGKey(7))
     images, _ = streamed.train.read(np.arange(BATCH))
-    whole = pipeline.augment_host(
+    whole = augmentation.augment_host(
         images, seed=seed, step=5, columns=np.arange(BATCH), batch_size=BATCH
     )
-    half = pipeline.augment_host(
+    half = augmentation.augment_host(
         images[6:], seed=seed, step=5, columns=np.arange(6, BATCH), batch_size=BATCH
     )
     np.testing.assert_array_equal(half, whole[6:])
@@ -217,7 +217,7 @@ def test_host_augmentation_is_independent_of_how_the_batch_is_cut(both):
     # (the training mean), and every image keeps its own pixels otherwise.
     assert whole.shape == images.shape
     assert not np.array_equal(whole, images)
-    other_step = pipeline.augment_host(
+    other_step = augmentation.augment_host(
         images, seed=seed, step=6, columns=np.arange(BATCH), batch_size=BATCH
     )
     assert not np.array_equal(other_step, whole)
@@ -228,7 +228,7 @@ def test_host_augmentation_is_independent_of_how_the_batch_is_cut(both):
     rows = chunk.plan.rows
     for s in range(chunk.steps):
         raw, _ = streamed.train.read(rows[s])
-        want = pipeline.augment_host(
+        want = augmentation.augment_host(
             raw, seed=seed, step=s, columns=np.arange(BATCH), batch_size=BATCH
         )
         np.testing.assert_array_equal(np.asarray(chunk.images[s]), want)
@@ -247,7 +247,7 @@ def test_augment_host_is_a_padded_crop_maybe_flipped():
 
     seen = []
     for step in range(60):
-        out = pipeline.augment_host(
+        out = augmentation.augment_host(
             image, seed=(0,), step=step, columns=np.arange(1), batch_size=1, pad=2
         )
         assert out.shape == (1, 6, 6, 1) and out.dtype == np.float32
@@ -276,7 +276,7 @@ def test_eval_chunks_cover_the_split_once_padded_and_masked(both):
 
 def test_an_error_in_the_reader_reaches_the_loop(both):
     _, streamed = both
-    broken = stream.RecordSplit(
+    broken = stream_splits.RecordSplit(
         streamed.train.reader,
         streamed.train.records + 10_000,  # no such records
         None,
@@ -299,25 +299,25 @@ def test_an_error_in_the_reader_reaches_the_loop(both):
 
 
 def test_auto_chooses_device_when_the_splits_fit_and_says_why(folder, cache):
-    choice, reason = stream.choose_loader(data_config(folder, cache, loader="auto"))
+    choice, reason = loader_choice.choose_loader(data_config(folder, cache, loader="auto"))
     need = 96 * (8 * 8 * 3 * 4 + 4) / 2**20  # train + val, float32 pixels + labels
     assert choice == "device"
     assert f"train+val splits {need:,.0f} MiB" in reason and "96 examples" in reason
     assert "data.device_fraction" in reason
     tiny = data_config(folder, cache, loader="auto", device_fraction=1e-12)
-    choice, reason = stream.choose_loader(tiny)
+    choice, reason = loader_choice.choose_loader(tiny)
     assert choice == "stream" and " > 0 MiB" in reason
-    assert stream.choose_loader(data_config(folder, cache, loader="stream")) == (
+    assert loader_choice.choose_loader(data_config(folder, cache, loader="stream")) == (
         "stream",
         "data.loader='stream'",
     )
     digits = get_base_config().data
-    choice, reason = stream.choose_loader(digits)
+    choice, reason = loader_choice.choose_loader(digits)
     assert choice == "device" and "digits is not stored as array_record" in reason
 
 
 def test_device_memory_budget_on_cpu_is_host_ram():
-    budget, what = stream.device_memory_budget(0.5)
+    budget, what = loader_choice.device_memory_budget(0.5)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < budget <= total // 2
     assert "host RAM (CPU backend)" in what and what.startswith("0.5 of ")
@@ -340,12 +340,12 @@ jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from research.config import get_base_config
-from research.data import stream
+from research.data import stream, stream_splits
 from research.train.steps import make_mesh
 
 cfg = get_base_config().data
 cfg.name, cfg.cache_dir, cfg.val_size = sys.argv[3], sys.argv[4], 0.25
-splits = stream.open_splits(cfg)
+splits = stream_splits.open_splits(cfg)
 mesh = make_mesh()
 loader = stream.TrainStream(splits.train, data_key=jax.random.PRNGKey(7), batch_size=12,
     remainder="drop", chunk=4, num_epochs=2, mesh=mesh)

@@ -38,7 +38,7 @@ def test_a_damaged_prepared_cache_is_named_and_rebuilt(tmp_path, caplog, how):
 
     with caplog.at_level(logging.WARNING):
         again = data.load(name, cache_dir=str(cache))
-    warned = [r.getMessage() for r in caplog.records if r.name == "research.data.sources"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "research.data.tfds_cache"]
     assert len(warned) == 1, warned
     assert warned[0].startswith(f"prepared file {train} is damaged (")
     assert warned[0].endswith("); rebuilding it from the original files")
@@ -48,7 +48,7 @@ def test_a_damaged_prepared_cache_is_named_and_rebuilt(tmp_path, caplog, how):
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         data.load(name, cache_dir=str(cache))  # rebuilt: read as it is, no warning
-    assert [r for r in caplog.records if r.name == "research.data.sources"] == []
+    assert [r for r in caplog.records if r.name == "research.data.tfds_cache"] == []
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 
 from research import config as config_lib
 from research import optim
-from research.data import pipeline
+from research.data import augmentation, batching
 from research.models import airbench
 from research.optim import freeze, schedules
 from research.optim.lookahead import Lookahead
@@ -41,17 +41,17 @@ def _experiment():
 
 
 def test_total_steps_counts_like_airbench():
-    assert pipeline.total_steps(48, 10, 0.9) == 476 == math.ceil(48 * 9.9)  # 50,000 images
-    assert pipeline.total_steps(9, 10, 0.9) == 90 == math.ceil(9 * 9.9)  # 10,000 images
-    assert pipeline.total_steps(48, 10) == 480
-    assert pipeline.total_steps(10, 3, 0.3) == 23  # 0.3 * 10 is 3.0000000000000004
+    assert batching.total_steps(48, 10, 0.9) == 476 == math.ceil(48 * 9.9)  # 50,000 images
+    assert batching.total_steps(9, 10, 0.9) == 90 == math.ceil(9 * 9.9)  # 10,000 images
+    assert batching.total_steps(48, 10) == 480
+    assert batching.total_steps(10, 3, 0.3) == 23  # 0.3 * 10 is 3.0000000000000004
     with pytest.raises(ValueError, match="last_epoch_fraction=0 must be in"):
-        pipeline.total_steps(48, 10, 0)
+        batching.total_steps(48, 10, 0)
 
 
 def test_plan_chunks_stops_in_the_last_epoch_and_marks_its_end():
     plans = list(
-        pipeline.plan_chunks(
+        batching.plan_chunks(
             jax.random.PRNGKey(0),
             n=100,
             batch_size=10,
@@ -67,7 +67,7 @@ def test_plan_chunks_stops_in_the_last_epoch_and_marks_its_end():
         (2, 24, 2, True),
     ]
     whole = list(
-        pipeline.plan_chunks(
+        batching.plan_chunks(
             jax.random.PRNGKey(0), n=100, batch_size=10, remainder="drop", chunk=4, num_epochs=3
         )
     )
@@ -95,7 +95,7 @@ def test_warmup_linear_is_airbench_get_lr():
     np.testing.assert_allclose(sched(steps), [1.5 * get_lr(t) for t in steps], rtol=1e-6)
     # The experiment's warmup_epochs rounds to airbench's int(0.23 T) at 48 and 9 steps/epoch.
     for spe in (48, 9):
-        assert round(0.23 * 9.9 * spe) == int(pipeline.total_steps(spe, 10, 0.9) * 0.23)
+        assert round(0.23 * 9.9 * spe) == int(batching.total_steps(spe, 10, 0.9) * 0.23)
 
 
 def test_grad_scale_scales_the_gradient_not_the_weight_decay_and_freeze_after_stops():
@@ -156,32 +156,32 @@ def test_airbench_augmentation_alternates_the_flip_and_translates_with_reflectio
     run_key = jax.random.PRNGKey(3)
     flips = []
     for epoch in (0, 1, 2):
-        out = pipeline.alternating_flip(images, epoch=epoch, rows=rows, run_key=run_key)
+        out = augmentation.alternating_flip(images, epoch=epoch, rows=rows, run_key=run_key)
         flipped = np.all(np.asarray(out) == np.asarray(images)[:, :, ::-1], axis=(1, 2, 3))
         assert np.all(flipped | np.all(np.asarray(out) == np.asarray(images), axis=(1, 2, 3)))
         flips.append(flipped)
     assert np.all(flips[0] != flips[1]) and np.all(flips[0] == flips[2])  # every other epoch
     assert 16 < flips[0].sum() < 48  # a coin per image
     offsets = jnp.array([[0, 4], [2, 2], [4, 1]] + [[2, 2]] * 61, jnp.int32)
-    shifted = np.asarray(pipeline.translate(images, offsets, 2))
+    shifted = np.asarray(augmentation.translate(images, offsets, 2))
     padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
     for i, (dy, dx) in enumerate(np.asarray(offsets[:3])):
         np.testing.assert_array_equal(shifted[i], padded[i, dy : dy + 8, dx : dx + 8])
-    out = pipeline.AUGMENTATIONS.get("airbench").fn(
+    out = augmentation.AUGMENTATIONS.get("airbench").fn(
         jax.random.PRNGKey(1), images, epoch=0, rows=rows, run_key=run_key
     )
-    assert out.shape == images.shape and pipeline.AUGMENTATIONS.get("airbench").needs_rows
+    assert out.shape == images.shape and augmentation.AUGMENTATIONS.get("airbench").needs_rows
 
 
 def test_flip_translate_tta_is_airbench_tta_level_2():
     images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 6, 3)), jnp.float32)
-    views = pipeline.TTA.get("flip_translate")(images)
+    views = augmentation.TTA.get("flip_translate")(images)
     assert [w for w, _ in views] == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
     padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
     np.testing.assert_array_equal(views[2][1], padded[:, 0:6, 0:6])  # airbench [0:32, 0:32]
     np.testing.assert_array_equal(views[3][1], padded[:, 0:6, 0:6][:, :, ::-1])
     np.testing.assert_array_equal(views[4][1], padded[:, 2:8, 2:8])  # [2:34, 2:34]
-    assert sum(w for w, _ in pipeline.TTA.get("flip")(images)) == 1
+    assert sum(w for w, _ in augmentation.TTA.get("flip")(images)) == 1
 
 
 # --- the network ---------------------------------------------------------------------------

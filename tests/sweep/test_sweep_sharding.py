@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
 
     from research import data
-    from research.data import pipeline
+    from research.data import batching, pipeline
     from research.sweep import space
     from research.train import engine, loop
 
@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent(
         hps = engine.hyperparams(members, run.steps_per_epoch)
         states = programs.init(init_keys, train_keys, hps)
         plans = [
-            next(pipeline.plan_chunks(
+            next(batching.plan_chunks(
                 k, n=len(splits.train), batch_size=64, remainder="drop", chunk=steps, num_epochs=1
             ))
             for k in data_keys

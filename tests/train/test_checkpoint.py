@@ -9,6 +9,7 @@ a read-only or full mount, and damaged ones named in one line: tests/reliability
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ import jax
 import numpy as np
 import pytest
 
-from research import train
+from research import data, train
+from research.data import batching, pipeline
 from research.train import outputs
 from tests.helpers.training import (
     DIGITS,
@@ -83,11 +85,6 @@ def test_sigterm_writes_checkpoint_then_resume_matches(reference_run, tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-    import dataclasses
-
-    from research import data
-    from research.data import pipeline
-
     config = fast_config()
     splits = pipeline.prepare(data.load("digits"), val_size=0.1)
     # Poison one training image with a NaN. Choose one that epoch 1 drops (the 14 examples
@@ -95,7 +92,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     data_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[1]
     n = len(splits.train)
     epoch1, epoch2 = (
-        pipeline.epoch_batches(jax.random.fold_in(data_key, e), n, 64)[0] for e in (0, 1)
+        batching.epoch_batches(jax.random.fold_in(data_key, e), n, 64)[0] for e in (0, 1)
     )
     poisoned = next(i for i in range(n) if i not in epoch1 and i in epoch2)
     expected_step = 20 + 1 + next(s for s, batch in enumerate(epoch2) if poisoned in batch)
