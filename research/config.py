@@ -168,6 +168,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     Raises:
       ValueError: naming the field (`config.<path>`), the value and what is valid.
     """
+    # heavy (JAX, TFDS): experiment files build configs before setup_environment
     from research import data, models, optim
     from research.data import pipeline
 
@@ -259,7 +260,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("optim.lookahead_decay", config.optim.lookahead_decay, "must be in [0, 1]")
     if not config.optim.lookahead_power >= 0:
         _fail("optim.lookahead_power", config.optim.lookahead_power, "must be >= 0")
-    from research.optim import freeze
+    from research.optim import freeze  # heavy, as above
 
     t = config.transfer
     if t.strategy not in freeze.STRATEGIES:
