@@ -16,11 +16,11 @@ def __getattr__(name: str):
     # The Python API on first use: `import research` stays light (no JAX), and the
     # command line, which never uses it, does not import it.
     if name in _API:
-        from research import api
+        from research import api  # late on purpose: see above
 
         return getattr(api, name)
     if name in _SUBPACKAGES:  # `research.data.load(...)` after a plain `import research`
-        import importlib
+        import importlib  # not at the top: dir(research) lists the API, not importlib
 
         return importlib.import_module(f"research.{name}")
     raise AttributeError(f"module 'research' has no attribute {name!r}")

@@ -23,8 +23,10 @@ filters.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -59,8 +61,6 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     Raises:
       FileNotFoundError: no such file. ValueError: it has no `get_config`.
     """
-    import importlib.util
-
     path, _, variant = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config {spec!r}: no file {path}")
@@ -106,6 +106,7 @@ class RunResult:
     @classmethod
     def read(cls, workdir: str) -> RunResult:
         """The result of the finished run in `workdir` (its results.json and metrics.jsonl)."""
+        # heavy: JAX and the training stack load on first use, not with research.api
         from research.train import outputs
 
         path = os.path.join(workdir, "results.json")
@@ -152,6 +153,7 @@ def fit(
       OSError: a write was refused (disk full, read-only); the last good checkpoint is kept.
     """
     setup_environment(config)
+    # late: JAX loads after setup_environment, inside the call (caller_state_kept)
     from research.train import build_run, outputs, train_and_evaluate
 
     run = build_run(config)
@@ -182,8 +184,6 @@ class SweepResult:
 
 
 def _read_csv(path: str) -> list[dict[str, str]]:
-    import csv
-
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
@@ -210,6 +210,7 @@ def run_sweep(
             "config has no `sweep` section; start from research.sweep.get_sweep_config()"
         )
     setup_environment(config)
+    # late: JAX loads after setup_environment, inside the call (caller_state_kept)
     from research import sweep
 
     sweep.expand(config)  # input errors before anything is written
@@ -244,6 +245,7 @@ class Restored:
     @_keeps_caller_state
     def predict(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
         """Logits `(N, classes)` of uint8 images `(N, H, W, C)` as the dataset stores them."""
+        # heavy: JAX loads on first use, inside the call (caller_state_kept)
         import jax
 
         from research.data import pipeline
@@ -275,6 +277,7 @@ def restore(workdir: str, which: str = "latest") -> Restored:
       ValueError: `which` is not "latest" or "best".
       FileNotFoundError: no run, or no usable checkpoint, in `workdir`.
     """
+    # heavy: JAX loads on first use, inside the call (caller_state_kept)
     from research import models
     from research.data import pipeline
     from research.train import checkpoint

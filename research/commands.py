@@ -22,6 +22,17 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from research.cli import (
+    EXIT_DIVERGED,
+    EXIT_OS_ERROR,
+    EXIT_TRIALS_FAILED,
+    describe_os_error,
+    fail,
+    load_config,
+    parse_flags,
+    setup_environment,
+)
+
 
 def _define_flags(config_help: str, workdir_help: str):
     config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
@@ -31,8 +42,6 @@ def _define_flags(config_help: str, workdir_help: str):
 
 
 def _run(main, argv) -> None:
-    from research.cli import parse_flags
-
     app.run(lambda args: sys.exit(main(args)), argv=argv, flags_parser=parse_flags)
 
 
@@ -55,18 +64,10 @@ def sweep(argv: list[str] | None = None) -> None:
 def train_main(argv, config_flag, workdir_flag) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from research.cli import (
-        EXIT_DIVERGED,
-        EXIT_OS_ERROR,
-        describe_os_error,
-        fail,
-        load_config,
-        setup_environment,
-    )
-
     config, workdir = load_config(config_flag), workdir_flag.value
     absl_logging.set_verbosity(absl_logging.WARNING)  # no INFO lines from jax/absl
     setup_environment(config)
+    # heavy, and after setup_environment, which must precede JAX (see the module docstring)
     from research.train import Interrupted, TrainingDiverged, build_run, outputs, train_and_evaluate
 
     try:  # Every input error surfaces here, before the workdir is touched.
@@ -86,7 +87,7 @@ def train_main(argv, config_flag, workdir_flag) -> int:
         return 128 + err.signum
     except OSError as err:
         fail(describe_os_error(err) + "; the last good checkpoint is kept", EXIT_OS_ERROR)
-    import jax
+    import jax  # loaded by now; never at the top: setup_environment must precede it
 
     if jax.process_index() == 0:
         shown = ("test_accuracy", "test_loss", "val_accuracy", "steps", "wall_seconds")
@@ -98,18 +99,10 @@ def train_main(argv, config_flag, workdir_flag) -> int:
 def sweep_main(argv, config_flag, workdir_flag) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from research.cli import (
-        EXIT_OS_ERROR,
-        EXIT_TRIALS_FAILED,
-        describe_os_error,
-        fail,
-        load_config,
-        setup_environment,
-    )
-
     config, workdir = load_config(config_flag), workdir_flag.value
     absl_logging.set_verbosity(absl_logging.WARNING)
     setup_environment(config)
+    # heavy, and after setup_environment, which must precede JAX (see the module docstring)
     import optuna
 
     from research.sweep import expand, run_sweep

@@ -168,8 +168,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     Raises:
       ValueError: naming the field (`config.<path>`), the value and what is valid.
     """
-    # Imported here: the registries import JAX, and `import research.config` (what an
-    # experiment's get_config needs) stays light without them.
+    # heavy (JAX, TFDS): experiment files build configs before setup_environment
     from research import data, models, optim
     from research.data import augmentation
 
@@ -263,7 +262,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("optim.lookahead_decay", config.optim.lookahead_decay, "must be in [0, 1]")
     if not config.optim.lookahead_power >= 0:
         _fail("optim.lookahead_power", config.optim.lookahead_power, "must be >= 0")
-    from research.optim import freeze  # local like the imports at the top of validate
+    from research.optim import freeze  # heavy, as above
 
     t = config.transfer
     if t.strategy not in freeze.STRATEGIES:

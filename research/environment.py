@@ -113,6 +113,7 @@ def _program_key(config) -> dict:
 
 def autotune_file(config, gpu: str) -> str:
     """The autotune results file for this program on this GPU with these versions."""
+    # heavy: this module loads with the command line, before any JAX
     import jax
     import jaxlib
 
@@ -172,7 +173,7 @@ def setup_environment(config) -> dict:
     start-up happens once. Call it before anything uses a device; after that,
     XLA has read its flags and a change would not take effect.
     """
-    import jax
+    import jax  # heavy: this module loads with the command line, before any JAX
 
     gpu = gpu_name()
     current = os.environ.get("XLA_FLAGS", "").split()

@@ -83,10 +83,10 @@ def file_locks(fcntl_module=None, msvcrt_module=None):
     """The `fcntl`-like object for the modules given (None: import this platform's)."""
     if fcntl_module is None and msvcrt_module is None:
         try:
-            import fcntl as fcntl_module
+            import fcntl as fcntl_module  # POSIX only: absent on Windows
         except ImportError:
             with contextlib.suppress(ImportError):
-                import msvcrt as msvcrt_module
+                import msvcrt as msvcrt_module  # Windows only
     if fcntl_module is not None:
         return fcntl_module
     if msvcrt_module is not None:

@@ -43,7 +43,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from research.bench import workers
+import numpy as np
+
+from research import config as config_lib
+from research.bench import frameworks, workers
 from research.registry import Registry
 
 SMALL_SHAPES = {"28x28x1": (28, 28, 1), "32x32x3": (32, 32, 3)}
@@ -71,7 +74,7 @@ class Variant:
 
     def applies_to(self, model_name: str) -> bool:
         """Whether model `model_name` has every field of `model_overrides`."""
-        from research import models
+        from research import models  # heavy (JAX): loaded when used, not with the bench modes
 
         build = models.spec(model_name).build
         cls = getattr(build, "func", build)
@@ -154,9 +157,6 @@ def run_config(model_name: str, batch: int, overrides: Mapping[str, Any], config
     `config` is the one to fill (e.g. `research.sweep.get_sweep_config()`); default a
     new base config. The bench's every "ours" measurement is built here.
     """
-    from research import config as config_lib
-    from research.bench.frameworks import LEARNING_RATE
-
     config = config or config_lib.get_base_config()
     config.model.name = model_name
     config.model.overrides = dict(overrides)
@@ -165,7 +165,7 @@ def run_config(model_name: str, batch: int, overrides: Mapping[str, Any], config
     config.num_epochs = 1
     config.progress = False
     config.optim.name = "adam"
-    config.optim.learning_rate = LEARNING_RATE
+    config.optim.learning_rate = frameworks.LEARNING_RATE
     return config
 
 
@@ -194,11 +194,10 @@ def measure(
       after the first step (in the default layout), the parameter count, what ran
       (conv/pool algorithms), HLO size of the chunk, and the process's peak RSS.
     """
+    # heavy (JAX, the training stack): loaded by the measurement, not with the bench modes
     import jax
-    import numpy as np
 
     from research import models
-    from research.bench import frameworks
     from research.bench import measure as measure_lib
     from research.train import loop
     from research.train.checkpoint import tree_sha256

@@ -29,6 +29,8 @@ import time
 import types
 from collections.abc import Callable
 
+import numpy as np
+
 from research.bench import peers
 from research.registry import Registry
 
@@ -58,8 +60,6 @@ class Runner:
 
 def random_data(batch: int, seed: int = 0):
     """`DATA_BATCHES` batches of uniform images `(B, 28, 28, 1)` and labels, as NumPy."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     n = batch * DATA_BATCHES
     images = rng.random((n, *peers.INPUT_SHAPE), dtype=np.float32)
@@ -80,8 +80,7 @@ def synthetic_splits(
     order from one generator); normalization mean 0.5, std 0.25 per channel. For
     measurements that only need shapes: the engine's programs, compile times, probes.
     """
-    import numpy as np
-
+    # heavy (JAX, TFDS): this module also loads in the drivers and the PyTorch worker
     from research.data import pipeline
 
     rng = np.random.default_rng(seed)
@@ -103,6 +102,7 @@ def synthetic_splits(
 
 
 def ours(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
+    # lazy: a worker loads only its own framework (no JAX in the PyTorch worker)
     import jax
 
     from research import models, optim
@@ -147,6 +147,7 @@ class _OneModelRun:
 
 
 def flax_plain(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
+    # lazy: a worker loads only its own framework (no JAX in the PyTorch worker)
     import jax
     import jax.numpy as jnp
     import optax
@@ -197,7 +198,7 @@ def flax_plain(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
 
 
 def pytorch(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
-    import torch
+    import torch  # optional (requirements-bench.txt), and only in its own worker
 
     if threads:
         torch.set_num_threads(threads)
@@ -236,7 +237,7 @@ def pytorch(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
 
 def keras_jax(name: str, batch: int, steps: int, threads: int = 0) -> Runner:
     os.environ["KERAS_BACKEND"] = "jax"
-    import keras
+    import keras  # optional (requirements-bench.txt); reads KERAS_BACKEND at import
 
     keras.utils.set_random_seed(0)
     model = peers.keras_model(name)

@@ -120,13 +120,14 @@ BENCH_MODELS: dict[str, BenchModel] = {
 
 def zoo_model(name: str):
     """The zoo's own model of benchmark `name` ("ours")."""
-    from research import models
+    from research import models  # lazy: this module stays framework-free (see the peers)
 
     return models.create(name, num_classes=NUM_CLASSES, **BENCH_MODELS[name].overrides)
 
 
 def zoo_param_count(name: str) -> int:
     """Trainable parameters of the zoo model at `INPUT_SHAPE` (shapes only, nothing allocated)."""
+    # lazy: this module stays framework-free; each builder loads only its framework
     import jax
     import jax.numpy as jnp
 
@@ -166,7 +167,7 @@ def _shapes(layers, input_shape=INPUT_SHAPE):
 
 def torch_model(name: str):
     """`torch.nn.Sequential` of benchmark `name` (NCHW inputs)."""
-    from torch import nn
+    from torch import nn  # optional (requirements-bench.txt)
 
     modules = []
     for layer, shape in _shapes(BENCH_MODELS[name].layers):
@@ -187,6 +188,7 @@ def torch_model(name: str):
 
 def keras_model(name: str):
     """`keras.Sequential` of benchmark `name` (NHWC inputs; needs KERAS_BACKEND set)."""
+    # optional (requirements-bench.txt)
     import keras
     from keras import layers as kl
 
@@ -211,7 +213,7 @@ def keras_model(name: str):
 
 def flax_plain_model(name: str):
     """The network with `flax.linen`'s own layers (`nn.Conv`, `nn.max_pool`), not the zoo's."""
-    import flax.linen as nn
+    import flax.linen as nn  # lazy: not in the PyTorch and Keras workers
 
     layers = BENCH_MODELS[name].layers
 

@@ -56,7 +56,7 @@ def top_events(
     and an event that contains others (a loop's) counts as well as they do. The
     trace is written to `folder` if given (kept), else to a temporary folder.
     """
-    import jax
+    import jax  # lazy: PyTorch's workers profile (torch_top_ops) without JAX
 
     with tempfile.TemporaryDirectory(prefix="research-profile-") as scratch:
         folder = folder or scratch
@@ -226,7 +226,7 @@ def torch_top_ops(run: Callable[[], object], *, calls: int = 1, top: int = 15) -
     `{"name", "shapes", "ms_per_call", "count_per_call"}` rows, largest self time
     first (the operator's own time, without the operators it calls).
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile  # optional (requirements-bench.txt)
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(calls):

@@ -27,7 +27,7 @@ SWEEP_TRIALS = (1, 4, 16)  # default N on a CPU; --trials 1,4,16,64 for the issu
 
 
 def _sweep_config(model_name: str):
-    from research.sweep import space
+    from research.sweep import space  # heavy (JAX, Optuna): loaded when used, not at import
 
     _, batch, overrides = SWEEP_MODELS[model_name]
     return compile_time.run_config(model_name, batch, overrides, space.get_sweep_config())
@@ -42,6 +42,7 @@ def bench_sweep(model_name: str, trials: list[int], steps: int, repeats: int) ->
     learning rate. Each timed call is a `lax.scan` of `steps` steps; the median
     of `repeats` calls, compile timed apart.
     """
+    # heavy (JAX, Optuna): loaded by the measurement, not with the bench modes
     import jax
 
     from research.layers import conv_algorithms

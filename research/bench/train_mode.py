@@ -12,6 +12,7 @@ time over ours). `ours_conv` runs "ours" once per conv algorithm: an A/B of our 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -48,7 +49,7 @@ def serve(job: dict) -> None:
 
 def start(model_name: str, batch: int, framework: str, args, conv: str | None = None):
     """A started `serve` worker of one framework, once it is built and warmed up."""
-    # late: importing this module loads no JAX (research.layers would)
+    # heavy (JAX): not at the top, or PyTorch's worker (this module) would load it
     from research.layers import algorithm_choice
 
     env = dict(os.environ)
@@ -72,8 +73,6 @@ def time_once(worker) -> tuple[float, float]:
 
 def available(framework: str) -> bool:
     """Whether `framework`'s package is installed; if not, says so on stderr (it is skipped)."""
-    import importlib.util
-
     module = frameworks.FRAMEWORKS.get(framework).requires
     if module is None or importlib.util.find_spec(module) is not None:
         return True

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def peak_memory_mb() -> float:
     """Peak memory of this process: the device's peak bytes on GPU, else peak RSS."""
     try:
-        import jax
+        import jax  # lazy: the drivers and PyTorch's workers import this module too
 
         stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
         if stats and "peak_bytes_in_use" in stats:

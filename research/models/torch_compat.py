@@ -31,7 +31,7 @@ def import_torchvision_models() -> types.ModuleType:
       RuntimeError: any other failure of `import torchvision` (re-raised as is).
     """
     try:
-        import torchvision.models
+        import torchvision.models  # optional (requirements-bench.txt), and may fail: see above
 
         return torchvision.models
     except RuntimeError as err:
@@ -45,6 +45,6 @@ def import_torchvision_models() -> types.ModuleType:
     stub = types.ModuleType("torchvision._meta_registrations")
     stub.__doc__ = "Left empty by research.models.torch_compat: torchvision._C did not load."
     sys.modules["torchvision._meta_registrations"] = stub
-    import torchvision.models
+    import torchvision.models  # the second try, with the stub in place
 
     return torchvision.models

@@ -31,8 +31,12 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from research import data as data_lib
+from research import models
 from research.layers import algorithm_choice
 from research.sweep import aggregate, caveats, plateau, storage
 
@@ -48,8 +52,6 @@ INPUT_SHAPES = {
 def _input_shape(config) -> tuple[int, ...]:
     if config.data.name in INPUT_SHAPES:
         return INPUT_SHAPES[config.data.name]
-    from research import data as data_lib
-
     raw = data_lib.load(config.data.name, data_dir=config.data.data_dir or None)
     return tuple(raw.train.images.shape[1:])
 
@@ -61,11 +63,6 @@ def flops_per_example(name: str, overrides_json: str, shape: tuple, num_classes:
     Traced with XLA's convolution and pooling, whatever the backend's defaults, so
     the count is the model's and the same on every machine.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from research import models
-
     model = models.create(name, num_classes=num_classes, **json.loads(overrides_json))
     x = jnp.zeros((1, *shape), jnp.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
@@ -201,7 +198,7 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
 
 def plot(summary: list[dict], path: str) -> None:
     """Test accuracy against FLOPs per example (log x), one panel per dataset."""
-    from research.viz import sweep_plots
+    from research.viz import sweep_plots  # heavy: matplotlib loads only to draw
 
     datasets = list(dict.fromkeys(r["dataset"] for r in summary))
     with sweep_plots.panels(

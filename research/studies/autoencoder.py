@@ -76,6 +76,7 @@ def linear_probe(
     train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray, test_labels
 ) -> float:
     """Test accuracy of a multinomial logistic regression fitted on the training codes."""
+    # heavy: scikit-learn (and the OpenMP settings it sets) loads only for the probe
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

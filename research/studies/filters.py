@@ -76,7 +76,7 @@ def feature_maps(model, params: dict, image: np.ndarray) -> dict[str, np.ndarray
 
 def _figure(rows: int, cols: int, figsize: tuple[float, float]):
     """A figure and its (rows, cols) axes, drawn without pyplot: the caller's backend is kept."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: matplotlib loads only to draw
 
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(rows, cols, squeeze=False)

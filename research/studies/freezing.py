@@ -169,7 +169,7 @@ def markdown(summary: list[dict], *, finished: int, total: int) -> str:
 
 def plot(summary: list[dict], path: str) -> None:
     """Accuracy against target examples (log x): one line per strategy, one panel per pair."""
-    from research.viz import sweep_plots
+    from research.viz import sweep_plots  # heavy: matplotlib loads only to draw
 
     pairs = list(dict.fromkeys(r["pair"] for r in summary))
     with sweep_plots.panels(

@@ -1,6 +1,7 @@
 """Sweeps: a base experiment plus axes, run as independent, resumable trials.
 
 space.py     the sweep config (`get_sweep_config`), grid/random expansion, trial ids
+checks.py    the `sweep` section's own fields and each swept field, checked
 storage.py   where the sweep's state lives (journal file or database URL, its password
              kept out of every file), its studies, and the records the reports read
 queue.py     the study's trials as a queue any number of workers share: atomic claims,

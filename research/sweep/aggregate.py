@@ -354,7 +354,7 @@ def _label(summary_row: dict) -> str:
 
 
 def _plots(workdir: str, rows: list[dict], summary: list[dict]) -> None:
-    from research.viz import sweep_plots
+    from research.viz import sweep_plots  # heavy: matplotlib loads only to draw
 
     loss = {}
     for s in summary:

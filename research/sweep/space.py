@@ -76,11 +76,8 @@ import ml_collections
 import numpy as np
 
 from research import config as config_lib
+from research.sweep import checks
 from research.train import outputs
-
-MODES = ("grid", "random", "tpe")
-PARALLEL = ("auto", "vmap", "sequential")
-PRUNERS = ("none", "median", "successive_halving")
 
 
 def get_sweep_config() -> ml_collections.ConfigDict:
@@ -194,7 +191,7 @@ def stages(config: ml_collections.ConfigDict) -> dict[str, Stage]:
             raise ValueError(f"sweep.pretrain.{name} must be a dict of overrides, got {tree!r}")
         overrides = dict(sorted(_flatten_values(tree).items()))
         for field in overrides:
-            _check_field(base, field, f"sweep.pretrain.{name}")
+            checks.check_field(base, field, f"sweep.pretrain.{name}")
         cfg = apply(base, overrides)
         if str(cfg.transfer.pretrained).startswith(PRETRAIN_PREFIX):
             raise ValueError(f"sweep.pretrain.{name}: a stage cannot start from another stage")
@@ -302,37 +299,16 @@ def _flatten(tree: Mapping, prefix: str = "", where: str = "sweep.axes") -> dict
     return out
 
 
-def _check_field(base: ml_collections.ConfigDict, field: str, where: str) -> None:
-    node, parts = base, field.split(".")
-    for i, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            parent = ".".join(parts[:i]) or "the config"
-            known = (
-                ", ".join(sorted(node.keys()))
-                if isinstance(node, ml_collections.ConfigDict)
-                else ""
-            )
-            raise ValueError(
-                f"{where}: {field!r} is not a config field ({parent} has no {part!r}; "
-                f"its fields: {known})"
-            )
-        node = node[part]
-    if isinstance(node, ml_collections.ConfigDict) and field != "model.overrides":
-        raise ValueError(f"{where}: {field!r} is a section, not a field; sweep one of its fields")
-    if parts[0] == "sweep":
-        raise ValueError(f"{where}: {field!r} is part of the sweep itself and cannot be swept")
-
-
 def points(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     """The sweep's points (dotted field -> value), in grid order, before sampling."""
     axes = _flatten(config.sweep.axes)
     grids = [_flatten(g, where=f"sweep.grids[{i}]") for i, g in enumerate(config.sweep.grids)]
     base = base_config(config)
     for field in axes:
-        _check_field(base, field, "sweep.axes")
+        checks.check_field(base, field, "sweep.axes")
     for i, grid in enumerate(grids):
         for field in grid:
-            _check_field(base, field, f"sweep.grids[{i}]")
+            checks.check_field(base, field, f"sweep.grids[{i}]")
             if field in axes:
                 raise ValueError(
                     f"sweep.grids[{i}]: {field!r} is also in sweep.axes; put it in one place"
@@ -388,7 +364,7 @@ def expand(config: ml_collections.ConfigDict) -> list[Trial]:
       ValueError: naming the bad sweep field, axis or trial value.
     """
     s = config.sweep
-    check_sweep_fields(config)
+    checks.check_sweep_fields(config)
     grid = points(config)
     names = {p.get("optim.name", config.optim.name) for p in grid}
     if s.pruner != "none" and s.mode == "grid" and len(names) > 1 and not s.prune_comparisons:
@@ -456,73 +432,6 @@ def make_trial(
     extra = {"sweep.pretrain": named[stage].id} if stage else {}
     tid = config_id(cfg, **extra, **{f"scope.{k}": v for k, v in (scope or {}).items()})
     return Trial(tid, index, overrides, cfg, stage)
-
-
-def _check_number(s, field: str, minimum, kind=int, above: bool = False) -> None:
-    value = s[field]
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    ok = ok and (value > minimum if above else value >= minimum)
-    if not ok:
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(
-            f"sweep.{field}={value!r} is invalid: must be {what} {'>' if above else '>='} {minimum}"
-        )
-
-
-def check_sweep_fields(config: ml_collections.ConfigDict) -> None:
-    """Checks the `sweep` section's own fields (not the axes).
-
-    Raises:
-      ValueError: naming the field, the value and what would be valid.
-    """
-    s = config.sweep
-    if s.mode not in MODES:
-        raise ValueError(f"sweep.mode={s.mode!r} is invalid: must be one of {', '.join(MODES)}")
-    if s.parallel not in PARALLEL:
-        raise ValueError(
-            f"sweep.parallel={s.parallel!r} is invalid: must be one of {', '.join(PARALLEL)}"
-        )
-    if s.pruner not in PRUNERS:
-        raise ValueError(
-            f"sweep.pruner={s.pruner!r} is invalid: must be one of {', '.join(PRUNERS)}"
-        )
-    for field, minimum in (
-        ("num_samples", 0),
-        ("sample_seed", 0),
-        ("group_size", 1),
-        ("startup_trials", 0),
-        ("pruner_min_epochs", 0),
-        ("pruner_startup_trials", 0),
-        ("reduction_factor", 2),
-        ("max_retries", 1),
-    ):
-        _check_number(s, field, minimum)
-    _check_number(s, "heartbeat_seconds", 0, (int, float), above=True)
-    _check_number(s, "grace_seconds", 0, (int, float), above=True)
-    if s.grace_seconds <= 2 * s.heartbeat_seconds:
-        raise ValueError(
-            f"sweep.grace_seconds={s.grace_seconds!r} is invalid: must be more than twice "
-            f"sweep.heartbeat_seconds={s.heartbeat_seconds!r}, or a worker that is merely slow "
-            f"to write its heartbeat loses its trial"
-        )
-    if not isinstance(s.prune_comparisons, bool):
-        raise ValueError(f"sweep.prune_comparisons={s.prune_comparisons!r} must be True or False")
-    if not isinstance(s.storage, str):
-        raise ValueError(f"sweep.storage={s.storage!r} must be a path or a database URL")
-    if not isinstance(s.storage_password, str):
-        raise ValueError("sweep.storage_password must be 'env:VARIABLE', 'file:PATH' or ''")
-    if not 0 <= s.target_accuracy <= 1:
-        raise ValueError(f"sweep.target_accuracy={s.target_accuracy!r} must be in [0, 1]")
-    if s.mode == "tpe" and s.num_samples < 1:
-        raise ValueError(
-            "sweep.num_samples=0 is invalid for sweep.mode='tpe': give the number of trials to run"
-        )
-    if (s.mode == "tpe" or s.pruner != "none") and not config.data.val_size:
-        what = "sweep.mode='tpe'" if s.mode == "tpe" else f"sweep.pruner={s.pruner!r}"
-        raise ValueError(
-            f"{what} judges trials on the validation split, and data.val_size=0 has none; "
-            f"set data.val_size (e.g. 0.1)"
-        )
 
 
 def swept_fields(trials: list[Trial]) -> list[str]:

@@ -51,6 +51,8 @@ from typing import Any
 import ml_collections
 from optuna.trial import FrozenTrial
 
+from research import models
+from research.platform import fcntl
 from research.sweep import space
 from research.sweep import study as optuna_api
 from research.sweep.queue import (  # noqa: F401  (the queue's names, as before)
@@ -254,7 +256,7 @@ def _immediate_transactions(engine) -> None:
     read-then-write (Optuna's state transitions) is not atomic across processes;
     with BEGIN IMMEDIATE every transaction holds the write lock from its start.
     """
-    from sqlalchemy import event
+    from sqlalchemy import event  # heavy: loaded only for a SQLite storage
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, record):
@@ -284,8 +286,6 @@ def objective(config: ml_collections.ConfigDict) -> tuple[str, str]:
     `val_accuracy` (maximize) for classifiers; `val_loss` (minimize) for models
     without an accuracy (the autoencoder).
     """
-    from research import models
-
     if models.spec(config.model.name).task == "classify":
         return "val_accuracy", "maximize"
     return "val_loss", "minimize"
@@ -431,8 +431,6 @@ def records(trials: list[space.Trial], optuna_trials: Iterable[FrozenTrial]) -> 
 @contextlib.contextmanager
 def report_lock(workdir: str):
     """Holds `DIR/.report.lock` (fcntl): workers that finish together write tables in turn."""
-    from research.platform import fcntl
-
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, ".report.lock"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

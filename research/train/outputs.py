@@ -117,7 +117,7 @@ class MetricsLog:
         os.makedirs(workdir, exist_ok=True)
         open(self.path, "a").close()  # a run always has its metrics file, if empty
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # heavy: loaded only when a run writes one
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -157,6 +157,7 @@ def write_hparams(workdir: str, config, record: dict) -> None:
     """
     if not is_writer():
         return
+    # heavy: tensorboardX loads only when a run writes its event files
     from tensorboardX import SummaryWriter
     from tensorboardX.summary import hparams
 

@@ -16,6 +16,8 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 from research.bench.accel.common import (
     ROOT,
     Context,
@@ -67,6 +69,7 @@ def _conv_tests(ctx: Context) -> Row:
 
 
 def _determinism(ctx: Context) -> Row:
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     import jax
 
     if not ctx.deterministic:
@@ -106,9 +109,9 @@ def _contraction_dtypes(jaxpr) -> list[str]:
 
 
 def _bfloat16(ctx: Context) -> Row:
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     config = configured(
         ctx,

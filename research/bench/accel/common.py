@@ -148,6 +148,7 @@ def train(config, splits=None, seeds=None):
 
     Returns the run and the engine's outcomes (results record and final state each).
     """
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     from research.train import engine, loop
 
     run = loop.build_run(config, splits=splits) if splits else loop.build_run(config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
@@ -45,8 +46,7 @@ PARTS = PART_GROUPS["1"] + PART_GROUPS["2"] + PART_GROUPS["3"]
 
 
 def header() -> dict:
-    import importlib.metadata
-
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     import jax
 
     from research.train import outputs

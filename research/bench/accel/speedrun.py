@@ -23,6 +23,8 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
+
 from research.bench.accel import determinism, worker
 from research.bench.accel.common import Context, Row, judge, pct
 
@@ -61,6 +63,7 @@ def _ours(ctx: Context, deterministic: bool, seeds: int) -> dict:
 
 
 def part_speedrun(ctx: Context) -> list[Row]:
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     import jax
 
     fast = _ours(ctx, False, ctx.seeds)
@@ -119,14 +122,12 @@ def airbench(ctx: Context, ours: float) -> Row:
         note = f"skipped: {ctx.airbench} not found (make accel-peers)"
         return Row("speedrun", measure, note, verdict="skip")
     try:
-        import torch
+        import torch  # optional (requirements-bench.txt): the row is skipped without it
     except ImportError:
         return Row("speedrun", measure, "skipped: torch is not installed", verdict="skip")
     if not torch.cuda.is_available():
         return Row("speedrun", measure, "skipped: needs a CUDA GPU", verdict="skip")
-    import numpy as np
-
-    from research import data as data_lib
+    from research import data as data_lib  # heavy (JAX, TFDS): loaded when this part runs
 
     raw = data_lib.load("cifar10", data_dir=ctx.data_dir)
     workdir = os.path.join(ctx.out, "airbench")

@@ -14,6 +14,9 @@ closed division reaches about 7,900 per H100).
 
 from __future__ import annotations
 
+import numpy as np
+
+from research.bench import frameworks
 from research.bench.accel.common import (
     Context,
     Row,
@@ -26,6 +29,7 @@ from research.bench.accel.common import (
     train,
     with_fields,
 )
+from research.config import get_base_config
 
 LENET_EPOCHS = (2, 3, 4, 6, 8, 12)
 LENET_GOAL_SECONDS = 3.0
@@ -39,6 +43,7 @@ def resnet_goal(device_kind: str) -> float:
 
 
 def part_lenet(ctx: Context) -> list[Row]:
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     from research.train import loop
 
     base = lenet_config(ctx, checkpoint_every_epochs=0, **{"data.val_size": 0})
@@ -74,8 +79,8 @@ def part_lenet(ctx: Context) -> list[Row]:
 
 def _images_per_second(config, splits, steps: int) -> dict:
     """Training images/s of the engine's compiled chunk (sequential program), after compiling."""
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     import jax
-    import numpy as np
 
     from research.bench import measure
     from research.train import loop
@@ -97,9 +102,6 @@ def _images_per_second(config, splits, steps: int) -> dict:
 
 
 def part_resnet50(ctx: Context) -> list[Row]:
-    from research.bench import frameworks
-    from research.config import get_base_config
-
     name, size, classes = ("resnet18", 32, 10) if ctx.smoke else ("resnet50", 224, 1000)
     batches = (2,) if ctx.smoke else ctx.resnet_batches
     steps = 1 if ctx.smoke else 10
@@ -151,7 +153,7 @@ def part_resnet50(ctx: Context) -> list[Row]:
         key=lambda r: r.data["images_per_second"],
     )
     if best is not None:
-        import jax
+        import jax  # heavy: JAX only after the check has set XLA_FLAGS (accelerator_check.py)
 
         ips, goal = best.data["images_per_second"], resnet_goal(jax.devices()[0].device_kind)
         rows.append(

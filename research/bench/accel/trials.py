@@ -17,6 +17,7 @@ one trial and N = 16 vmapped, and the speedrun's seconds per run with the other 
 
 from __future__ import annotations
 
+from research.bench import profile
 from research.bench.accel.common import (
     Context,
     Row,
@@ -41,6 +42,7 @@ POOL_ALGORITHMS = ("reduce_window", "reshape")  # the pool part's A/B (GPU defau
 
 def _lenet(ctx: Context):
     """LeNet-5's config for measuring trials and its data, loaded."""
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     from research.train import loop
 
     base = lenet_config(ctx)
@@ -49,6 +51,7 @@ def _lenet(ctx: Context):
 
 def _airbench(ctx: Context):
     """The speedrun's config at batch 1024 (smoke: its narrow variant) and its data."""
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     from research.train import loop
 
     base = speedrun_config(ctx)
@@ -58,7 +61,7 @@ def _airbench(ctx: Context):
 
 
 def _scaling(ctx: Context, model: str, base, splits, counts, steps, profiled=()) -> list[Row]:
-    from research.bench import profile
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     from research.sweep import vmapped
 
     rows, single, profiles = [], None, []  # single: one trial's trial-steps/s (N = 1)
@@ -111,7 +114,7 @@ def part_trials(ctx: Context) -> list[Row]:
 
 
 def part_pool(ctx: Context) -> list[Row]:
-    # late, as this module's other imports: importing it loads no JAX
+    # heavy: JAX only after the check has set XLA_FLAGS (scripts/accelerator_check.py)
     from research.layers import algorithm_choice, pool_algorithms
     from research.sweep import vmapped
     from research.train import loop

@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from research import environment
-from research.bench import workers
+from research.bench import frameworks, workers
 from research.bench.accel import common
 
 # XLA flags that choose how a GPU run is made deterministic: a worker starts without any
@@ -92,7 +92,8 @@ def _config(spec: dict):
 
 def _lenet_step_ms(fields: dict, steps: int) -> dict:
     """LeNet-5's training step in this process (batch 128, MNIST's shape, random data)."""
-    from research.bench import frameworks, measure
+    # heavy: JAX only after main's _setup has set this worker's XLA flags
+    from research.bench import measure
     from research.train import loop
 
     keep = {k: v for k, v in fields.items() if k in ("deterministic", "determinism")}

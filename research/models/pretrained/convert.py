@@ -16,7 +16,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+
+from research import models
 
 Shape = tuple[int, ...]
 
@@ -75,12 +80,6 @@ def expected_variables(
     name: str, overrides: Mapping[str, Any], input_shape: Sequence[int] | None
 ) -> tuple[Any, dict[str, Shape]]:
     """The zoo model (1000 classes) and `{"params/<path>": shape, "batch_stats/<path>": shape}`."""
-    import jax
-    import jax.numpy as jnp
-    from flax import traverse_util
-
-    from research import models
-
     model = models.create(name, num_classes=1000, **dict(overrides))
     shape = tuple(input_shape or models.spec(name).paper_input_shape)
     abstract = jax.eval_shape(
@@ -119,8 +118,6 @@ def assemble(
       ValueError: one line naming the first missing, misshapen or left-over array,
         its shape and the expected one, and how many other problems there are.
     """
-    from flax import traverse_util
-
     problems: list[str] = []
     flat: dict[str, np.ndarray] = {}
     for ours, shape in expected.items():

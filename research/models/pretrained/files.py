@@ -60,7 +60,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             f"weights file {path!r}: expected a PyTorch state_dict "
             f"({', '.join(TORCH_SUFFIXES)}) or {SAFETENSORS_SUFFIXES[0]}"
         )
-    import torch
+    import torch  # optional (requirements-bench.txt): only .pth files need it
 
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -88,7 +88,7 @@ _PICKLE_STARTS = (b"PK\x03\x04", b"\x80")
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     """A `.safetensors` file's arrays; a pickle under that name is refused, never loaded."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file  # optional (requirements-bench.txt)
 
     with open(path, "rb") as f:
         start = f.read(4)
@@ -120,7 +120,7 @@ def read_keras_h5(path: str) -> dict[str, list[np.ndarray]]:
     _check_exists(path)
     if not path.lower().endswith(KERAS_SUFFIXES):
         raise ValueError(f"weights file {path!r}: expected a Keras .h5 or .weights.h5 file")
-    import h5py
+    import h5py  # optional (requirements-bench.txt): only Keras files need it
 
     with h5py.File(path, "r") as f:
         root = f.get("model_weights", f)  # a whole-model .h5 keeps its weights there

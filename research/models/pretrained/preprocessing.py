@@ -154,7 +154,7 @@ def check_compatible(preprocessing: dict[str, Any], input_shape: Sequence[int]) 
 
 def normalization(preprocessing: dict[str, Any], source: str = "the pretrained network"):
     """The data pipeline's `Normalization` for a recorded preprocessing (see the policy)."""
-    from research.data import pipeline
+    from research.data import pipeline  # heavy (TFDS): importing weights needs no dataset
 
     channels = len(preprocessing["mean"])
     order = tuple(reversed(range(channels))) if preprocessing["channel_order"] == "BGR" else None
@@ -171,7 +171,7 @@ def normalize(pixels: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
 
     The data pipeline's own normalization (`pipeline.normalize`), as a transfer run uses it.
     """
-    from research.data import pipeline
+    from research.data import pipeline  # heavy (TFDS): importing weights needs no dataset
 
     n = normalization(preprocessing)
     return pipeline.normalize(

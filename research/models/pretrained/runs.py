@@ -23,6 +23,11 @@ import shutil
 import tempfile
 from typing import Any
 
+import jax
+import numpy as np
+
+from research import config as config_lib
+from research import models
 from research.models.pretrained.preprocessing import RECORD_FILE
 
 
@@ -39,11 +44,8 @@ def write_run(out: str, *, model: str, variables: dict[str, Any], record: dict[s
     Raises:
       ValueError: `out` exists and is not empty.
     """
-    import jax
-    import numpy as np
-
-    from research import config as config_lib
-    from research import models
+    # late: research.train.transfer imports this package (whose __init__ imports this
+    # module), and the training stack (orbax, TFDS) is heavy: loaded when a run is written
     from research.train import outputs
     from research.train.checkpoint import Checkpointer, tree_sha256
     from research.train.steps import TrainState
