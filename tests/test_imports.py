@@ -121,16 +121,6 @@ def test_research_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-# Files whose late imports are not explained yet: they are being split by another change,
-# which explains them there. Empty this set once it is merged.
-LATE_IMPORTS_ALLOWED = {
-    "research/data/__init__.py",
-    "research/data/pipeline.py",
-    "research/data/sources.py",
-    "research/data/stream.py",
-    "research/layers/conv_algorithms.py",
-    "research/layers/trial_conv.py",
-}
 
 
 def _comments(source: str) -> tuple[set[int], set[int]]:
@@ -224,8 +214,7 @@ def test_every_late_import_in_research_says_why():
     found = []
     for path in sorted(_modules().values()):
         name = os.path.relpath(path, top).replace(os.sep, "/")
-        if name not in LATE_IMPORTS_ALLOWED:
-            found += [f"{name}:{line}" for line in unexplained_late_imports(path)]
+        found += [f"{name}:{line}" for line in unexplained_late_imports(path)]
     assert not found, (
         "imports inside functions with no comment saying why (on the line or just above; "
         "hoist them to the top where no cycle or heavy import follows):\n" + "\n".join(found)
