@@ -28,9 +28,8 @@ import ml_collections
 from research.bench import measure
 from research.bench import profile as profile_lib
 from research.data import pipeline
+from research.sweep.checks import PARALLEL
 from research.train import loop
-
-PARALLEL = ("auto", "vmap", "sequential")
 
 # sweep.parallel = "auto", by backend.
 AUTO_PARALLEL: dict[str, str] = {"cpu": "sequential", "gpu": "vmap", "tpu": "vmap"}
