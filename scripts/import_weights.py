@@ -64,6 +64,7 @@ def _is_published(source: str, entry, path: str, sha256: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     from research import models
     from research.models import pretrained
+    from research.train import imported
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True, choices=sorted(pretrained.SOURCES))
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "is_published_file": published,
             "preprocessing": entry.preprocessing.as_dict(),
         }
-        pretrained.write_run(out, model=args.model, variables=variables, record=record)
+        imported.write_run(out, model=args.model, variables=variables, record=record)
     except ImportError as err:
         print(
             f"error: {err.name or err} is needed to read these weights: "

@@ -4,7 +4,8 @@ The graph is read from the source with `ast` (nothing is imported): an edge
 a -> b for each `import b` / `from b import x` in module a, where `from
 research.pkg import mod` names the submodule `research.pkg.mod` when it is one.
 A package's `__init__` is the package's module (`from research import models`
-names it).
+names it), and importing `research.pkg.mod` from outside `research.pkg` imports
+`research.pkg` too (its `__init__` runs first).
 
 An import inside a function says why it is there: a comment on its line or on the
 line directly above (consecutive imports share the comment above the first).
@@ -61,8 +62,18 @@ def _imports(module: str, path: str, modules: dict[str, str]) -> set[str]:
                 name = name.rpartition(".")[0]
             if name:
                 out.add(name)
+                out.update(_packages_entered(module, name, modules))
     out.discard(module)
     return out
+
+
+def _packages_entered(module: str, name: str, modules: dict[str, str]) -> set[str]:
+    """The packages whose `__init__` runs when `module` imports `name`: each package above
+    `name` (below `research` itself) that `module` is not inside of. From inside, the
+    package is already being imported and its `__init__` is not run again."""
+    parts = name.split(".")
+    packages = {".".join(parts[:i]) for i in range(2, len(parts))}
+    return {p for p in packages if p in modules and not module.startswith(p + ".")}
 
 
 def import_graph(root: str = ROOT) -> dict[str, set[str]]:
@@ -107,11 +118,27 @@ def test_graph_reads_top_level_and_function_local_imports(tmp_path):
     (pkg / "sub" / "b.py").write_text("def f():\n    from research import a\n    from . import c\n")
     (pkg / "sub" / "c.py").write_text("")
     graph = import_graph(str(pkg))
-    assert graph["research.a"] == {"research.sub.b"}
+    assert graph["research.a"] == {"research.sub.b", "research.sub"}  # sub's __init__ too
     assert graph["research.sub.b"] == {"research.a", "research.sub.c"}
     assert graph["research.sub"] == {"research.sub.b"}
     assert graph["research"] == set()
-    assert find_cycle(graph) == ["research.a", "research.sub.b", "research.a"]
+    assert find_cycle(graph) == ["research.a", "research.sub", "research.sub.b", "research.a"]
+
+
+def test_graph_counts_the_package_init_an_import_from_outside_runs(tmp_path):
+    # research.x imports research.p.m, so research.p's __init__ runs first; it imports
+    # research.p.q, which imports research.x back: a cycle that no two files show.
+    pkg = tmp_path / "research"
+    (pkg / "p").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "p" / "__init__.py").write_text("from research.p import q\n")
+    (pkg / "p" / "m.py").write_text("from research.p import q\n")  # inside: no edge to p
+    (pkg / "p" / "q.py").write_text("def f():\n    from research import x\n")
+    (pkg / "x.py").write_text("from research.p import m\n")
+    graph = import_graph(str(pkg))
+    assert graph["research.x"] == {"research.p.m", "research.p"}
+    assert graph["research.p.m"] == {"research.p.q"}
+    assert find_cycle(graph) == ["research.p", "research.p.q", "research.x", "research.p"]
 
 
 def test_research_has_no_import_cycle():
@@ -119,8 +146,6 @@ def test_research_has_no_import_cycle():
     assert len(graph) > 50 and "research.train.loop" in graph  # the tree was read
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
-
-
 
 
 def _comments(source: str) -> tuple[set[int], set[int]]:

@@ -10,8 +10,9 @@
     padding, ceil-mode and adaptive pooling differ).
   * `files`: weights files read as data (`torch.load(weights_only=True)`,
     safetensors, h5py), never as code.
-  * `runs.write_run`: the weights as a finished run (orbax checkpoint, config,
-    results and `pretrained.json` with the source's preprocessing), which
+  * `research.train.imported.write_run` (beside the run layout it writes) makes
+    the weights a finished run (orbax checkpoint, config, results and
+    `pretrained.json` with the source's preprocessing), which
     `--config.transfer.pretrained=DIR` takes like any run of ours;
     `scripts/import_weights.py` is its command line.
   * `preprocessing`: what the source network expects of its input
@@ -35,7 +36,6 @@ from research.models.pretrained.preprocessing import (
     normalize,
     preprocessing_for,
 )
-from research.models.pretrained.runs import write_run
 from research.models.pretrained.torchvision_zoo import from_torchvision
 
 SOURCES = {"torchvision": torchvision_zoo.MODELS, "keras": keras_zoo.MODELS}
@@ -87,5 +87,4 @@ __all__ = [
     "normalize",
     "preprocessing",
     "preprocessing_for",
-    "write_run",
 ]

@@ -1,5 +1,8 @@
 """Imported weights on disk as a finished run, so `transfer.pretrained=DIR` takes them.
 
+The importers (`research.models.pretrained`) give the variables; this module gives
+them the layout of a run of ours (`outputs`, `checkpoint`).
+
 `write_run(out, ...)` lays out DIR like a finished training run:
 
   checkpoints/0/     the variables as a `TrainState` (step 0, no optimizer state),
@@ -29,6 +32,9 @@ import numpy as np
 from research import config as config_lib
 from research import models
 from research.models.pretrained.preprocessing import RECORD_FILE
+from research.train import outputs
+from research.train.checkpoint import Checkpointer, tree_sha256
+from research.train.steps import TrainState
 
 
 def write_run(out: str, *, model: str, variables: dict[str, Any], record: dict[str, Any]) -> None:
@@ -44,12 +50,6 @@ def write_run(out: str, *, model: str, variables: dict[str, Any], record: dict[s
     Raises:
       ValueError: `out` exists and is not empty.
     """
-    # late: research.train.transfer imports this package (whose __init__ imports this
-    # module), and the training stack (orbax, TFDS) is heavy: loaded when a run is written
-    from research.train import outputs
-    from research.train.checkpoint import Checkpointer, tree_sha256
-    from research.train.steps import TrainState
-
     out = os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ValueError(f"--out {out!r} already exists and is not empty; choose a new folder")
