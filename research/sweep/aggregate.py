@@ -153,7 +153,7 @@ def summarize(
       `steps_to_target_mean`, `reached_target` ("k/n"), `learning_rates_tried`,
       `best_trial_ids`, then what the row cannot claim (`caveats`, `plateau`):
       `flags` (the marks), `grid_edge` (a `caveats.Edge` or None), `plateau`
-      (a `plateau.Plateau`), `diverged` ("ε=1: 3/3 seeds; ..."),
+      (a `plateau.Plateau`), `diverged` ("ε=1: 1/3 seeds (loss non-finite at step 11); ..."),
       `test_accuracy_ci95_low/high` and `overlaps_top` ("top", "yes", "no", ...).
     """
     curves = curves or {}
@@ -181,7 +181,7 @@ def summarize(
         reached = [r["steps_to_target"] for r in chosen if r["steps_to_target"] is not None]
         verdict = plateau.of((curves.get(r["trial_id"], {}) for r in chosen), higher_is_better)
         where = caveats.edge(list(by_lr), best)
-        diverged = {lr: sum(map(_diverged, mine)) for lr, mine in sorted(by_lr.items())}
+        diverged = {lr: [r for r in mine if _diverged(r)] for lr, mine in sorted(by_lr.items())}
         marks = [where.mark if where else "", verdict.mark, caveats.DIVERGED * bool(diverged[best])]
         out.append(
             {
@@ -201,7 +201,9 @@ def summarize(
                 "grid_edge": where,
                 "plateau": verdict,
                 "diverged": "; ".join(
-                    f"ε={lr:g}: {n}/{len(by_lr[lr])} seeds" for lr, n in diverged.items() if n
+                    f"ε={lr:g}: {len(gone)}/{len(by_lr[lr])} seeds{_why(gone)}"
+                    for lr, gone in diverged.items()
+                    if gone
                 ),
             }
         )
@@ -212,6 +214,12 @@ def summarize(
 def _diverged(row: dict) -> bool:
     """Diverged by `caveats`' rule (a row made without the rule: by its status)."""
     return row["status"] == "diverged" or bool(row.get("diverged"))
+
+
+def _why(diverged_rows: list[dict]) -> str:
+    """Their distinct reasons (`caveats.divergence`), in parentheses; "" when none is known."""
+    reasons = dict.fromkeys(r["diverged"] for r in diverged_rows if r.get("diverged"))
+    return f" ({', '.join(reasons)})" if reasons else ""
 
 
 def _competes(row: dict) -> bool:
