@@ -218,6 +218,7 @@ def test_by_layer_charges_each_event_to_its_layers_and_phase():
     assert ops_table[2] == "| aten::mm | [[8, 4]] | 1.50 | 2 |"
 
 
+@pytest.mark.slow  # in the full tier: keeps the fast tier under 5 minutes
 def test_bench_profile_mode_tables_our_layers_and_torchs_operators():
     import subprocess
     import sys

@@ -148,6 +148,7 @@ def test_too_small_error_names_image_size_and_small_overrides():
     assert f"use the model's small-input overrides {flags}" in str(err.value)
 
 
+@pytest.mark.slow  # in the full tier: keeps the fast tier under 5 minutes
 def test_lenet5_trains_on_digits_with_image_size_32(tmp_path):
     config = get_base_config()  # digits, 8x8
     config.model.name = "lenet5"

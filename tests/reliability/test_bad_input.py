@@ -65,7 +65,11 @@ def test_a_bad_conv_algorithm_is_not_blamed_on_the_input():
 
 
 @pytest.mark.parametrize(
-    "name, collapsed", [("googlenet", "54 of its 57"), ("xception", "106 of its 108")]
+    "name, collapsed",
+    [
+        pytest.param("googlenet", "54 of its 57", marks=pytest.mark.slow),  # the full tier
+        ("xception", "106 of its 108"),
+    ],
 )
 def test_a_model_that_shrinks_the_input_to_one_pixel_is_refused(name, collapsed):
     # GoogLeNet and Xception took 8x8 digits and trained at chance (Xception 0.097).

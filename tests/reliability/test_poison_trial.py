@@ -30,6 +30,7 @@ def run(workdir, grid: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=tiny_sweep.ROOT, capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.slow  # in the full tier: keeps the fast tier under 5 minutes
 def test_a_model_that_cannot_take_the_input_refuses_the_sweep_before_any_trial(tmp_path):
     workdir = tmp_path / "poison"
     proc = run(workdir, '{"optim.name": ("sgd",), "model.name": ("simple_cnn", "mobilenet_v1")}')

@@ -245,6 +245,7 @@ def test_recipe_values_and_variants_validate():
         config_lib.validate(bad)
 
 
+@pytest.mark.slow  # in the full tier: keeps the fast tier under 5 minutes
 def test_smoke_run_one_epoch_on_cifar10(data_root):
     """The narrow variant through the engine: whitening set from the data and frozen, 8 steps."""
     config = _experiment().get_config("smoke")

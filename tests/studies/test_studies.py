@@ -301,6 +301,7 @@ def test_architecture_summary_and_flops_of_a_dense_network():
     assert 1.5 * weights < flops < 3 * weights
 
 
+@pytest.mark.slow  # in the full tier: keeps the fast tier under 5 minutes
 def test_architecture_flops_are_the_models_whatever_the_conv_algorithm(monkeypatch):
     """The lecture CNN's FLOPs: its convolutions' multiply-adds, on every backend's default.
 

@@ -115,6 +115,7 @@ def test_a_run_without_early_stopping_has_no_stopped_early(tmp_path):
     assert result.steps == 40 and "stopped_early" not in result.record
 
 
+@pytest.mark.slow  # in the full tier: keeps the fast tier under 5 minutes
 def test_each_trial_of_a_vmapped_group_stops_on_its_own(tmp_path, stopped_run):
     config, _, single, _ = stopped_run
     slow = config.copy_and_resolve_references()
