@@ -405,7 +405,7 @@ def _orbax_noise_dropped():
     leaving the caller's hooks alone."""
     failed: list = []
     previous, previous_unraisable = sys.excepthook, sys.unraisablehook
-    if getattr(previous, "_drops_orbax_noise", False):  # a failure set them already
+    if _dropping(previous) and _dropping(previous_unraisable):  # a failure set them already
         yield failed
         return
     asyncio_log, lost_tasks = logging.getLogger("asyncio"), _DropLostTasks()
@@ -425,12 +425,17 @@ def _orbax_noise_dropped():
         if not closed_loop(info.exc_type, info.exc_value):
             previous_unraisable(info)
 
-    hook._drops_orbax_noise = True
+    hook._drops_orbax_noise = unraisable._drops_orbax_noise = True
     sys.excepthook, sys.unraisablehook = hook, unraisable
     yield failed  # an exception (the failed save) leaves them in place
     if not failed:
         sys.excepthook, sys.unraisablehook = previous, previous_unraisable
         asyncio_log.removeFilter(lost_tasks)
+
+
+def _dropping(hook) -> bool:
+    """Whether `hook` is one `_orbax_noise_dropped` left in place after a failure."""
+    return getattr(hook, "_drops_orbax_noise", False)
 
 
 def _reason(err: BaseException) -> str:
